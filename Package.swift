@@ -1,0 +1,88 @@
+// swift-tools-version:6.1
+//
+// vfio-powerd: a systemd service that keeps idle vfio-pci devices in their lowest
+// power state through the kernel's VFIO_DEVICE_FEATURE_LOW_POWER_* ioctls.
+//
+// Modules, from the kernel up:
+//   CVFIO          C shim: <linux/vfio.h> and <sys/eventfd.h> facts as constants (no magic numbers)
+//   CSystemd       libsystemd (sd_notify, sd_journal_sendv), found through pkg-config
+//   VFIO           typed Linux layer: PCI addresses, the group path, low-power ioctls, eventfd, sysfs
+//   PowerPolicy    pure core: policy model and the per-device state machine (no I/O, no clock, no logs)
+//   PowerConfig    TOML configuration: files, precedence, validation, device selection against sysfs
+//   Systemd        sd_notify and a swift-log handler over the journal
+//   PowerDaemon    the daemon: Manager, one controller per device, the Dispatch event loop
+//   VFIOSimulator  a simulated vfio-pci device over real eventfds (tests and benchmarks only)
+import PackageDescription
+
+let package = Package(
+    name: "vfio-powerd",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "vfio-powerd", targets: ["vfio-powerd"]),
+        .executable(name: "vfio-powerctl", targets: ["vfio-powerctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+    ],
+    targets: [
+        .target(name: "CVFIO"),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd",
+                       providers: [.apt(["libsystemd-dev"])]),
+        .target(name: "VFIO", dependencies: [
+            "CVFIO",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .target(name: "PowerPolicy"),
+        .target(name: "PowerConfig", dependencies: [
+            "PowerPolicy", "VFIO",
+            .product(name: "TOMLKit", package: "TOMLKit"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .target(name: "Systemd", dependencies: [
+            "CSystemd",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "PowerDaemon", dependencies: [
+            "VFIO", "PowerPolicy", "PowerConfig", "Systemd",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .target(name: "VFIOSimulator", dependencies: ["VFIO", "CVFIO"]),
+        .executableTarget(name: "vfio-powerd", dependencies: [
+            "PowerDaemon", "PowerConfig",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "vfio-powerctl", dependencies: [
+            "VFIO", "PowerConfig",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "VFIOTests", dependencies: [
+            "VFIO", "CVFIO",
+            .product(name: "PropertyBased", package: "swift-property-based"),
+        ]),
+        .testTarget(name: "PowerPolicyTests", dependencies: [
+            "PowerPolicy",
+            .product(name: "PropertyBased", package: "swift-property-based"),
+        ]),
+        .testTarget(name: "PowerConfigTests", dependencies: [
+            "PowerConfig", "PowerPolicy", "VFIO",
+            .product(name: "PropertyBased", package: "swift-property-based"),
+        ], resources: [.copy("Fixtures")]),
+        .testTarget(name: "SystemdTests", dependencies: [
+            "Systemd", "CSystemd",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "PowerDaemonTests", dependencies: [
+            "PowerDaemon", "VFIOSimulator", "PowerPolicy", "PowerConfig", "Systemd",
+        ]),
+        // Real-kernel tests: they run inside the VM lab's guest (lab/lab.sh kernel-tests),
+        // where /dev/vfio exists; `swift test` on the host skips this target (see Makefile).
+        .testTarget(name: "KernelTests", dependencies: ["VFIO", "CVFIO"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,107 @@
+// CVFIO: the kernel's own facts about VFIO and eventfd, made visible to Swift.
+//
+// Function-like macros (_IO, VFIO_DEVICE_FEATURE, ...) never import into Swift, and the
+// variadic ioctl(2) does not either. This header re-exports every request number, flag and
+// struct the project needs from <linux/vfio.h> and <sys/eventfd.h>, so no number is ever
+// copied by hand, plus three non-variadic ioctl entry points. Nothing else lives here.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <errno.h>
+#include <sys/ioctl.h>
+#include <sys/eventfd.h>
+#include <linux/vfio.h>
+
+// MARK: - Container and group (the group path, every kernel)
+static const unsigned long CVFIO_GET_API_VERSION = VFIO_GET_API_VERSION;
+static const unsigned long CVFIO_CHECK_EXTENSION = VFIO_CHECK_EXTENSION;
+static const unsigned long CVFIO_SET_IOMMU = VFIO_SET_IOMMU;
+static const unsigned long CVFIO_GROUP_GET_STATUS = VFIO_GROUP_GET_STATUS;
+static const unsigned long CVFIO_GROUP_SET_CONTAINER = VFIO_GROUP_SET_CONTAINER;
+static const unsigned long CVFIO_GROUP_UNSET_CONTAINER = VFIO_GROUP_UNSET_CONTAINER;
+static const unsigned long CVFIO_GROUP_GET_DEVICE_FD = VFIO_GROUP_GET_DEVICE_FD;
+static const int CVFIO_API_VERSION_VALUE = VFIO_API_VERSION;
+static const unsigned long CVFIO_TYPE1v2_IOMMU = VFIO_TYPE1v2_IOMMU;
+static const uint32_t CVFIO_GROUP_FLAGS_VIABLE = VFIO_GROUP_FLAGS_VIABLE;
+static const uint32_t CVFIO_GROUP_FLAGS_CONTAINER_SET = VFIO_GROUP_FLAGS_CONTAINER_SET;
+
+// MARK: - Device
+static const unsigned long CVFIO_DEVICE_GET_INFO = VFIO_DEVICE_GET_INFO;
+static const unsigned long CVFIO_DEVICE_GET_REGION_INFO = VFIO_DEVICE_GET_REGION_INFO;
+static const unsigned long CVFIO_DEVICE_RESET = VFIO_DEVICE_RESET;
+static const uint32_t CVFIO_DEVICE_FLAGS_PCI = VFIO_DEVICE_FLAGS_PCI;
+static const uint32_t CVFIO_DEVICE_FLAGS_RESET = VFIO_DEVICE_FLAGS_RESET;
+static const uint32_t CVFIO_PCI_CONFIG_REGION_INDEX = VFIO_PCI_CONFIG_REGION_INDEX;
+static const uint32_t CVFIO_REGION_INFO_FLAG_READ = VFIO_REGION_INFO_FLAG_READ;
+static const uint32_t CVFIO_REGION_INFO_FLAG_WRITE = VFIO_REGION_INFO_FLAG_WRITE;
+
+// MARK: - Device features (Linux >= 5.19; low power >= 6.1)
+static const unsigned long CVFIO_DEVICE_FEATURE = VFIO_DEVICE_FEATURE;
+static const uint32_t CVFIO_DEVICE_FEATURE_MASK = VFIO_DEVICE_FEATURE_MASK;
+static const uint32_t CVFIO_DEVICE_FEATURE_GET = VFIO_DEVICE_FEATURE_GET;
+static const uint32_t CVFIO_DEVICE_FEATURE_SET = VFIO_DEVICE_FEATURE_SET;
+static const uint32_t CVFIO_DEVICE_FEATURE_PROBE = VFIO_DEVICE_FEATURE_PROBE;
+static const uint32_t CVFIO_DEVICE_FEATURE_LOW_POWER_ENTRY = VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY;
+static const uint32_t CVFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP = VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP;
+static const uint32_t CVFIO_DEVICE_FEATURE_LOW_POWER_EXIT = VFIO_DEVICE_FEATURE_LOW_POWER_EXIT;
+/// sizeof(struct vfio_device_feature): the header every feature call starts with.
+static const uint32_t CVFIO_DEVICE_FEATURE_HEADER_SIZE = sizeof(struct vfio_device_feature);
+/// sizeof(struct vfio_device_low_power_entry_with_wakeup): the one-shot entry's payload.
+static const uint32_t CVFIO_LOW_POWER_WAKEUP_PAYLOAD_SIZE = sizeof(struct vfio_device_low_power_entry_with_wakeup);
+
+// MARK: - eventfd
+static const int CVFIO_EFD_CLOEXEC = EFD_CLOEXEC;
+static const int CVFIO_EFD_NONBLOCK = EFD_NONBLOCK;
+static const int CVFIO_EFD_SEMAPHORE = EFD_SEMAPHORE;
+
+static inline int cvfio_eventfd(unsigned int initval, int flags) {
+    return eventfd(initval, flags);
+}
+
+// MARK: - ioctl entry points Swift can call
+
+/// ioctl(fd, request, arg) for requests that take a pointer.
+static inline int cvfio_ioctl_pointer(int fd, unsigned long request, void *arg) {
+    return ioctl(fd, request, arg);
+}
+
+/// ioctl(fd, request, value) for requests that take an integer by value (VFIO_SET_IOMMU,
+/// VFIO_CHECK_EXTENSION) or nothing at all (VFIO_GET_API_VERSION, VFIO_DEVICE_RESET).
+static inline int cvfio_ioctl_value(int fd, unsigned long request, unsigned long value) {
+    return ioctl(fd, request, value);
+}
+
+/// VFIO_DEVICE_FEATURE with the header laid out by the kernel's own struct: `argsz` and
+/// `flags` go into struct vfio_device_feature, `payload` (may be NULL) is copied into its
+/// data[] member. `argsz` is passed as given, so callers (and the real-kernel tests) can
+/// send a short one on purpose. Returns ioctl's result with errno intact; EOVERFLOW if the
+/// payload does not fit the local buffer.
+static inline int cvfio_device_feature(int fd, uint32_t argsz, uint32_t flags,
+                                       const void *payload, size_t payload_len) {
+    union {
+        struct vfio_device_feature header;
+        unsigned char bytes[sizeof(struct vfio_device_feature) + 64];
+    } buffer;
+    if (payload_len > sizeof(buffer.bytes) - sizeof(struct vfio_device_feature)) {
+        errno = EOVERFLOW;
+        return -1;
+    }
+    memset(&buffer, 0, sizeof(buffer));
+    buffer.header.argsz = argsz;
+    buffer.header.flags = flags;
+    if (payload_len > 0 && payload != NULL) {
+        memcpy(buffer.header.data, payload, payload_len);
+    }
+    return ioctl(fd, VFIO_DEVICE_FEATURE, &buffer);
+}
+
+/// Fills struct vfio_device_low_power_entry_with_wakeup, so Swift never lays it out itself.
+static inline struct vfio_device_low_power_entry_with_wakeup
+cvfio_low_power_wakeup_payload(int32_t wakeup_eventfd) {
+    struct vfio_device_low_power_entry_with_wakeup payload;
+    memset(&payload, 0, sizeof(payload));
+    payload.wakeup_eventfd = wakeup_eventfd;
+    return payload;
+}
