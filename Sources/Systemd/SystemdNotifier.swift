@@ -1,0 +1,115 @@
+import CSystemd
+
+/// What became of one notification.
+///
+/// `sd_notify(3)` has three outcomes and a service treats them differently: a message that
+/// was sent, a process that is simply not supervised by systemd (a foreground run in a
+/// terminal, a test), and a real failure (the socket named by `NOTIFY_SOCKET` is gone, the
+/// message is too large). None of them is fatal for a daemon, so the notifier returns the
+/// outcome instead of throwing; a caller that cares (the watchdog path, a test) looks at it.
+public enum NotifyResult: Equatable, Sendable {
+    /// systemd got the datagram (`sd_notify` returned a positive value).
+    case sent
+    /// `NOTIFY_SOCKET` is not set: the process is not running under systemd with
+    /// `Type=notify` (or `NotifyAccess=` excludes it). `sd_notify` returned 0.
+    case notUnderSystemd
+    /// Sending failed; the payload is the positive errno (`sd_notify` returned `-errno`).
+    case failed(errno: Int32)
+
+    /// Maps `sd_notify`'s return value.
+    init(returnValue: Int32) {
+        if returnValue > 0 {
+            self = .sent
+        } else if returnValue == 0 {
+            self = .notUnderSystemd
+        } else {
+            self = .failed(errno: -returnValue)
+        }
+    }
+}
+
+/// Tells the service manager about the daemon's state, over `sd_notify(3)`.
+///
+/// A thin wrapper: every method sends one datagram with `sd_notify(0, ...)` and returns what
+/// libsystemd said. It holds no state; libsystemd reads `NOTIFY_SOCKET` on every call, so the
+/// environment is never unset and a copy of the notifier is as good as the original. Safe to
+/// call from any thread.
+///
+/// The reload protocol, for both `Type=notify` with `ExecReload=` (systemd 252) and
+/// `Type=notify-reload` (systemd >= 253): call ``reloading(monotonicUsec:)`` when the reload
+/// starts, then ``ready()`` when it is done (whether the new configuration was applied or
+/// rejected). systemd 252 ignores `RELOADING=1` from a `Type=notify` service that did not ask
+/// for it, so the same sequence works on both.
+public struct SystemdNotifier: Sendable {
+    public init() {}
+
+    /// `READY=1`: start-up (or a reload) is complete.
+    @discardableResult
+    public func ready() -> NotifyResult {
+        send([("READY", "1")])
+    }
+
+    /// `STATUS=<line>`: the one line `systemctl status` shows. Newlines (which would end the
+    /// assignment early) are replaced by spaces.
+    @discardableResult
+    public func status(_ line: String) -> NotifyResult {
+        send([("STATUS", line)])
+    }
+
+    /// `WATCHDOG=1`: the keep-alive ping; see ``SystemdWatchdog`` for the interval.
+    @discardableResult
+    public func watchdogPing() -> NotifyResult {
+        send([("WATCHDOG", "1")])
+    }
+
+    /// `RELOADING=1` with `MONOTONIC_USEC=`: a reload has started.
+    ///
+    /// - Parameter monotonicUsec: `CLOCK_MONOTONIC` in microseconds, read when the reload
+    ///   starts (``MonotonicClock/nowMicroseconds()``). `Type=notify-reload` requires it to
+    ///   tell this reload's `READY=1` from an earlier one.
+    @discardableResult
+    public func reloading(monotonicUsec: UInt64) -> NotifyResult {
+        send([("RELOADING", "1"), ("MONOTONIC_USEC", String(monotonicUsec))])
+    }
+
+    /// `STOPPING=1`: shutdown has begun.
+    @discardableResult
+    public func stopping() -> NotifyResult {
+        send([("STOPPING", "1")])
+    }
+
+    /// `ERRNO=<value>`: the error the service is failing with (shown by `systemctl status`).
+    @discardableResult
+    public func errno(_ value: Int32) -> NotifyResult {
+        send([("ERRNO", String(value))])
+    }
+
+    /// Sends the assignments as one datagram, one `KEY=value` per line, in order.
+    ///
+    /// Keys are the protocol's variable names, chosen by the program (`READY`, `STATUS`, ...):
+    /// a key that is empty or contains `=` or a newline is a programming error and traps.
+    /// Newlines in values are replaced by spaces.
+    ///
+    /// The corresponding C function is `sd_notify`.
+    @discardableResult
+    public func send(_ assignments: [(String, String)]) -> NotifyResult {
+        let message = Self.message(assignments)
+        return NotifyResult(returnValue: sd_notify(0, message))
+    }
+
+    /// The datagram ``send(_:)`` sends for `assignments` (exposed for tests).
+    public static func message(_ assignments: [(String, String)]) -> String {
+        var lines: [String] = []
+        lines.reserveCapacity(assignments.count)
+        for (key, value) in assignments {
+            precondition(
+                !key.isEmpty && !key.contains("=") && !key.contains(where: \.isNewline),
+                "invalid sd_notify variable name \"\(key)\"")
+            let oneLine = value.contains(where: \.isNewline)
+                ? String(value.map { $0.isNewline ? " " : $0 })
+                : value
+            lines.append("\(key)=\(oneLine)")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
