@@ -51,7 +51,10 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
-        .target(name: "VFIOSimulator", dependencies: ["VFIO", "CVFIO"]),
+        .target(name: "VFIOSimulator", dependencies: [
+            "VFIO", "CVFIO",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .executableTarget(name: "vfio-powerd", dependencies: [
             "PowerDaemon", "PowerConfig",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -62,7 +65,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "VFIOTests", dependencies: [
-            "VFIO", "CVFIO",
+            "VFIO", "CVFIO", "VFIOSimulator",
             .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "PowerPolicyTests", dependencies: [
@@ -70,7 +73,7 @@ let package = Package(
             .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "PowerConfigTests", dependencies: [
-            "PowerConfig", "PowerPolicy", "VFIO",
+            "PowerConfig", "PowerPolicy", "VFIO", "VFIOSimulator",
             .product(name: "PropertyBased", package: "swift-property-based"),
         ], resources: [.copy("Fixtures")]),
         .testTarget(name: "SystemdTests", dependencies: [

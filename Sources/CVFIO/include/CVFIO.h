@@ -60,6 +60,11 @@ static inline int cvfio_eventfd(unsigned int initval, int flags) {
     return eventfd(initval, flags);
 }
 
+// MARK: - errno names
+
+/// "EINVAL" for EINVAL (glibc's strerrorname_np), or NULL for an unknown number.
+const char *cvfio_errno_name(int error);
+
 // MARK: - ioctl entry points Swift can call
 
 /// ioctl(fd, request, arg) for requests that take a pointer.

@@ -1,0 +1,115 @@
+import SystemPackage
+
+/// The checks made before a device is opened, each failing with one message that names the
+/// device and says what to do. They read sysfs and /dev only; nothing touches the device.
+public struct DevicePreflight: Sendable {
+    public let sysfsRoot: FilePath
+    public let devRoot: FilePath
+
+    public init(sysfsRoot: FilePath = "/sys", devRoot: FilePath = "/dev") {
+        self.sysfsRoot = sysfsRoot
+        self.devRoot = devRoot
+    }
+
+    /// Drivers that may share an IOMMU group with a VFIO device: they never do DMA on behalf of
+    /// the host (the kernel marks them driver_managed_dma).
+    public static let groupFriendlyDrivers: Set<String> = ["pci-stub", "pcieport"]
+
+    /// vfio-pci itself, or one of its variant drivers (mlx5_vfio_pci, hisi_acc_vfio_pci, ...).
+    public static func isVFIOPCIDriver(_ name: String) -> Bool {
+        name == "vfio-pci" || name.hasSuffix("_vfio_pci") || name.hasSuffix("-vfio-pci")
+    }
+
+    /// Where the device's group node is, once every check has passed.
+    public struct Verdict: Equatable, Sendable {
+        public let address: PCIAddress
+        public let driver: String
+        /// The name under /dev/vfio: "5", or "noiommu-5".
+        public let groupName: String
+        public let groupMembers: [PCIAddress]
+    }
+
+    /// Runs every check in order and returns where to open the device, or the first failure.
+    public func check(_ address: PCIAddress) throws(VFIOError) -> Verdict {
+        let sysfs = SysfsPCIDevice(address: address, sysfsRoot: sysfsRoot)
+        let operation = "open the device"
+        guard sysfs.exists else {
+            throw VFIOError(.deviceNotFound, device: address, operation: operation,
+                            explanation: "there is no such PCI device in \(sysfsRoot.appending("bus/pci/devices"))",
+                            advice: "Check the address with `lspci -D`")
+        }
+        let driver = sysfs.driver()
+        guard let driver, Self.isVFIOPCIDriver(driver) else {
+            throw VFIOError(.notBoundToVFIO, device: address, operation: operation,
+                            explanation: driver.map { "it is bound to \($0), not vfio-pci" } ?? "it is bound to no driver, not vfio-pci",
+                            advice: bindAdvice(address, currentDriver: driver))
+        }
+        guard let group = sysfs.iommuGroup() else {
+            throw VFIOError(.noIOMMUGroup, device: address, operation: operation,
+                            explanation: "it has no IOMMU group, so VFIO cannot isolate it",
+                            advice: "Turn the IOMMU on (VT-d or AMD-Vi in the firmware, intel_iommu=on or amd_iommu=on on the kernel command line)")
+        }
+        let members = (try? sysfs.iommuGroupMembers()) ?? [address]
+        for member in members where member != address {
+            let memberDriver = SysfsPCIDevice(address: member, sysfsRoot: sysfsRoot).driver()
+            if let memberDriver, !Self.isVFIOPCIDriver(memberDriver), !Self.groupFriendlyDrivers.contains(memberDriver) {
+                throw VFIOError(.groupNotViable, device: address, operation: operation,
+                                explanation: "its IOMMU group \(group) also holds \(member), which is bound to \(memberDriver)",
+                                advice: "Bind every device of group \(group) to vfio-pci, or unbind \(member) from \(memberDriver)")
+            }
+        }
+        let vfio = devRoot.appending("vfio")
+        guard Syscalls.exists(vfio.appending("vfio")) else {
+            if Syscalls.exists(sysfs.directory.appending("vfio-dev")) {
+                throw VFIOError(.cdevOnly, device: address, operation: operation,
+                                explanation: "this kernel offers only the VFIO device cdev (/dev/vfio/devices/vfioN with iommufd), which vfio-powerd does not support yet; it uses the group interface",
+                                advice: "Use a kernel built with CONFIG_VFIO_GROUP=y and CONFIG_VFIO_CONTAINER=y (every Debian kernel is)")
+            }
+            throw VFIOError(.vfioUnavailable, device: address, operation: operation,
+                            explanation: "\(vfio.appending("vfio")) does not exist",
+                            advice: "Load VFIO with `modprobe vfio-pci`")
+        }
+        for name in [group, "noiommu-\(group)"] where Syscalls.exists(vfio.appending(name)) {
+            return Verdict(address: address, driver: driver, groupName: name, groupMembers: members)
+        }
+        throw VFIOError(.vfioUnavailable, device: address, operation: operation,
+                        explanation: "\(vfio.appending(group)), the node of its IOMMU group, does not exist",
+                        advice: "Check that vfio-pci finished binding the device (`dmesg | grep vfio`)")
+    }
+
+    private func bindAdvice(_ address: PCIAddress, currentDriver: String?) -> String {
+        let unbind = currentDriver.map { "echo \(address) > /sys/bus/pci/drivers/\($0)/unbind; " } ?? ""
+        return "Bind it to vfio-pci: \(unbind)echo vfio-pci > /sys/bus/pci/devices/\(address)/driver_override; echo \(address) > /sys/bus/pci/drivers_probe (or `driverctl set-override \(address) vfio-pci`)"
+    }
+}
+
+/// Who holds a VFIO group node open, from /proc (best effort: needs permission to read
+/// other processes' fd tables; root has it).
+public struct ProcessHolding: Equatable, Sendable, CustomStringConvertible {
+    public let pid: Int32
+    public let command: String
+
+    public var description: String { "\(command) (pid \(pid))" }
+
+    /// Every process with `node` among its open files.
+    public static func holders(of node: FilePath, procRoot: FilePath = "/proc") -> [ProcessHolding] {
+        guard case .success(let entries) = Syscalls.listDirectory(procRoot) else { return [] }
+        var holders: [ProcessHolding] = []
+        for entry in entries {
+            guard let pid = Int32(entry) else { continue }
+            let fdDirectory = procRoot.appending(entry).appending("fd")
+            guard case .success(let fds) = Syscalls.listDirectory(fdDirectory) else { continue }
+            let holds = fds.contains { fd in
+                if case .success(let target) = Syscalls.readlink(fdDirectory.appending(fd)) {
+                    return FilePath(target) == node
+                }
+                return false
+            }
+            guard holds else { continue }
+            let command = (try? Syscalls.readSmallFile(procRoot.appending(entry).appending("comm")).get())?
+                .trimmingTrailingWhitespace() ?? "?"
+            holders.append(ProcessHolding(pid: pid, command: command))
+        }
+        return holders.sorted { $0.pid < $1.pid }
+    }
+}

@@ -1,0 +1,274 @@
+import SystemPackage
+
+/// What sysfs says about one PCI device, read without waking it.
+///
+/// Every read here is one the kernel serves from its own bookkeeping (runtime PM state,
+/// cached IDs, driver links), never from the device, so it is safe on an armed device
+/// (see docs in ../shared/docs/vfio-low-power.md, "Reads that do not wake the device").
+/// `config` and link-speed attributes are deliberately absent: they touch the device in
+/// D3cold. The one write, `setD3coldAllowed`, does resume the device and says so.
+///
+/// Every function takes the sysfs root from `init`, so tests point it at a folder.
+public struct SysfsPCIDevice: Sendable {
+    public let address: PCIAddress
+    public let sysfsRoot: FilePath
+
+    public init(address: PCIAddress, sysfsRoot: FilePath = "/sys") {
+        self.address = address
+        self.sysfsRoot = sysfsRoot
+    }
+
+    /// /sys/bus/pci/devices/DDDD:BB:DD.F
+    public var directory: FilePath {
+        sysfsRoot.appending("bus/pci/devices").appending(address.description)
+    }
+
+    public var exists: Bool { Syscalls.exists(directory) }
+
+    // MARK: Identity
+
+    /// The vendor ID (`vendor`), e.g. 0x8086.
+    public func vendorID() throws(SysfsError) -> UInt16 { try readHex("vendor") }
+    /// The device ID (`device`), e.g. 0x10d3.
+    public func deviceID() throws(SysfsError) -> UInt16 { try readHex("device") }
+    /// The 24-bit class code (`class`): base class, subclass, programming interface;
+    /// 0x030000 is a VGA controller, 0x020000 an Ethernet controller.
+    public func classCode() throws(SysfsError) -> UInt32 { try readHex("class") }
+
+    /// The bound driver's name ("vfio-pci"), or nil when no driver is bound.
+    public func driver() -> String? { linkName("driver") }
+
+    /// The IOMMU group's number as named under /sys/kernel/iommu_groups, or nil without one.
+    public func iommuGroup() -> String? { linkName("iommu_group") }
+
+    /// Every device in this device's IOMMU group, this one included, in address order.
+    public func iommuGroupMembers() throws(SysfsError) -> [PCIAddress] {
+        guard let group = iommuGroup() else { return [] }
+        let path = sysfsRoot.appending("kernel/iommu_groups").appending(group).appending("devices")
+        switch Syscalls.listDirectory(path) {
+        case .success(let names): return names.compactMap { PCIAddress($0) }.sorted()
+        case .failure(let errno): throw SysfsError(path: path, errno: errno)
+        }
+    }
+
+    // MARK: Runtime power management
+
+    /// `power/runtime_status`.
+    public func runtimeStatus() throws(SysfsError) -> RuntimeStatus {
+        let text = try read("power/runtime_status")
+        return RuntimeStatus(rawValue: text) ?? .unknown(text)
+    }
+
+    /// `power_state`: the PCI power state the kernel last set (D0, D3hot, D3cold, ...).
+    public func powerState() throws(SysfsError) -> PCIPowerState {
+        let text = try read("power_state")
+        return PCIPowerState(rawValue: text) ?? .unknown(text)
+    }
+
+    /// `power/runtime_suspended_time`: total time spent runtime-suspended.
+    public func runtimeSuspendedTime() throws(SysfsError) -> Duration {
+        .milliseconds(try readDecimal("power/runtime_suspended_time"))
+    }
+
+    /// `power/runtime_active_time`: total time spent runtime-active.
+    public func runtimeActiveTime() throws(SysfsError) -> Duration {
+        .milliseconds(try readDecimal("power/runtime_active_time"))
+    }
+
+    /// `power/control`: `auto` lets the device runtime-suspend; `on` keeps it awake
+    /// (then a low-power entry succeeds but the device never suspends and nothing fires).
+    public func powerControl() throws(SysfsError) -> PowerControl {
+        let text = try read("power/control")
+        return PowerControl(rawValue: text) ?? .unknown(text)
+    }
+
+    /// `d3cold_allowed`.
+    public func d3coldAllowed() throws(SysfsError) -> Bool { try readDecimal("d3cold_allowed") != 0 }
+
+    /// Writes `d3cold_allowed`. This resumes the device (pm_runtime_resume): do it before
+    /// arming, never on an armed device.
+    public func setD3coldAllowed(_ allowed: Bool) throws(SysfsError) {
+        let path = directory.appending("d3cold_allowed")
+        if case .failure(let errno) = Syscalls.writeSmallFile(path, allowed ? "1" : "0") {
+            throw SysfsError(path: path, errno: errno)
+        }
+    }
+
+    /// A snapshot of the whole power view; attributes the kernel does not offer are nil.
+    public func powerView() -> PowerView {
+        PowerView(runtimeStatus: try? runtimeStatus(), powerState: try? powerState(),
+                  runtimeSuspendedTime: try? runtimeSuspendedTime(),
+                  runtimeActiveTime: try? runtimeActiveTime(),
+                  powerControl: try? powerControl(), d3coldAllowed: try? d3coldAllowed())
+    }
+
+    // MARK: Enumeration
+
+    /// Every PCI device sysfs lists, in address order.
+    public static func allAddresses(sysfsRoot: FilePath = "/sys") throws(SysfsError) -> [PCIAddress] {
+        let path = sysfsRoot.appending("bus/pci/devices")
+        switch Syscalls.listDirectory(path) {
+        case .success(let names): return names.compactMap { PCIAddress($0) }.sorted()
+        case .failure(let errno): throw SysfsError(path: path, errno: errno)
+        }
+    }
+
+    // MARK: Reading attributes
+
+    private func read(_ attribute: String) throws(SysfsError) -> String {
+        let path = directory.appending(attribute)
+        switch Syscalls.readSmallFile(path) {
+        case .success(let text): return text.trimmingTrailingWhitespace()
+        case .failure(let errno): throw SysfsError(path: path, errno: errno)
+        }
+    }
+
+    private func readHex<T: FixedWidthInteger>(_ attribute: String) throws(SysfsError) -> T {
+        let text = try read(attribute)
+        let digits = text.hasPrefix("0x") ? text.dropFirst(2) : Substring(text)
+        guard let value = T(digits, radix: 16) else {
+            throw SysfsError(path: directory.appending(attribute), errno: nil, unexpected: text)
+        }
+        return value
+    }
+
+    private func readDecimal(_ attribute: String) throws(SysfsError) -> Int64 {
+        let text = try read(attribute)
+        guard let value = Int64(text) else {
+            throw SysfsError(path: directory.appending(attribute), errno: nil, unexpected: text)
+        }
+        return value
+    }
+
+    private func linkName(_ link: String) -> String? {
+        guard case .success(let target) = Syscalls.readlink(directory.appending(link)) else { return nil }
+        return FilePath(target).lastComponent?.string
+    }
+}
+
+/// `power/runtime_status` values.
+public enum RuntimeStatus: Equatable, Sendable, CustomStringConvertible {
+    case active, suspending, suspended, resuming, error, unsupported
+    case unknown(String)
+
+    public init?(rawValue: String) {
+        switch rawValue {
+        case "active": self = .active
+        case "suspending": self = .suspending
+        case "suspended": self = .suspended
+        case "resuming": self = .resuming
+        case "error": self = .error
+        case "unsupported": self = .unsupported
+        default: return nil
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .active: "active"
+        case .suspending: "suspending"
+        case .suspended: "suspended"
+        case .resuming: "resuming"
+        case .error: "error"
+        case .unsupported: "unsupported"
+        case .unknown(let text): text
+        }
+    }
+}
+
+/// `power_state` values.
+public enum PCIPowerState: Equatable, Sendable, CustomStringConvertible {
+    case d0, d1, d2, d3hot, d3cold
+    case unknown(String)
+
+    public init?(rawValue: String) {
+        switch rawValue {
+        case "D0": self = .d0
+        case "D1": self = .d1
+        case "D2": self = .d2
+        case "D3hot": self = .d3hot
+        case "D3cold": self = .d3cold
+        default: return nil
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .d0: "D0"
+        case .d1: "D1"
+        case .d2: "D2"
+        case .d3hot: "D3hot"
+        case .d3cold: "D3cold"
+        case .unknown(let text): text
+        }
+    }
+}
+
+/// `power/control` values.
+public enum PowerControl: Equatable, Sendable, CustomStringConvertible {
+    case auto, on
+    case unknown(String)
+
+    public init?(rawValue: String) {
+        switch rawValue {
+        case "auto": self = .auto
+        case "on": self = .on
+        default: return nil
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .auto: "auto"
+        case .on: "on"
+        case .unknown(let text): text
+        }
+    }
+}
+
+/// The power attributes of one device at one moment.
+public struct PowerView: Equatable, Sendable {
+    public var runtimeStatus: RuntimeStatus?
+    public var powerState: PCIPowerState?
+    public var runtimeSuspendedTime: Duration?
+    public var runtimeActiveTime: Duration?
+    public var powerControl: PowerControl?
+    public var d3coldAllowed: Bool?
+
+    public init(runtimeStatus: RuntimeStatus? = nil, powerState: PCIPowerState? = nil,
+                runtimeSuspendedTime: Duration? = nil, runtimeActiveTime: Duration? = nil,
+                powerControl: PowerControl? = nil, d3coldAllowed: Bool? = nil) {
+        self.runtimeStatus = runtimeStatus
+        self.powerState = powerState
+        self.runtimeSuspendedTime = runtimeSuspendedTime
+        self.runtimeActiveTime = runtimeActiveTime
+        self.powerControl = powerControl
+        self.d3coldAllowed = d3coldAllowed
+    }
+}
+
+/// A sysfs attribute that could not be read, or did not hold what the kernel documents.
+public struct SysfsError: Error, Equatable, Sendable, CustomStringConvertible {
+    public let path: FilePath
+    public let errno: Errno?
+    public let unexpected: String?
+
+    public init(path: FilePath, errno: Errno?, unexpected: String? = nil) {
+        self.path = path
+        self.errno = errno
+        self.unexpected = unexpected
+    }
+
+    public var description: String {
+        if let errno { return "cannot read \(path): \(errno)" }
+        return "unexpected content in \(path): \"\(unexpected ?? "")\""
+    }
+}
+
+extension String {
+    func trimmingTrailingWhitespace() -> String {
+        var text = Substring(self)
+        while let last = text.last, last.isWhitespace { text = text.dropLast() }
+        return String(text)
+    }
+}

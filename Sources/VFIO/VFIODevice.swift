@@ -1,0 +1,361 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CVFIO
+import SystemPackage
+
+/// Opens VFIO devices through the group path (/dev/vfio/vfio + /dev/vfio/N), sharing one
+/// open group among the devices it holds: the kernel lets only one process, and only one
+/// open file, hold a group node at a time.
+///
+/// Not thread-safe: use one session from one queue (the daemon's serial queue).
+public final class VFIOSession: @unchecked Sendable {
+    public let preflight: DevicePreflight
+    public let procRoot: FilePath
+    private var groups: [String: WeakGroup] = [:]
+
+    public init(sysfsRoot: FilePath = "/sys", devRoot: FilePath = "/dev", procRoot: FilePath = "/proc") {
+        self.preflight = DevicePreflight(sysfsRoot: sysfsRoot, devRoot: devRoot)
+        self.procRoot = procRoot
+    }
+
+    /// Checks the device (DevicePreflight), opens it, reads what the daemon needs to know
+    /// while it is awake (device info, config region, low-power probe), and returns a handle
+    /// with nothing engaged. Opening wakes the device; nothing here arms it.
+    public func openDevice(_ address: PCIAddress) throws(VFIOError) -> VFIODevice {
+        let verdict = try preflight.check(address)
+        let group = try group(named: verdict.groupName, for: address)
+        return try VFIODevice(address: address, driver: verdict.driver, group: group)
+    }
+
+    private func group(named name: String, for address: PCIAddress) throws(VFIOError) -> VFIOGroup {
+        if let group = groups[name]?.group { return group }
+        let group = try VFIOGroup(name: name, devRoot: preflight.devRoot, procRoot: procRoot, device: address)
+        groups = groups.filter { $0.value.group != nil }
+        groups[name] = WeakGroup(group: group)
+        return group
+    }
+
+    private struct WeakGroup { weak var group: VFIOGroup? }
+}
+
+/// An open VFIO group attached to its own type1v2 container. Closed when the last device
+/// fetched through it goes away.
+final class VFIOGroup {
+    let name: String
+    let node: FilePath
+    private let container: FileDescriptor
+    let descriptor: FileDescriptor
+
+    init(name: String, devRoot: FilePath, procRoot: FilePath, device: PCIAddress) throws(VFIOError) {
+        self.name = name
+        let vfio = devRoot.appending("vfio")
+        let node = vfio.appending(name)
+        self.node = node
+        let operation = "open IOMMU group \(name)"
+
+        // A local function would capture self before every property is set; a closure over
+        // locals does not.
+        let fail = { (errno: Errno, step: String) -> VFIOError in
+            switch errno {
+            case .permissionDenied, .notPermitted:
+                VFIOError(.notPermitted, device: device, operation: operation, errno: errno,
+                          explanation: "\(step) was refused",
+                          advice: name.hasPrefix("noiommu") ? "noiommu groups need CAP_SYS_RAWIO: run as root" : "Run as root, or give this user read-write access to \(node)")
+            default:
+                VFIOError(.unexpected, device: device, operation: operation, errno: errno,
+                          explanation: "\(step) failed")
+            }
+        }
+
+        do {
+            container = try FileDescriptor.open(vfio.appending("vfio"), .readWrite, options: [.closeOnExec])
+        } catch {
+            throw fail(error as? Errno ?? .ioError, "opening \(vfio.appending("vfio"))")
+        }
+        do {
+            descriptor = try FileDescriptor.open(node, .readWrite, options: [.closeOnExec])
+        } catch {
+            try? container.close()
+            let errno = error as? Errno ?? .ioError
+            if errno == .resourceBusy {
+                let holders = ProcessHolding.holders(of: node, procRoot: procRoot)
+                let who = holders.isEmpty
+                    ? "another process (could not tell which from /proc)"
+                    : holders.map(\.description).joined(separator: ", ")
+                throw VFIOError(.groupBusy, device: device, operation: operation, errno: errno,
+                                explanation: "\(node) is held by \(who)",
+                                advice: "A VFIO group can be open in one process at a time: stop that process, or leave this device to it")
+            }
+            throw fail(errno, "opening \(node)")
+        }
+
+        do throws(VFIOError) {
+            // The container must speak the API this header describes and offer type1v2.
+            let version = Syscalls.ioctl(container, CVFIO_GET_API_VERSION)
+            guard case .success(let api) = version, api == CVFIO_API_VERSION_VALUE else {
+                throw VFIOError(.unexpected, device: device, operation: operation,
+                                explanation: "the VFIO container speaks an unknown API version")
+            }
+            var status = vfio_group_status()
+            status.argsz = UInt32(MemoryLayout<vfio_group_status>.size)
+            if case .failure(let errno) = Syscalls.ioctl(descriptor, CVFIO_GROUP_GET_STATUS, &status) {
+                throw fail(errno, "VFIO_GROUP_GET_STATUS")
+            }
+            guard status.flags & CVFIO_GROUP_FLAGS_VIABLE != 0 else {
+                throw VFIOError(.groupNotViable, device: device, operation: operation,
+                                explanation: "the kernel says group \(name) is not viable: a device in it is bound to a host driver",
+                                advice: "Bind every device of /sys/kernel/iommu_groups/\(name.split(separator: "-").last ?? "")/devices to vfio-pci")
+            }
+            var containerFD = container.rawValue
+            if case .failure(let errno) = Syscalls.ioctl(descriptor, CVFIO_GROUP_SET_CONTAINER, &containerFD) {
+                throw fail(errno, "VFIO_GROUP_SET_CONTAINER")
+            }
+            if case .failure(let errno) = Syscalls.ioctl(container, CVFIO_SET_IOMMU, value: CVFIO_TYPE1v2_IOMMU) {
+                throw fail(errno, "VFIO_SET_IOMMU (type1v2)")
+            }
+        } catch {
+            try? descriptor.close()
+            try? container.close()
+            throw error
+        }
+    }
+
+    deinit {
+        try? descriptor.close()
+        try? container.close()
+    }
+}
+
+/// One open vfio-pci device, and the three low-power features on it.
+///
+/// Every ioctl on a device fd, and every read or write of one of its regions, resumes the
+/// device; on an armed one-shot device that fires the eventfd and disarms it. So this type
+/// asks the kernel everything it needs (device info, config region, low-power probe) once,
+/// in `VFIOSession.openDevice`, before anything can be armed, and offers no query
+/// afterwards. The only calls that reach the device later are `arm`, `exitLowPower`, and
+/// the accesses whose names say they wake it.
+///
+/// Not thread-safe: confine a device to one queue. Closed by `close()` or when released.
+public final class VFIODevice: @unchecked Sendable {
+    public let address: PCIAddress
+    /// The bound driver at open time: vfio-pci or a variant.
+    public let driver: String
+    /// What the kernel answered to PROBE for each low-power feature, at open.
+    public let lowPowerSupport: LowPowerSupport
+    /// VFIO_DEVICE_GET_INFO flags at open (VFIO_DEVICE_FLAGS_*).
+    public let deviceFlags: UInt32
+    /// What this handle has engaged and not yet been told has ended.
+    public private(set) var engagement: Engagement = .none
+
+    private var descriptor: FileDescriptor?
+    private let group: VFIOGroup
+    private let configRegion: (offset: Int64, size: UInt64)?
+
+    init(address: PCIAddress, driver: String, group: VFIOGroup) throws(VFIOError) {
+        self.address = address
+        self.driver = driver
+        self.group = group
+        let operation = "open the device"
+        var name = Array(address.description.utf8CString)
+        let fd: CInt
+        switch name.withUnsafeMutableBytes({ Syscalls.ioctl(group.descriptor, CVFIO_GROUP_GET_DEVICE_FD, $0.baseAddress!) }) {
+        case .success(let value): fd = value
+        case .failure(let errno):
+            throw VFIODevice.error(errno, device: address, operation: operation)
+        }
+        let descriptor = FileDescriptor(rawValue: fd)
+        self.descriptor = descriptor
+
+        var info = vfio_device_info()
+        info.argsz = UInt32(MemoryLayout<vfio_device_info>.size)
+        if case .failure(let errno) = Syscalls.ioctl(descriptor, CVFIO_DEVICE_GET_INFO, &info) {
+            try? descriptor.close()
+            throw VFIODevice.error(errno, device: address, operation: "read the device's info (VFIO_DEVICE_GET_INFO)")
+        }
+        deviceFlags = info.flags
+
+        var region = vfio_region_info()
+        region.argsz = UInt32(MemoryLayout<vfio_region_info>.size)
+        region.index = CVFIO_PCI_CONFIG_REGION_INDEX
+        if case .success = Syscalls.ioctl(descriptor, CVFIO_DEVICE_GET_REGION_INFO, &region) {
+            configRegion = (Int64(bitPattern: region.offset), region.size)
+        } else {
+            configRegion = nil
+        }
+
+        var refusals: [LowPowerFeature: Errno] = [:]
+        for feature in LowPowerFeature.allCases {
+            let flags = CVFIO_DEVICE_FEATURE_PROBE | CVFIO_DEVICE_FEATURE_SET | feature.index
+            if case .failure(let errno) = Syscalls.deviceFeature(descriptor, argsz: CVFIO_DEVICE_FEATURE_HEADER_SIZE,
+                                                                 flags: flags, payload: nil) {
+                refusals[feature] = errno
+            }
+        }
+        lowPowerSupport = LowPowerSupport(refusals: refusals)
+    }
+
+    deinit { close() }
+
+    /// The raw device fd, for an event loop or a test; nil once closed.
+    public var fileDescriptor: FileDescriptor? { descriptor }
+
+    public var isClosed: Bool { descriptor == nil }
+
+    // MARK: Low power
+
+    /// Asks the kernel for low power (arms the device).
+    ///
+    /// One-shot: the device suspends within milliseconds; its first resume signals `wakeup`
+    /// and ends the entry. Re-entrant: it suspends again by itself after every access.
+    /// EINVAL means something is already engaged on this device (by this or another holder
+    /// of the same file): `alreadyEngaged`.
+    public func arm(_ entry: LowPowerEntry) throws(VFIOError) {
+        let operation = "arm \(entry.feature == .oneShotEntry ? "one-shot" : "re-entrant") low power"
+        let fd = try openDescriptor(operation)
+        let flags = CVFIO_DEVICE_FEATURE_SET | entry.feature.index
+        let result: Result<CInt, Errno>
+        switch entry {
+        case .oneShot(let wakeup):
+            var payload = cvfio_low_power_wakeup_payload(wakeup.descriptor.rawValue)
+            result = withUnsafeBytes(of: &payload) {
+                Syscalls.deviceFeature(fd, argsz: LowPowerFeature.oneShotEntry.minimumArgumentSize, flags: flags, payload: $0)
+            }
+        case .reentrant:
+            result = Syscalls.deviceFeature(fd, argsz: LowPowerFeature.reentrantEntry.minimumArgumentSize, flags: flags, payload: nil)
+        }
+        if case .failure(let errno) = result {
+            throw VFIODevice.error(errno, device: address, operation: operation, feature: entry.feature)
+        }
+        engagement = entry.feature == .oneShotEntry ? .oneShot : .reentrant
+    }
+
+    /// Leaves low power (LOW_POWER_EXIT). Always succeeds on a present device, engaged or
+    /// not. On a suspended one-shot device the kernel resumes it first, which signals the
+    /// wakeup eventfd: a wake this call caused.
+    public func exitLowPower() throws(VFIOError) {
+        let fd = try openDescriptor("exit low power")
+        let flags = CVFIO_DEVICE_FEATURE_SET | LowPowerFeature.exit.index
+        if case .failure(let errno) = Syscalls.deviceFeature(fd, argsz: LowPowerFeature.exit.minimumArgumentSize, flags: flags, payload: nil) {
+            throw VFIODevice.error(errno, device: address, operation: "exit low power", feature: .exit)
+        }
+        engagement = .none
+    }
+
+    /// Records that the wakeup eventfd fired: the kernel has ended the one-shot entry.
+    public func noteWoke() {
+        if engagement == .oneShot { engagement = .none }
+    }
+
+    // MARK: Accesses that wake the device
+
+    /// An access that resumes the device (VFIO_DEVICE_GET_INFO): what a VMM's next call
+    /// does. On an armed one-shot device it fires the eventfd. For diagnostics and tests.
+    public func wakeByAccess() throws(VFIOError) {
+        let fd = try openDescriptor("access the device")
+        var info = vfio_device_info()
+        info.argsz = UInt32(MemoryLayout<vfio_device_info>.size)
+        if case .failure(let errno) = Syscalls.ioctl(fd, CVFIO_DEVICE_GET_INFO, &info) {
+            throw VFIODevice.error(errno, device: address, operation: "access the device (VFIO_DEVICE_GET_INFO)")
+        }
+    }
+
+    /// Reads `count` bytes of PCI config space at `offset` through the config region.
+    /// Resumes the device, like any region access.
+    public func readConfigSpace(offset: Int, count: Int) throws(VFIOError) -> [UInt8] {
+        let operation = "read config space"
+        let fd = try openDescriptor(operation)
+        guard let region = configRegion else {
+            throw VFIOError(.unexpected, device: address, operation: operation, explanation: "the device has no config region")
+        }
+        var bytes = [UInt8](repeating: 0, count: count)
+        do {
+            let read = try bytes.withUnsafeMutableBytes { try fd.read(fromAbsoluteOffset: region.offset + Int64(offset), into: $0) }
+            return Array(bytes.prefix(read))
+        } catch {
+            throw VFIODevice.error(error as? Errno ?? .ioError, device: address, operation: operation)
+        }
+    }
+
+    /// Writes PCI config space at `offset` through the config region (what a guest driver
+    /// does through its VMM). Resumes the device.
+    public func writeConfigSpace(offset: Int, bytes: [UInt8]) throws(VFIOError) {
+        let operation = "write config space"
+        let fd = try openDescriptor(operation)
+        guard let region = configRegion else {
+            throw VFIOError(.unexpected, device: address, operation: operation, explanation: "the device has no config region")
+        }
+        do {
+            _ = try bytes.withUnsafeBytes { try fd.write(toAbsoluteOffset: region.offset + Int64(offset), $0) }
+        } catch {
+            throw VFIODevice.error(error as? Errno ?? .ioError, device: address, operation: operation)
+        }
+    }
+
+    // MARK: Raw access for the real-kernel tests
+
+    /// VFIO_DEVICE_FEATURE exactly as given: the real-kernel tests use it to check how the
+    /// kernel validates argsz, flags and payloads. The daemon never calls it.
+    public func rawDeviceFeature(argsz: UInt32, flags: UInt32, payload: [UInt8] = []) -> Result<Void, Errno> {
+        guard let fd = descriptor else { return .failure(.badFileDescriptor) }
+        return payload.withUnsafeBytes { bytes in
+            Syscalls.deviceFeature(fd, argsz: argsz, flags: flags, payload: payload.isEmpty ? nil : bytes).map { _ in () }
+        }
+    }
+
+    // MARK: Closing
+
+    /// Closes the device fd. The kernel exits low power itself (without signalling the
+    /// eventfd), resets the device and lets it idle in D3. The group is closed when its
+    /// last device is.
+    public func close() {
+        guard let fd = descriptor else { return }
+        descriptor = nil
+        engagement = .none
+        try? fd.close()
+    }
+
+    private func openDescriptor(_ operation: String) throws(VFIOError) -> FileDescriptor {
+        guard let descriptor else {
+            throw VFIOError(.closed, device: address, operation: operation, explanation: "the device was closed")
+        }
+        return descriptor
+    }
+
+    /// Maps a kernel errno to the domain's explanation.
+    static func error(_ errno: Errno, device: PCIAddress, operation: String,
+                      feature: LowPowerFeature? = nil) -> VFIOError {
+        switch errno {
+        case .invalidArgument where feature == .oneShotEntry || feature == .reentrantEntry:
+            return VFIOError(.alreadyEngaged, device: device, operation: operation, errno: errno,
+                             explanation: "low power is already engaged on this device (a re-entrant entry, or a one-shot entry that has not woken yet)",
+                             advice: "Exit low power first")
+        case .inappropriateIOCTLForDevice:
+            return VFIOError(.featureAbsent, device: device, operation: operation, errno: errno,
+                             explanation: "the kernel does not offer \(feature.map { "\($0)" } ?? "this feature") for this device",
+                             advice: "Low-power features need Linux 6.1 or later and the vfio-pci driver")
+        case .operationNotSupportedByDevice, .noSuchAddressOrDevice:
+            return VFIOError(.deviceGone, device: device, operation: operation, errno: errno,
+                             explanation: "the device is gone (removed or unbound)",
+                             advice: "Close it so the kernel can finish removing it")
+        case .ioError:
+            return VFIOError(.resumeFailed, device: device, operation: operation, errno: errno,
+                             explanation: "the device failed to resume from low power (it may be stuck in D3cold)",
+                             advice: "Set `d3cold = \"forbid\"` for this device, and check `dmesg`")
+        case .badFileDescriptor:
+            return VFIOError(.badEventFD, device: device, operation: operation, errno: errno,
+                             explanation: "the wakeup eventfd is not an open file descriptor")
+        case .permissionDenied, .notPermitted:
+            return VFIOError(.notPermitted, device: device, operation: operation, errno: errno,
+                             explanation: "the kernel refused", advice: "Run as root")
+        case .resourceBusy:
+            return VFIOError(.groupBusy, device: device, operation: operation, errno: errno,
+                             explanation: "the device is held by another user")
+        default:
+            return VFIOError(.unexpected, device: device, operation: operation, errno: errno,
+                             explanation: "the kernel refused")
+        }
+    }
+}
