@@ -91,12 +91,20 @@ public enum JournalRecord {
         return name
     }
 
-    /// A metadata value as text: strings as they are, everything else by its description.
+    /// A metadata value as text: strings as they are, convertibles by their description,
+    /// arrays as `[a, b]` and dictionaries as `[k: v]` sorted by key (without the quotes
+    /// swift-log's own description puts around nested strings).
     static func stringValue(_ value: Logger.Metadata.Value) -> String {
         switch value {
-        case .string(let string): return string
-        case .stringConvertible(let convertible): return convertible.description
-        case .array, .dictionary: return value.description
+        case .string(let string):
+            return string
+        case .stringConvertible(let convertible):
+            return convertible.description
+        case .array(let values):
+            return "[" + values.map(stringValue).joined(separator: ", ") + "]"
+        case .dictionary(let entries):
+            let sorted = entries.sorted { $0.key < $1.key }
+            return "[" + sorted.map { "\($0.key): \(stringValue($0.value))" }.joined(separator: ", ") + "]"
         }
     }
 

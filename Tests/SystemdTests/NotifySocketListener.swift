@@ -1,0 +1,126 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Plays systemd's side of sd_notify(3) in a test: an AF_UNIX datagram socket bound in a
+/// fresh temporary directory, whose path goes into `NOTIFY_SOCKET`.
+///
+///     let listener = try NotifySocketListener()
+///     try listener.withNotifySocket {
+///         SystemdNotifier().ready()
+///     }
+///     XCTAssertEqual(try listener.receive(), "READY=1")
+///
+/// `NOTIFY_SOCKET` is process-global (libsystemd reads it on every `sd_notify`), so tests
+/// that use a listener must not run concurrently with each other or with anything else that
+/// reads or writes the environment: keep them in XCTest (serial by default) or in one
+/// serialized Swift Testing suite.
+///
+/// Self-contained on purpose (only libc): copy it into another test target as it is.
+final class NotifySocketListener {
+    struct SystemCallError: Error, CustomStringConvertible {
+        var call: String
+        var errno: Int32
+        var description: String { "\(call): \(String(cString: strerror(errno))) (errno \(errno))" }
+    }
+
+    /// The socket's path: the value for `NOTIFY_SOCKET`.
+    let path: String
+    private let directory: String
+    private var fd: Int32
+
+    /// Creates the directory and binds the socket.
+    init() throws {
+        var template = Array("/tmp/notify-listener.XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw SystemCallError(call: "mkdtemp", errno: errno)
+        }
+        directory = String(cString: made)
+        path = directory + "/notify.sock"
+
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else {
+            let error = SystemCallError(call: "socket", errno: errno)
+            rmdir(directory)
+            throw error
+        }
+
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let pathBytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        guard pathBytes.count < capacity else {
+            close(fd)
+            rmdir(directory)
+            throw SystemCallError(call: "bind (path too long)", errno: ENAMETOOLONG)
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: pathBytes)
+            raw[pathBytes.count] = 0
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard bound == 0 else {
+            let error = SystemCallError(call: "bind", errno: errno)
+            close(fd)
+            rmdir(directory)
+            throw error
+        }
+    }
+
+    deinit {
+        close(fd)
+        unlink(path)
+        rmdir(directory)
+    }
+
+    /// The next datagram as text, or nil when none arrives within `timeoutMilliseconds`.
+    func receive(timeoutMilliseconds: Int32 = 2_000) throws -> String? {
+        var pollDescriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        while true {
+            let ready = poll(&pollDescriptor, 1, timeoutMilliseconds)
+            if ready < 0 && errno == EINTR { continue }
+            guard ready >= 0 else { throw SystemCallError(call: "poll", errno: errno) }
+            if ready == 0 { return nil }
+            break
+        }
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let count = buffer.withUnsafeMutableBytes {
+                recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT))
+            }
+            if count < 0 && errno == EINTR { continue }
+            guard count >= 0 else { throw SystemCallError(call: "recv", errno: errno) }
+            return String(decoding: buffer[..<count], as: UTF8.self)
+        }
+    }
+
+    /// Every datagram already queued, without waiting.
+    func receiveQueued() throws -> [String] {
+        var messages: [String] = []
+        while let message = try receive(timeoutMilliseconds: 0) {
+            messages.append(message)
+        }
+        return messages
+    }
+
+    /// Runs `body` with `NOTIFY_SOCKET` set to this listener, restoring the previous value
+    /// (or its absence) afterwards.
+    func withNotifySocket<Result>(_ body: () throws -> Result) rethrows -> Result {
+        let previous = getenv("NOTIFY_SOCKET").map { String(cString: $0) }
+        setenv("NOTIFY_SOCKET", path, 1)
+        defer {
+            if let previous {
+                setenv("NOTIFY_SOCKET", previous, 1)
+            } else {
+                unsetenv("NOTIFY_SOCKET")
+            }
+        }
+        return try body()
+    }
+}
