@@ -1,0 +1,71 @@
+/// The low-power entry the daemon asks the kernel for.
+public enum ArmMode: String, Hashable, Sendable, CustomStringConvertible {
+    /// VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP, with the device's wakeup eventfd.
+    case oneShot = "one-shot"
+    /// VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, no eventfd.
+    case reentrant = "re-entrant"
+    public var description: String { rawValue }
+}
+
+/// What the state machine asks the daemon to do, in order. See `DeviceStateMachine` for the
+/// protocol (which actions report an outcome back, and what happens when one fails).
+public enum DeviceAction: Hashable, Sendable {
+    /// Open the device (group or cdev path), create its wakeup eventfd if there is none, and
+    /// probe the low-power feature once (PROBE|SET), before anything is armed.
+    /// Outcome: `opened` or `openFailed(errno)` (a probe's ENOTTY is an `openFailed(ENOTTY)`).
+    case open
+    /// Write `d3cold_allowed`. Always emitted right before an `arm` in the same list, because
+    /// the write resumes the device. Outcome: nothing on success; on failure skip the rest of
+    /// the list and report `d3coldWriteFailed(errno)`.
+    case setD3coldAllowed(Bool)
+    /// Arm. Outcome: `armed` or `armFailed(errno)`.
+    case arm(ArmMode)
+    /// VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, then a non-blocking read of the wakeup eventfd.
+    /// Outcome: `exited(drainedWakes:)` with the count read (0 when there was nothing), or
+    /// `exitFailed(errno)`. Draining right after the EXIT is what lets the core tell the wake
+    /// EXIT itself causes (on a suspended one-shot device) from the device's own wakes.
+    case exitLowPower
+    /// (Re)schedule the device's one timer to fire once after the duration; a running timer
+    /// is replaced. Outcome: `timerFired` when it expires.
+    case startTimer(Duration)
+    /// Stop the device's timer if it runs. No outcome.
+    case cancelTimer
+    /// Close the device fd (the kernel then exits low power, resets the device and lets the
+    /// unbind of a removed device finish). Never fails; no outcome.
+    case close
+    /// Tell the operator. The daemon maps these to journal messages; the core never logs.
+    case log(PolicyEvent)
+}
+
+/// Something worth telling the operator, as a value; the daemon decides the words, priority
+/// and MESSAGE_ID.
+public enum PolicyEvent: Hashable, Sendable {
+    /// Armed for the first time since the device was opened (or after a policy change or the
+    /// recovery from "already engaged").
+    case armed(ArmMode)
+    /// The device woke (one-shot): `count` coalesced eventfd signals, after this long in low power.
+    case woke(count: UInt64, inLowPowerFor: Duration)
+    /// Armed again after a wake, having been quiet this long.
+    case rearmed(ArmMode, quietFor: Duration)
+    /// More than `wakes` allowed in `window`: the next re-arm waits `backoff` (doubling per
+    /// further wake up to the cap). Wakes are not logged one by one until it ends.
+    case flappingStarted(wakes: Int, window: Duration, backoff: Duration)
+    /// The device stayed in low power for a whole window: flapping is over.
+    case flappingEnded(suppressedWakes: UInt64, lasted: Duration)
+    /// Arming said EINVAL although the daemon had not armed: someone (a previous daemon run,
+    /// the other holder of a shared file) left it engaged. The daemon exits low power and arms once more.
+    case alreadyEngaged(ArmMode)
+    case armFailed(ErrorNumber, explanation: String)
+    case openFailed(ErrorNumber, explanation: String)
+    case exitFailed(ErrorNumber, explanation: String)
+    case d3coldWriteFailed(ErrorNumber, explanation: String)
+    /// The kernel has no low-power feature for this device: closed, never retried.
+    case unsupported(ErrorNumber, explanation: String)
+    /// The device was removed, unbound or broke (ENODEV/EIO); its fd is closed. `errno` is nil
+    /// when the daemon noticed the removal itself.
+    case deviceGone(ErrorNumber?)
+    /// A gone or failed device is present again and is being opened.
+    case deviceBack
+    /// Policy changed so that the device is no longer managed; it is left awake and closed.
+    case released
+}

@@ -1,0 +1,599 @@
+/// The decisions for one device, as a pure state machine (swift-nio style): a private `State`,
+/// one `mutating func` per event, each returning the actions the daemon must carry out.
+///
+/// ## The daemon protocol
+/// 1. Create one machine per device entry, then call `configured(now:)`.
+/// 2. Carry out the returned actions **in order**. Each list holds at most one action that
+///    reports an outcome (`open`, `arm`, `exitLowPower`), and it is the last kernel action
+///    of the list; report that outcome as the next event for this device, before any other
+///    event for it: `open` → `opened`/`openFailed`; `arm` → `armed`/`armFailed`;
+///    `exitLowPower` → `exited(drainedWakes:)`/`exitFailed`.
+/// 3. `setD3coldAllowed` precedes an `arm`: if the write fails, skip the rest of the list and
+///    report `d3coldWriteFailed`. `close`, `startTimer`, `cancelTimer`, `log` cannot fail.
+/// 4. Kernel- and operator-driven events come whenever they happen, between action lists:
+///    `woke(count:)` with the whole counter read from the eventfd (skip a read that finds 0),
+///    `timerFired`, `removed` (unbind, hot-unplug, REQ irq, vanished from sysfs), `returned`
+///    (present again), `policyChanged` (reload), `stopRequested`.
+/// 5. Every event carries `now`, a CLOCK_MONOTONIC instant; the machine never reads a clock.
+/// One timer per device is enough: the machine never needs two deadlines at once
+/// (re-arm delay, backoff, and the flapping quiet check exclude each other).
+///
+/// Protocol violations (an outcome nobody asked for, an event while an outcome is pending,
+/// `configured` twice) trap with a message: they are bugs in the daemon, not kernel races.
+/// Kernel races are tolerated and documented where they are handled.
+public struct DeviceStateMachine: Sendable {
+    public private(set) var policy: DevicePolicy
+    public private(set) var statistics = DeviceStatistics()
+    private var state: State = .unconfigured
+    private var flap = FlapState()
+    /// What the daemon last wrote to `d3cold_allowed` for this device (nil: never, or the
+    /// device has been re-added since, so the kernel's default is back).
+    private var d3coldWritten: Bool?
+
+    public init(policy: DevicePolicy) {
+        self.policy = policy
+    }
+
+    // MARK: State
+
+    private enum State: Sendable {
+        case unconfigured
+        /// Not managed (`enabled = false` or `mode = off`); nothing open.
+        case disabled
+        case opening
+        case arming(Arming)
+        case lowPower(LowPower)
+        /// One-shot, woke, disarmed and awake; re-arm at `until` (the timer runs).
+        case waitingToRearm(until: MonotonicInstant, wokeAt: MonotonicInstant)
+        /// Flapping: like waitingToRearm with a longer, growing delay (the timer runs).
+        case backingOff(until: MonotonicInstant, wokeAt: MonotonicInstant)
+        case exiting(then: AfterExit)
+        /// Closed after an error that a retry of the same steps would hit again; left until
+        /// the device returns or its policy changes.
+        case failed(String)
+        /// Removed or broken; closed; waiting for `returned`.
+        case gone
+        /// No low-power feature; closed; never retried.
+        case unsupported
+        case stopped
+    }
+
+    private struct Arming: Sendable {
+        var mode: ArmMode
+        var reason: ArmReason
+    }
+
+    private enum ArmReason: Sendable {
+        case initial
+        case rearm(wokeAt: MonotonicInstant)
+        case policyChange
+        /// After EINVAL "already engaged" and an EXIT: a second EINVAL means give up.
+        case afterTakeover
+    }
+
+    private struct LowPower: Sendable {
+        var mode: ArmMode
+        var since: MonotonicInstant
+        /// While flapping: when the quiet check fires (the timer runs).
+        var quietCheckAt: MonotonicInstant?
+    }
+
+    private enum AfterExit: Sendable {
+        case arm(ArmMode, ArmReason)
+        case closeAndDisable
+        case closeAndStop
+    }
+
+    private struct FlapState: Sendable {
+        /// Instants of the most recent wakes inside the window (at most maxWakes + 1 kept).
+        var recentWakes: [MonotonicInstant] = []
+        var episode: Episode?
+        struct Episode: Sendable {
+            var startedAt: MonotonicInstant
+            var level: Int
+            var suppressedWakes: UInt64
+        }
+    }
+
+    /// A summary for status lines and `vfio-powerctl status`.
+    public var phase: DevicePhase {
+        switch state {
+        case .unconfigured: .unconfigured
+        case .disabled: .disabled
+        case .opening: .opening
+        case .arming: .arming
+        case .lowPower(let lowPower): .lowPower(lowPower.mode, since: lowPower.since)
+        case .waitingToRearm(let until, _): .waitingToRearm(until: until)
+        case .backingOff(let until, _): .backingOff(until: until)
+        case .exiting: .exiting
+        case .failed(let reason): .failed(reason: reason)
+        case .gone: .gone
+        case .unsupported: .unsupported
+        case .stopped: .stopped
+        }
+    }
+
+    /// Whether a flapping episode is in progress.
+    public var isFlapping: Bool { flap.episode != nil }
+
+    // MARK: Events
+
+    /// The machine starts managing (or not) the device under its policy.
+    public mutating func configured(now: MonotonicInstant) -> [DeviceAction] {
+        guard case .unconfigured = state else {
+            preconditionFailure("configured(now:) twice for one device; create a new DeviceStateMachine instead")
+        }
+        guard policy.isManaged else {
+            state = .disabled
+            return []
+        }
+        state = .opening
+        return [.open]
+    }
+
+    /// The device is open, its eventfd exists, and the low-power feature probed fine.
+    public mutating func opened(now: MonotonicInstant) -> [DeviceAction] {
+        guard case .opening = state else { preconditionFailure("opened(now:) without an open action in \(phase.name)") }
+        flap = FlapState()
+        return beginArming(armMode, reason: .initial)
+    }
+
+    public mutating func openFailed(_ errno: ErrorNumber, now: MonotonicInstant) -> [DeviceAction] {
+        guard case .opening = state else { preconditionFailure("openFailed without an open action in \(phase.name)") }
+        statistics.lastError = DeviceFailure(operation: .open, errno: errno, at: now)
+        if errno == .ENOTTY {
+            state = .unsupported
+            return [.log(.unsupported(errno, explanation: Self.noFeature))]
+        }
+        if errno.meansDeviceGone {
+            state = .gone
+            return [.log(.deviceGone(errno))]
+        }
+        let explanation: String = switch errno {
+        case .EBUSY: "the device or its IOMMU group is held by another process (a VMM?); the daemon retries when the device returns or its policy changes"
+        case .EPERM, .EACCES: "permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root)"
+        default: "cannot open the device"
+        }
+        state = .failed("open: \(errno.name)")
+        return [.log(.openFailed(errno, explanation: explanation))]
+    }
+
+    public mutating func armed(now: MonotonicInstant) -> [DeviceAction] {
+        guard case .arming(let arming) = state else { preconditionFailure("armed(now:) without an arm action in \(phase.name)") }
+        statistics.arms += 1
+        statistics.lowPowerSince = now
+        var actions: [DeviceAction] = []
+        switch arming.reason {
+        case .initial, .policyChange, .afterTakeover:
+            actions.append(.log(.armed(arming.mode)))
+        case .rearm(let wokeAt):
+            // A flapping device is summarised, not logged per re-arm.
+            if flap.episode == nil { actions.append(.log(.rearmed(arming.mode, quietFor: now - wokeAt))) }
+        }
+        var lowPower = LowPower(mode: arming.mode, since: now, quietCheckAt: nil)
+        if flap.episode != nil {
+            if arming.mode == .oneShot {
+                // Flapping ends when the device stays in low power for a whole window.
+                lowPower.quietCheckAt = now + policy.flapGuard.window
+                actions.append(.startTimer(policy.flapGuard.window))
+            } else {
+                // Re-entrant mode has no wakes to flap with.
+                actions.append(endFlapping(now: now))
+            }
+        }
+        state = .lowPower(lowPower)
+        return actions
+    }
+
+    public mutating func armFailed(_ errno: ErrorNumber, now: MonotonicInstant) -> [DeviceAction] {
+        guard case .arming(let arming) = state else { preconditionFailure("armFailed without an arm action in \(phase.name)") }
+        statistics.lastError = DeviceFailure(operation: .arm, errno: errno, at: now)
+        if errno == .EINVAL {
+            if case .afterTakeover = arming.reason {
+                state = .failed("arm: EINVAL after exit")
+                return [.close, .log(.armFailed(errno, explanation: "still refused after exiting low power; giving up on this device until it returns or its policy changes"))]
+            }
+            // We believe the device is not engaged, yet the kernel says it is: a previous
+            // holder of the same file (an earlier daemon run, a VMM sharing it) left it armed.
+            // EXIT is idempotent, so exit and arm once more.
+            state = .exiting(then: .arm(arming.mode, .afterTakeover))
+            return [.log(.alreadyEngaged(arming.mode)), .exitLowPower]
+        }
+        return failClosed(errno, operation: "arm") { .armFailed($0, explanation: $1) }
+    }
+
+    /// EXIT returned and the daemon drained the eventfd right after it. Whatever it found was
+    /// caused by the EXIT itself (the ioctl resumes a suspended one-shot device, which fires
+    /// the eventfd) or, rarely, is a device wake that raced the EXIT; either way the arming
+    /// it belonged to is over by our own decision, so it counts as self-caused, not as a
+    /// device wake, and never feeds the flap guard.
+    public mutating func exited(drainedWakes: UInt64, now: MonotonicInstant) -> [DeviceAction] {
+        guard case .exiting(let then) = state else { preconditionFailure("exited without an exitLowPower action in \(phase.name)") }
+        statistics.selfWakes += drainedWakes
+        switch then {
+        case .arm(let mode, let reason):
+            return beginArming(mode, reason: reason)
+        case .closeAndDisable:
+            state = .disabled
+            return [.close, .log(.released)]
+        case .closeAndStop:
+            state = .stopped
+            return [.close]
+        }
+    }
+
+    public mutating func exitFailed(_ errno: ErrorNumber, now: MonotonicInstant) -> [DeviceAction] {
+        guard case .exiting(let then) = state else { preconditionFailure("exitFailed without an exitLowPower action in \(phase.name)") }
+        statistics.lastError = DeviceFailure(operation: .exit, errno: errno, at: now)
+        switch then {
+        case .closeAndStop:
+            // Closing exits low power in the kernel anyway; nothing more to try on the way out.
+            state = .stopped
+            return [.close, .log(.exitFailed(errno, explanation: "closing the device instead (the kernel exits low power on close)"))]
+        case .closeAndDisable:
+            state = .disabled
+            return [.close, .log(.exitFailed(errno, explanation: "closing the device instead (the kernel exits low power on close)"))]
+        case .arm:
+            return failClosed(errno, operation: "exit") { .exitFailed($0, explanation: $1) }
+        }
+    }
+
+    /// The `d3cold_allowed` write before an arm failed; the arm was skipped.
+    public mutating func d3coldWriteFailed(_ errno: ErrorNumber, now: MonotonicInstant) -> [DeviceAction] {
+        guard case .arming(let arming) = state else { preconditionFailure("d3coldWriteFailed without a setD3coldAllowed action in \(phase.name)") }
+        statistics.lastError = DeviceFailure(operation: .setD3coldAllowed, errno: errno, at: now)
+        let wanted = policy.d3cold == .allow
+        d3coldWritten = nil
+        if errno.meansDeviceGone {
+            state = .gone
+            return [.close, .log(.deviceGone(errno))]
+        }
+        if wanted {
+            // Failing to give D3cold back is not a risk to the device: arm anyway.
+            d3coldWritten = false
+            return [.log(.d3coldWriteFailed(errno, explanation: "could not set d3cold_allowed back to 1; arming anyway")), .arm(arming.mode)]
+        }
+        state = .failed("d3cold_allowed: \(errno.name)")
+        return [.close, .log(.d3coldWriteFailed(errno, explanation: "could not forbid D3cold, so the device is not armed (its policy says it may not resume from D3cold)"))]
+    }
+
+    /// The wakeup eventfd was read: `count` signals coalesced since the last read.
+    public mutating func woke(count: UInt64, now: MonotonicInstant) -> [DeviceAction] {
+        guard count > 0 else {
+            // A read source can fire for a counter that `exitLowPower`'s drain already emptied.
+            return []
+        }
+        guard case .lowPower(let lowPower) = state, lowPower.mode == .oneShot else {
+            // Not a wake of an arming of ours. The kernel signals once per one-shot arming and
+            // then disarms, and the daemon reads every count it gets, so a count here was
+            // written before the current state began: in waitingToRearm/backingOff the device
+            // is already disarmed (a stale read); in re-entrant mode nothing is registered; in
+            // opening/arming/exiting the outcome report goes first (so it predates it); after
+            // close, unbind resumes the device and fires once more. Counted, never acted on.
+            statistics.selfWakes += count
+            return []
+        }
+        // A wake read right after `armed` is taken as a real wake of the new arming, never
+        // as a stale one: the machine only arms from disarmed states, every earlier count has
+        // been read or drained (exitLowPower's drain), and the arm ioctl itself cannot signal
+        // an arming that is not engaged. Guessing "stale" instead could leave a disarmed
+        // device awake forever; guessing "real" costs at most one extra arm cycle.
+        statistics.wakes += count
+        statistics.lastWake = now
+        endLowPowerPeriod(now: now)
+        let inLowPowerFor = now - lowPower.since
+
+        flap.recentWakes.removeAll { $0 <= now - policy.flapGuard.window }
+        let keep = policy.flapGuard.maxWakes + 1
+        for _ in 0..<min(count, UInt64(keep)) { flap.recentWakes.append(now) }
+        if flap.recentWakes.count > keep { flap.recentWakes.removeFirst(flap.recentWakes.count - keep) }
+
+        if var episode = flap.episode {
+            episode.level += 1
+            episode.suppressedWakes += count
+            flap.episode = episode
+            let backoff = exponentialBackoff(base: policy.rearmDelay, exponent: episode.level, cap: policy.flapGuard.backoffCap)
+            state = .backingOff(until: now + backoff, wokeAt: now)
+            return [.startTimer(backoff)]   // replaces the quiet-check timer
+        }
+        if flap.recentWakes.count > policy.flapGuard.maxWakes {
+            flap.episode = .init(startedAt: now, level: 1, suppressedWakes: 0)
+            statistics.flapEpisodes += 1
+            let backoff = exponentialBackoff(base: policy.rearmDelay, exponent: 1, cap: policy.flapGuard.backoffCap)
+            state = .backingOff(until: now + backoff, wokeAt: now)
+            return [.log(.woke(count: count, inLowPowerFor: inLowPowerFor)),
+                    .log(.flappingStarted(wakes: flap.recentWakes.count, window: policy.flapGuard.window, backoff: backoff)),
+                    .startTimer(backoff)]
+        }
+        state = .waitingToRearm(until: now + policy.rearmDelay, wokeAt: now)
+        return [.log(.woke(count: count, inLowPowerFor: inLowPowerFor)), .startTimer(policy.rearmDelay)]
+    }
+
+    public mutating func timerFired(now: MonotonicInstant) -> [DeviceAction] {
+        switch state {
+        case .waitingToRearm(let until, let wokeAt), .backingOff(let until, let wokeAt):
+            // An expiry before the deadline belongs to a timer that was replaced (the re-arm
+            // delay changed): the replacement fires later.
+            guard now >= until else { return [] }
+            return beginArming(.oneShot, reason: .rearm(wokeAt: wokeAt))
+        case .lowPower(var lowPower):
+            guard let quietCheckAt = lowPower.quietCheckAt, now >= quietCheckAt else { return [] }
+            lowPower.quietCheckAt = nil
+            state = .lowPower(lowPower)
+            return [endFlapping(now: now)]
+        case .unconfigured, .disabled, .opening, .arming, .exiting, .failed, .gone, .unsupported, .stopped:
+            // A timer that was cancelled after its expiry was already queued.
+            return []
+        }
+    }
+
+    /// The device was removed or unbound (the daemon saw it leave sysfs or got a request).
+    public mutating func removed(now: MonotonicInstant) -> [DeviceAction] {
+        switch state {
+        case .lowPower(let lowPower):
+            endLowPowerPeriod(now: now)
+            state = .gone
+            return (lowPower.quietCheckAt == nil ? [] : [.cancelTimer]) + [.close, .log(.deviceGone(nil))]
+        case .waitingToRearm, .backingOff:
+            state = .gone
+            return [.cancelTimer, .close, .log(.deviceGone(nil))]
+        case .failed:
+            // Already closed; from gone, `returned` reopens it.
+            state = .gone
+            return []
+        case .unconfigured, .disabled, .gone, .unsupported, .stopped:
+            // Nothing open: nothing to release (a second notice of the same removal, or a
+            // device the daemon does not manage).
+            return []
+        case .opening, .arming, .exiting:
+            preconditionFailure("removed(now:) while the outcome of the last action is pending in \(phase.name); report it first")
+        }
+    }
+
+    /// The device is present again (the daemon's rescan or reload found it).
+    public mutating func returned(now: MonotonicInstant) -> [DeviceAction] {
+        switch state {
+        case .gone, .failed:
+            d3coldWritten = nil   // a re-added device starts with the kernel's default
+            guard policy.isManaged else {
+                state = .disabled
+                return [.log(.deviceBack)]
+            }
+            state = .opening
+            return [.log(.deviceBack), .open]
+        default:
+            // Present all along, or a repeated notice: nothing to do.
+            return []
+        }
+    }
+
+    /// The configuration was reloaded. An identical policy produces no action in any state:
+    /// the daemon relies on it to leave unchanged devices untouched (any ioctl wakes them).
+    public mutating func policyChanged(_ newPolicy: DevicePolicy, now: MonotonicInstant) -> [DeviceAction] {
+        guard newPolicy != policy else { return [] }
+        let old = policy
+        policy = newPolicy
+        switch state {
+        case .unconfigured, .gone, .unsupported, .stopped:
+            // Kept for later (`configured`, `returned`).
+            return []
+        case .disabled:
+            guard newPolicy.isManaged else { return [] }
+            state = .opening
+            return [.open]
+        case .failed:
+            guard newPolicy.affectsDevice(comparedTo: old) else { return [] }
+            guard newPolicy.isManaged else {
+                state = .disabled
+                return []
+            }
+            state = .opening
+            return [.open]
+        case .opening, .arming, .exiting:
+            preconditionFailure("policyChanged while the outcome of the last action is pending in \(phase.name); report it first")
+        case .lowPower(let lowPower):
+            let cancel: [DeviceAction] = lowPower.quietCheckAt == nil ? [] : [.cancelTimer]
+            if !newPolicy.isManaged {
+                endLowPowerPeriod(now: now)
+                state = .exiting(then: .closeAndDisable)
+                return cancel + [.exitLowPower]
+            }
+            if armMode != lowPower.mode || newPolicy.d3cold != old.d3cold {
+                // Writing d3cold_allowed resumes the device, so a d3cold change needs the same
+                // exit/arm cycle as a mode change.
+                endLowPowerPeriod(now: now)
+                state = .exiting(then: .arm(armMode, .policyChange))
+                return cancel + [.exitLowPower]
+            }
+            // Rearm delay, flap numbers, label, on_stop: used from the next decision on.
+            return []
+        case .waitingToRearm(let until, let wokeAt), .backingOff(let until, let wokeAt):
+            let isBackingOff = if case .backingOff = state { true } else { false }
+            if !newPolicy.isManaged {
+                state = .disabled
+                return [.cancelTimer, .close, .log(.released)]
+            }
+            if armMode == .reentrant {
+                // Disarmed and awake: arm in the new mode right away, no delay applies.
+                var actions: [DeviceAction] = [.cancelTimer]
+                if flap.episode != nil { actions.append(endFlapping(now: now)) }
+                return actions + beginArming(.reentrant, reason: .policyChange)
+            }
+            if !isBackingOff && newPolicy.rearmDelay != old.rearmDelay {
+                let newUntil = wokeAt + newPolicy.rearmDelay
+                if newUntil <= now {
+                    return [.cancelTimer] + beginArming(.oneShot, reason: .rearm(wokeAt: wokeAt))
+                }
+                state = .waitingToRearm(until: newUntil, wokeAt: wokeAt)
+                return [.startTimer(newUntil - now)]
+            }
+            // d3cold is written right before the next arm; other fields need nothing now.
+            _ = until
+            return []
+        }
+    }
+
+    /// The daemon is stopping.
+    public mutating func stopRequested(now: MonotonicInstant) -> [DeviceAction] {
+        switch state {
+        case .lowPower(let lowPower):
+            endLowPowerPeriod(now: now)
+            let cancel: [DeviceAction] = lowPower.quietCheckAt == nil ? [] : [.cancelTimer]
+            switch policy.onStop {
+            case .exit:
+                state = .exiting(then: .closeAndStop)
+                return cancel + [.exitLowPower]
+            case .keep:
+                // The kernel exits low power itself when the last fd closes; `keep` only
+                // keeps the device asleep once the daemon parks its fds in systemd's fd store.
+                state = .stopped
+                return cancel + [.close]
+            }
+        case .waitingToRearm, .backingOff:
+            // Disarmed and awake already: no exit needed.
+            state = .stopped
+            return [.cancelTimer, .close]
+        case .unconfigured, .disabled, .failed, .gone, .unsupported, .stopped:
+            state = .stopped
+            return []
+        case .opening, .arming, .exiting:
+            preconditionFailure("stopRequested while the outcome of the last action is pending in \(phase.name); report it first")
+        }
+    }
+
+    /// The guest put the device into D3hot (sysfs `power_state`). Room for the `guest-d3`
+    /// trigger; with `immediate`, the only trigger today, it changes nothing.
+    public mutating func guestD3Observed(now: MonotonicInstant) -> [DeviceAction] {
+        switch policy.trigger {
+        case .immediate: return []
+        }
+    }
+
+    // MARK: Helpers
+
+    private var armMode: ArmMode { policy.mode == .reentrant ? .reentrant : .oneShot }
+
+    private mutating func beginArming(_ mode: ArmMode, reason: ArmReason) -> [DeviceAction] {
+        state = .arming(Arming(mode: mode, reason: reason))
+        var actions: [DeviceAction] = []
+        switch policy.d3cold {
+        case .forbid where d3coldWritten != false:
+            d3coldWritten = false
+            actions.append(.setD3coldAllowed(false))
+        case .allow where d3coldWritten == false:
+            d3coldWritten = true
+            actions.append(.setD3coldAllowed(true))
+        default:
+            break
+        }
+        return actions + [.arm(mode)]
+    }
+
+    private mutating func failClosed(_ errno: ErrorNumber, operation: String,
+                                     _ event: (ErrorNumber, String) -> PolicyEvent) -> [DeviceAction] {
+        if errno == .ENOTTY {
+            state = .unsupported
+            return [.close, .log(.unsupported(errno, explanation: Self.noFeature))]
+        }
+        if errno.meansDeviceGone {
+            state = .gone
+            return [.close, .log(.deviceGone(errno))]
+        }
+        state = .failed("\(operation): \(errno.name)")
+        return [.close, .log(event(errno, "closing the device; retried when it returns or its policy changes"))]
+    }
+
+    private mutating func endFlapping(now: MonotonicInstant) -> DeviceAction {
+        let episode = flap.episode ?? .init(startedAt: now, level: 0, suppressedWakes: 0)
+        flap = FlapState()
+        return .log(.flappingEnded(suppressedWakes: episode.suppressedWakes, lasted: now - episode.startedAt))
+    }
+
+    private mutating func endLowPowerPeriod(now: MonotonicInstant) {
+        if let since = statistics.lowPowerSince {
+            statistics.timeInLowPowerCompleted += max(.zero, now - since)
+            statistics.lowPowerSince = nil
+        }
+    }
+
+    private static let noFeature = "the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried"
+}
+
+/// A read-only summary of where a device stands.
+public enum DevicePhase: Hashable, Sendable, CustomStringConvertible {
+    case unconfigured
+    case disabled
+    case opening
+    case arming
+    case lowPower(ArmMode, since: MonotonicInstant)
+    case waitingToRearm(until: MonotonicInstant)
+    case backingOff(until: MonotonicInstant)
+    case exiting
+    case failed(reason: String)
+    case gone
+    case unsupported
+    case stopped
+
+    /// A short name for status lines: "low power", "waiting to re-arm", "backing off", ...
+    public var name: String {
+        switch self {
+        case .unconfigured: "unconfigured"
+        case .disabled: "disabled"
+        case .opening: "opening"
+        case .arming: "arming"
+        case .lowPower: "low power"
+        case .waitingToRearm: "waiting to re-arm"
+        case .backingOff: "backing off"
+        case .exiting: "exiting low power"
+        case .failed: "failed"
+        case .gone: "gone"
+        case .unsupported: "unsupported"
+        case .stopped: "stopped"
+        }
+    }
+
+    /// Whether the device is believed to be in low power (armed and not woken).
+    public var isLowPower: Bool { if case .lowPower = self { true } else { false } }
+
+    public var description: String {
+        switch self {
+        case .failed(let reason): "failed (\(reason))"
+        case .lowPower(let mode, _): "low power (\(mode))"
+        default: name
+        }
+    }
+}
+
+/// Counters for one device, kept by its state machine.
+public struct DeviceStatistics: Hashable, Sendable {
+    /// Successful arms.
+    public internal(set) var arms: UInt64 = 0
+    /// Device wakes: the sum of the coalesced eventfd counts read while armed one-shot.
+    public internal(set) var wakes: UInt64 = 0
+    /// Eventfd counts the daemon caused (EXIT on a suspended device) or that were stale;
+    /// never counted as wakes nor toward flapping.
+    public internal(set) var selfWakes: UInt64 = 0
+    public internal(set) var flapEpisodes: UInt64 = 0
+    /// Time in low power over the periods that have ended (armed → wake, exit, removal, stop).
+    public internal(set) var timeInLowPowerCompleted: Duration = .zero
+    /// When the current low-power period began, if one is running.
+    public internal(set) var lowPowerSince: MonotonicInstant?
+    public internal(set) var lastWake: MonotonicInstant?
+    public internal(set) var lastError: DeviceFailure?
+
+    public init() {}
+
+    /// Total time in low power, counting the running period up to `now`.
+    public func timeInLowPower(asOf now: MonotonicInstant) -> Duration {
+        guard let since = lowPowerSince else { return timeInLowPowerCompleted }
+        return timeInLowPowerCompleted + max(.zero, now - since)
+    }
+}
+
+/// The last thing that went wrong with a device.
+public struct DeviceFailure: Hashable, Sendable {
+    public enum Operation: String, Hashable, Sendable { case open, arm, exit, setD3coldAllowed = "set d3cold_allowed" }
+    public var operation: Operation
+    public var errno: ErrorNumber
+    public var at: MonotonicInstant
+}
