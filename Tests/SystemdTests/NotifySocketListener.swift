@@ -28,22 +28,34 @@ final class NotifySocketListener {
 
     /// The socket's path: the value for `NOTIFY_SOCKET`.
     let path: String
-    private let directory: String
+    /// The temporary directory this listener made (and removes), if any.
+    private let directory: String?
     private var fd: Int32
 
-    /// Creates the directory and binds the socket.
-    init() throws {
+    /// Creates a fresh temporary directory and binds the socket in it.
+    convenience init() throws {
         var template = Array("/tmp/notify-listener.XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw SystemCallError(call: "mkdtemp", errno: errno)
         }
-        directory = String(cString: made)
-        path = directory + "/notify.sock"
+        let directory = String(cString: made)
+        try self.init(path: directory + "/notify.sock", ownedDirectory: directory)
+    }
+
+    /// Binds the socket at `path` (whose directory must exist); the socket file is removed
+    /// when the listener goes away. For playing another datagram service, e.g. journald.
+    convenience init(bindingAt path: String) throws {
+        try self.init(path: path, ownedDirectory: nil)
+    }
+
+    private init(path: String, ownedDirectory directory: String?) throws {
+        self.path = path
+        self.directory = directory
 
         fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else {
             let error = SystemCallError(call: "socket", errno: errno)
-            rmdir(directory)
+            if let directory { rmdir(directory) }
             throw error
         }
 
@@ -53,7 +65,7 @@ final class NotifySocketListener {
         let capacity = MemoryLayout.size(ofValue: address.sun_path)
         guard pathBytes.count < capacity else {
             close(fd)
-            rmdir(directory)
+            if let directory { rmdir(directory) }
             throw SystemCallError(call: "bind (path too long)", errno: ENAMETOOLONG)
         }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
@@ -68,7 +80,7 @@ final class NotifySocketListener {
         guard bound == 0 else {
             let error = SystemCallError(call: "bind", errno: errno)
             close(fd)
-            rmdir(directory)
+            if let directory { rmdir(directory) }
             throw error
         }
     }
@@ -76,11 +88,16 @@ final class NotifySocketListener {
     deinit {
         close(fd)
         unlink(path)
-        rmdir(directory)
+        if let directory { rmdir(directory) }
     }
 
     /// The next datagram as text, or nil when none arrives within `timeoutMilliseconds`.
     func receive(timeoutMilliseconds: Int32 = 2_000) throws -> String? {
+        try receiveBytes(timeoutMilliseconds: timeoutMilliseconds).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// The next datagram's bytes, or nil when none arrives within `timeoutMilliseconds`.
+    func receiveBytes(timeoutMilliseconds: Int32 = 2_000) throws -> [UInt8]? {
         var pollDescriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         while true {
             let ready = poll(&pollDescriptor, 1, timeoutMilliseconds)
@@ -96,7 +113,7 @@ final class NotifySocketListener {
             }
             if count < 0 && errno == EINTR { continue }
             guard count >= 0 else { throw SystemCallError(call: "recv", errno: errno) }
-            return String(decoding: buffer[..<count], as: UTF8.self)
+            return Array(buffer[..<count])
         }
     }
 
