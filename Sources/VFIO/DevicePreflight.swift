@@ -89,6 +89,11 @@ public struct ProcessHolding: Equatable, Sendable, CustomStringConvertible {
     public let pid: Int32
     public let command: String
 
+    public init(pid: Int32, command: String) {
+        self.pid = pid
+        self.command = command
+    }
+
     public var description: String { "\(command) (pid \(pid))" }
 
     /// Every process with `node` among its open files.
