@@ -1,0 +1,232 @@
+import Foundation
+import PowerPolicy
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the configuration lives and how strictly its files are checked.
+public struct ConfigLoadOptions: Hashable, Sendable {
+    /// Everything is read under this root: ROOT/etc/vfio-powerd, ROOT/run/vfio-powerd,
+    /// ROOT/usr/lib/vfio-powerd. "/" in production; a temp folder in tests and the VM lab.
+    public var configRoot: FilePath
+    /// Accept files and directories that are group/world-writable or not owned by root.
+    /// Only for tests and labs working in their own temp folders (`--allow-insecure-config`).
+    public var allowInsecurePermissions: Bool
+
+    public init(configRoot: FilePath = "/", allowInsecurePermissions: Bool = false) {
+        self.configRoot = configRoot
+        self.allowInsecurePermissions = allowInsecurePermissions
+    }
+
+    /// The directories in precedence order: /etc masks /run masks /usr/lib.
+    public var directories: [FilePath] {
+        ["etc/vfio-powerd", "run/vfio-powerd", "usr/lib/vfio-powerd"].map { configRoot.appending($0) }
+    }
+
+    public static let mainFileName = "vfio-powerd.conf"
+    public static let dropInDirectoryName = "devices.d"
+    /// Files larger than this are refused (a resource limit on operator input).
+    public static let maximumFileSize = 1 << 20
+    /// At most this many devices.d files are read.
+    public static let maximumDropIns = 1000
+}
+
+/// The result of loading: the configuration (best effort: the parts that were valid) and
+/// every problem found. The daemon must not apply a configuration with `hasErrors`.
+public struct ConfigLoadResult: Hashable, Sendable {
+    public var configuration: Configuration
+    /// In file order; errors and warnings.
+    public var problems: [ConfigProblem]
+    public var hasErrors: Bool { problems.contains(where: \.isError) }
+}
+
+/// Reads the configuration files with systemd's precedence and validates them completely.
+public enum ConfigLoader {
+    public static func load(_ options: ConfigLoadOptions = ConfigLoadOptions()) -> ConfigLoadResult {
+        var configuration = Configuration()
+        var problems: [ConfigProblem] = []
+
+        for directory in options.directories {
+            problems += checkDirectory(directory, options: options)
+            problems += checkDirectory(directory.appending(ConfigLoadOptions.dropInDirectoryName), options: options)
+        }
+
+        // The main file: the first directory that has the name wins, whole.
+        let mainCandidates = options.directories.map { $0.appending(ConfigLoadOptions.mainFileName) }
+        let main = pick(mainCandidates.filter { exists($0) }, records: &configuration.files)
+        if let main {
+            switch read(main, options: options) {
+            case .success(let text):
+                var parser = ConfigFileParser(file: main.string, text: text)
+                (configuration.daemon, configuration.defaults) = parser.parseMain()
+                problems += parser.problems
+            case .failure(let fileProblems):
+                problems += fileProblems.problems
+                markRefused(main, in: &configuration.files)
+            }
+        }
+
+        // devices.d: the union of names, each from its highest directory, in name order.
+        var byName: [String: [FilePath]] = [:]
+        for directory in options.directories {
+            let folder = directory.appending(ConfigLoadOptions.dropInDirectoryName)
+            for name in listConfFiles(folder) { byName[name, default: []].append(folder.appending(name)) }
+        }
+        var names = byName.keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        if names.count > ConfigLoadOptions.maximumDropIns {
+            let folder = options.directories[0].appending(ConfigLoadOptions.dropInDirectoryName)
+            problems.append(ConfigProblem(file: folder.string, message:
+                "\(names.count) files in devices.d directories; at most \(ConfigLoadOptions.maximumDropIns) are read, the rest are ignored"))
+            names = Array(names.prefix(ConfigLoadOptions.maximumDropIns))
+        }
+        let defaults = configuration.effectiveDefaults
+        for name in names {
+            guard let file = pick(byName[name]!, records: &configuration.files) else { continue }
+            switch read(file, options: options) {
+            case .success(let text):
+                var parser = ConfigFileParser(file: file.string, text: text)
+                configuration.devices += parser.parseDevices(defaults: defaults)
+                problems += parser.problems
+            case .failure(let fileProblems):
+                problems += fileProblems.problems
+                markRefused(file, in: &configuration.files)
+            }
+        }
+
+        problems += checkAcrossEntries(configuration)
+        return ConfigLoadResult(configuration: configuration, problems: sortProblems(problems))
+    }
+
+    /// Problems in file order (files in the order they were read), each file's in line order.
+    static func sortProblems(_ problems: [ConfigProblem]) -> [ConfigProblem] {
+        var fileOrder: [String: Int] = [:]
+        for problem in problems where fileOrder[problem.file] == nil { fileOrder[problem.file] = fileOrder.count }
+        return problems.enumerated().sorted { a, b in
+            let fa = fileOrder[a.element.file]!, fb = fileOrder[b.element.file]!
+            if fa != fb { return fa < fb }
+            let la = (a.element.line ?? 0, a.element.column ?? 0), lb = (b.element.line ?? 0, b.element.column ?? 0)
+            if la != lb { return la < lb }
+            return a.offset < b.offset
+        }.map(\.element)
+    }
+
+    /// Duplicate addresses and names between entries (in any files). Overlaps between match
+    /// rules and addresses depend on sysfs: the resolver reports those.
+    static func checkAcrossEntries(_ configuration: Configuration) -> [ConfigProblem] {
+        var problems: [ConfigProblem] = []
+        var addresses: [String: DeviceEntry] = [:]
+        var names: [String: DeviceEntry] = [:]
+        for entry in configuration.devices {
+            if case .address(let address) = entry.selector {
+                if let first = addresses[address.description] {
+                    problems.append(ConfigProblem(at: entry.selectorLocation, key: "device.address", message:
+                        "device \(address) is already selected by the entry at \(first.selectorLocation); keep one of the two entries"))
+                } else { addresses[address.description] = entry }
+            }
+            if let name = entry.name {
+                if let first = names[name] {
+                    problems.append(ConfigProblem(at: entry.location, key: "device.name", message:
+                        "name \"\(name)\" is already used by the entry at \(first.location.fileAndLine); names must be unique (they label logs and status)"))
+                } else { names[name] = entry }
+            }
+        }
+        return problems
+    }
+
+    // MARK: Files
+
+    /// The winner among same-named candidates (highest precedence first); records the rest.
+    private static func pick(_ candidates: [FilePath], records: inout [ConfigFileRecord]) -> FilePath? {
+        guard let first = candidates.first else { return nil }
+        if isMask(first) {
+            for candidate in candidates {
+                records.append(.init(path: candidate.string, status: .masked(by: first.string)))
+            }
+            return nil
+        }
+        records.append(.init(path: first.string, status: .used))
+        for other in candidates.dropFirst() { records.append(.init(path: other.string, status: .overridden(by: first.string))) }
+        return first
+    }
+
+    private static func markRefused(_ file: FilePath, in records: inout [ConfigFileRecord]) {
+        if let index = records.firstIndex(where: { $0.path == file.string }) { records[index].status = .refused }
+    }
+
+    /// A symlink to /dev/null, or /dev/null itself (a character device), masks a name.
+    static func isMask(_ path: FilePath) -> Bool {
+        if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: path.string), target == "/dev/null" { return true }
+        var info = stat()
+        guard stat(path.string, &info) == 0 else { return false }
+        return info.st_mode & S_IFMT == S_IFCHR
+    }
+
+    private static func exists(_ path: FilePath) -> Bool {
+        var info = stat()
+        return lstat(path.string, &info) == 0
+    }
+
+    private static func listConfFiles(_ folder: FilePath) -> [String] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder.string) else { return [] }
+        return names.filter { $0.hasSuffix(".conf") && !$0.hasPrefix(".") }
+    }
+
+    /// The strict-modes check of one file or directory (after following symlinks).
+    static func permissionProblems(_ path: FilePath, isDirectory: Bool) -> [ConfigProblem] {
+        var info = stat()
+        guard stat(path.string, &info) == 0 else { return [] }
+        var problems: [ConfigProblem] = []
+        let what = isDirectory ? "directory" : "file"
+        let writable = info.st_mode & 0o022
+        if writable != 0 {
+            let who = writable == 0o022 ? "group and others" : (writable == 0o020 ? "its group" : "others")
+            let mode = String(info.st_mode & 0o7777, radix: 8)
+            problems.append(ConfigProblem(file: path.string, message:
+                "refusing a configuration \(what) that \(who) can write (mode \(String(repeating: "0", count: max(0, 4 - mode.count)) + mode)): anyone there could change what the daemon does to devices; fix: chmod go-w \(path.string)"))
+        }
+        if info.st_uid != 0 {
+            problems.append(ConfigProblem(file: path.string, message:
+                "refusing a configuration \(what) owned by uid \(info.st_uid), not root; fix: chown root:root \(path.string)"))
+        }
+        return problems
+    }
+
+    private static func checkDirectory(_ directory: FilePath, options: ConfigLoadOptions) -> [ConfigProblem] {
+        guard !options.allowInsecurePermissions else { return [] }
+        var info = stat()
+        guard stat(directory.string, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else { return [] }
+        return permissionProblems(directory, isDirectory: true)
+    }
+
+    private static func read(_ path: FilePath, options: ConfigLoadOptions) -> Result<String, FileProblems> {
+        if !options.allowInsecurePermissions {
+            let problems = permissionProblems(path, isDirectory: false)
+            if !problems.isEmpty { return .failure(FileProblems(problems)) }
+        }
+        var info = stat()
+        guard stat(path.string, &info) == 0 else {
+            return .failure(FileProblems([ConfigProblem(file: path.string, message: "cannot read: \(String(cString: strerror(errno)))")]))
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            return .failure(FileProblems([ConfigProblem(file: path.string, message: "not a regular file; remove it or replace it with a file (a symlink to /dev/null masks the name)")]))
+        }
+        guard Int(info.st_size) <= ConfigLoadOptions.maximumFileSize else {
+            return .failure(FileProblems([ConfigProblem(file: path.string, message:
+                "\(info.st_size) bytes is more than the \(ConfigLoadOptions.maximumFileSize) bytes a configuration file may have")]))
+        }
+        guard let data = FileManager.default.contents(atPath: path.string) else {
+            return .failure(FileProblems([ConfigProblem(file: path.string, message: "cannot read the file")]))
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            return .failure(FileProblems([ConfigProblem(file: path.string, message: "not valid UTF-8 text")]))
+        }
+        return .success(text)
+    }
+}
+
+/// A file's problems as one error value.
+struct FileProblems: Error {
+    var problems: [ConfigProblem]
+    init(_ problems: [ConfigProblem]) { self.problems = problems }
+}

@@ -1,0 +1,471 @@
+import PowerPolicy
+import TOMLKit
+import VFIO
+
+/// Turns one file's TOML text into typed settings, collecting every problem in it.
+///
+/// Table-driven in systemd's way: each known key has one typed reader; anything else is an
+/// unknown key with a "did you mean". Keys are visited in file order so problems come out in
+/// the order an operator reads the file.
+struct ConfigFileParser {
+    let file: String
+    private let positions: TOMLPositionIndex
+    private let root: TOMLTable?
+    private(set) var problems: [ConfigProblem] = []
+
+    /// Parses the text; a syntax error becomes the file's only problem (toml++ stops at the first).
+    init(file: String, text: String) {
+        self.file = file
+        do {
+            root = try TOMLTable(string: text)
+            positions = TOMLPositionIndex(text: text)
+        } catch let error as TOMLParseError {
+            root = nil
+            positions = TOMLPositionIndex(text: "")
+            problems.append(ConfigProblem(file: file, line: error.source.begin.line, column: error.source.begin.column,
+                                          message: "TOML syntax error: \(error.description)"))
+        } catch {
+            root = nil
+            positions = TOMLPositionIndex(text: "")
+            problems.append(ConfigProblem(file: file, message: "cannot parse: \(error)"))
+        }
+    }
+
+    static let policyKeyNames = PolicyKey.allCases.map(\.rawValue)
+    static let mainTopKeys = ["daemon", "defaults"]
+    static let daemonKeys = ["rescan_interval", "max_devices"]
+    static let deviceKeys = ["name", "enabled", "address", "match"] + policyKeyNames
+    static let matchKeys = ["vendor", "device", "class", "driver"]
+
+    // MARK: The main file
+
+    mutating func parseMain() -> (DaemonSettings, PolicySettings) {
+        var daemon = DaemonSettings()
+        var defaults = PolicySettings()
+        guard let root else { return (daemon, defaults) }
+        for key in orderedKeys(root, path: []) {
+            let value = root[key]!
+            switch key {
+            case "daemon":
+                guard let table = expectTable(value, path: ["daemon"]) else { continue }
+                for subkey in orderedKeys(table, path: ["daemon"]) {
+                    let path = ["daemon", subkey]
+                    let value = table[subkey]!
+                    switch subkey {
+                    case "rescan_interval":
+                        if let duration = readDuration(value, path: path, range: .seconds(1) ... .seconds(3600)) {
+                            daemon.rescanInterval = .init(duration, provenance(path))
+                        }
+                    case "max_devices":
+                        if let number = readInteger(value, path: path, range: 1...4096) {
+                            daemon.maxDevices = .init(number, provenance(path))
+                        }
+                    default:
+                        unknownKey(path, candidates: Self.daemonKeys)
+                    }
+                }
+            case "defaults":
+                guard let table = expectTable(value, path: ["defaults"]) else { continue }
+                defaults = readPolicy(table, path: ["defaults"], extraKeys: [])
+            case "device":
+                problems.append(problem(keyPath: ["device"], message:
+                    "devices belong in devices.d/*.conf, not in the main file; move this entry to e.g. devices.d/50-local.conf"))
+            default:
+                if let policyKey = PolicyKey(rawValue: key) {
+                    problems.append(problem(keyPath: [key], message:
+                        "policy keys belong in the [defaults] table; write `\(policyKey.rawValue)` under [defaults]"))
+                } else {
+                    unknownKey([key], candidates: Self.mainTopKeys)
+                }
+            }
+        }
+        if let defaultsTable = root["defaults"]?.table {
+            checkConflicts(defaults.applied(over: .builtIn), written: defaults, path: ["defaults"], table: defaultsTable)
+        }
+        return (daemon, defaults)
+    }
+
+    // MARK: A devices.d file
+
+    mutating func parseDevices(defaults: EffectivePolicy) -> [DeviceEntry] {
+        guard let root else { return [] }
+        var entries: [DeviceEntry] = []
+        for key in orderedKeys(root, path: []) {
+            let value = root[key]!
+            guard key == "device" else {
+                if Self.deviceKeys.contains(key) {
+                    problems.append(problem(keyPath: [key], message:
+                        "`\(key)` must be inside a [[device]] entry; start the entry with a [[device]] line above it"))
+                } else if ["defaults", "daemon"].contains(key) {
+                    problems.append(problem(keyPath: [key], message:
+                        "[\(key)] belongs in vfio-powerd.conf, not in devices.d"))
+                } else {
+                    unknownKey([key], candidates: ["device"])
+                }
+                continue
+            }
+            guard let array = value.array else {
+                problems.append(problem(keyPath: ["device"], message: value.table != nil
+                    ? "write each device as [[device]] (double brackets: an array of tables), not [device]"
+                    : "expected [[device]] entries, got \(describe(value))"))
+                continue
+            }
+            for index in 0..<array.count {
+                let path = ["device", "#\(index)"]
+                guard let table = array[index].table else {
+                    problems.append(problem(keyPath: path, message: "expected a table for each device, got \(describe(array[index]))"))
+                    continue
+                }
+                if let entry = readDevice(table, path: path, defaults: defaults) { entries.append(entry) }
+            }
+        }
+        return entries
+    }
+
+    private mutating func readDevice(_ table: TOMLTable, path: [String], defaults: EffectivePolicy) -> DeviceEntry? {
+        let headerLocation = location(positions.bestKeyPosition(path))
+        var name: String?
+        var enabled = Sourced(true, .builtInDefault)
+        var address: (PCIAddress, ConfigLocation)?
+        var rule: (MatchRule, ConfigLocation)?
+        var selectorBroken = false
+        for key in orderedKeys(table, path: path) where !Self.policyKeyNames.contains(key) {
+            let keyPath = path + [key]
+            let value = table[key]!
+            switch key {
+            case "name":
+                if let text = readString(value, path: keyPath) {
+                    if text.isEmpty || text.count > 64 || text.contains(where: { $0.isNewline }) {
+                        problems.append(problem(valuePath: keyPath, message: "a name is 1 to 64 characters on one line, got \"\(text)\""))
+                    } else {
+                        name = text
+                    }
+                }
+            case "enabled":
+                if let flag = readBool(value, path: keyPath) { enabled = .init(flag, provenance(keyPath)) }
+            case "address":
+                guard let text = readString(value, path: keyPath) else { selectorBroken = true; continue }
+                switch PCIAddress.parse(text) {
+                case .success(let parsed): address = (parsed, location(positions.bestValuePosition(keyPath)))
+                case .failure(let error):
+                    selectorBroken = true
+                    problems.append(problem(valuePath: keyPath, message: error.description))
+                }
+            case "match":
+                guard let matchTable = expectTable(value, path: keyPath) else { selectorBroken = true; continue }
+                if let parsed = readMatch(matchTable, path: keyPath) {
+                    rule = (parsed, location(positions.bestKeyPosition(keyPath)))
+                } else {
+                    selectorBroken = true
+                }
+            default:
+                unknownKey(keyPath, candidates: Self.deviceKeys)
+            }
+        }
+        let settings = readPolicy(table, path: path, extraKeys: Self.deviceKeys)
+        let effective = settings.applied(over: defaults)
+        checkConflicts(effective, written: settings, path: path, table: table)
+
+        let selector: DeviceSelector
+        let selectorLocation: ConfigLocation
+        switch (address, rule) {
+        case (let address?, _?):
+            problems.append(ConfigProblem(at: address.1, key: "device.address", message:
+                "an entry selects its device by `address` or by a [device.match] table, not both; split it into two [[device]] entries or drop one"))
+            return nil
+        case (let address?, nil):
+            (selector, selectorLocation) = (.address(address.0), address.1)
+        case (nil, let rule?):
+            (selector, selectorLocation) = (.match(rule.0), rule.1)
+        case (nil, nil):
+            if !selectorBroken {
+                problems.append(ConfigProblem(at: headerLocation, key: "device", message:
+                    "this entry selects no device: add `address = \"0000:01:00.0\"` or a [device.match] table (vendor, device, class, driver)"))
+            }
+            return nil
+        }
+        return DeviceEntry(location: headerLocation, name: name, enabled: enabled, selector: selector,
+                           selectorLocation: selectorLocation, settings: settings)
+    }
+
+    private mutating func readMatch(_ table: TOMLTable, path: [String]) -> MatchRule? {
+        var rule = MatchRule()
+        var ok = true
+        for key in orderedKeys(table, path: path) {
+            let keyPath = path + [key]
+            let value = table[key]!
+            switch key {
+            case "vendor", "device":
+                if let id = readID(value, path: keyPath) {
+                    if key == "vendor" { rule.vendor = id } else { rule.device = id }
+                } else { ok = false }
+            case "class":
+                guard let text = readString(value, path: keyPath, advice:
+                    "write the class as a string of 2, 4 or 6 hex digits: \"0x03\" for every display controller, \"0x0200\" for Ethernet, \"0x030000\" exactly")
+                else { ok = false; continue }
+                if let classMatch = ClassMatch(text) { rule.classCode = classMatch } else {
+                    ok = false
+                    problems.append(problem(valuePath: keyPath, message:
+                        "\"\(text)\" is not a class pattern: write 2, 4 or 6 hex digits, e.g. \"0x03\" (every display controller), \"0x0300\" (VGA), \"0x030000\" (exactly)"))
+                }
+            case "driver":
+                guard let text = readString(value, path: keyPath) else { ok = false; continue }
+                if text.isEmpty || text.contains("/") {
+                    ok = false
+                    problems.append(problem(valuePath: keyPath, message: "expected a driver name like \"vfio-pci\", got \"\(text)\""))
+                } else { rule.driver = text }
+            default:
+                ok = false
+                unknownKey(keyPath, candidates: Self.matchKeys)
+            }
+        }
+        guard ok else { return nil }
+        if rule.vendor == nil && rule.device == nil && rule.classCode == nil && rule.driver == nil {
+            problems.append(problem(keyPath: path, message: "an empty match selects nothing: give at least one of vendor, device, class, driver"))
+            return nil
+        }
+        if rule.device != nil && rule.vendor == nil {
+            problems.append(problem(keyPath: path + ["device"], message:
+                "a device ID means nothing without its vendor ID (every vendor numbers its own devices); add `vendor`"))
+            return nil
+        }
+        return rule
+    }
+
+    // MARK: Policy keys
+
+    private mutating func readPolicy(_ table: TOMLTable, path: [String], extraKeys: [String]) -> PolicySettings {
+        var settings = PolicySettings()
+        for key in orderedKeys(table, path: path) {
+            let keyPath = path + [key]
+            let value = table[key]!
+            guard let policyKey = PolicyKey(rawValue: key) else {
+                if extraKeys.isEmpty { unknownKey(keyPath, candidates: Self.policyKeyNames) }
+                continue
+            }
+            let source = provenance(keyPath)
+            switch policyKey {
+            case .mode:
+                if let mode: DevicePolicy.Mode = readChoice(value, path: keyPath) { settings.mode = .init(mode, source) }
+            case .trigger:
+                if value.string == "guest-d3" {
+                    problems.append(problem(valuePath: keyPath, message:
+                        "trigger \"guest-d3\" is not supported yet; use \"immediate\""))
+                } else if let trigger: DevicePolicy.Trigger = readChoice(value, path: keyPath) {
+                    settings.trigger = .init(trigger, source)
+                }
+            case .rearmDelay:
+                if let duration = readDuration(value, path: keyPath, range: .seconds(1) ... .seconds(86_400)) {
+                    settings.rearmDelay = .init(duration, source)
+                }
+            case .flapMaxWakes:
+                if let number = readInteger(value, path: keyPath, range: 1...1000) { settings.flapMaxWakes = .init(number, source) }
+            case .flapWindow:
+                if let duration = readDuration(value, path: keyPath, range: .seconds(1) ... .seconds(86_400)) {
+                    settings.flapWindow = .init(duration, source)
+                }
+            case .flapBackoffMax:
+                if let duration = readDuration(value, path: keyPath, range: .seconds(1) ... .seconds(86_400)) {
+                    settings.flapBackoffMax = .init(duration, source)
+                }
+            case .d3cold:
+                if let choice: DevicePolicy.D3cold = readChoice(value, path: keyPath) { settings.d3cold = .init(choice, source) }
+            case .onStop:
+                if let choice: DevicePolicy.OnStop = readChoice(value, path: keyPath) { settings.onStop = .init(choice, source) }
+            }
+        }
+        return settings
+    }
+
+    /// Settings that contradict each other, reported at the key written in this table.
+    private mutating func checkConflicts(_ effective: EffectivePolicy, written: PolicySettings, path: [String], table: TOMLTable) {
+        let policy = effective.policy
+        func describe(_ key: PolicyKey) -> String {
+            let source = effective.source(of: key)
+            return "\(key.rawValue) = \(effective.text(of: key))" + (isWritten(key) ? "" : " (\(source))")
+        }
+        func isWritten(_ key: PolicyKey) -> Bool { table[key.rawValue] != nil }
+        // Report where the operator wrote one of the two keys (the later in the file).
+        func reportKey(_ a: PolicyKey, _ b: PolicyKey) -> PolicyKey? {
+            switch (isWritten(a), isWritten(b)) {
+            case (true, true):
+                let pa = positions.bestKeyPosition(path + [a.rawValue]), pb = positions.bestKeyPosition(path + [b.rawValue])
+                return (pa.line, pa.column) > (pb.line, pb.column) ? a : b
+            case (true, false): return a
+            case (false, true): return b
+            case (false, false): return nil
+            }
+        }
+        let prefix = path.first ?? ""
+        if policy.mode == .oneShot {
+            if policy.flapGuard.window <= policy.rearmDelay, let key = reportKey(.flapWindow, .rearmDelay) {
+                problems.append(problem(keyPath: path + [key.rawValue], keyName: "\(prefix).\(key.rawValue)", message:
+                    "\(describe(.flapWindow)) must be longer than \(describe(.rearmDelay)): a one-shot device wakes at most once per re-arm delay, so the flap guard could never see two wakes in one window"))
+            } else if let key = reportKey(.flapMaxWakes, .flapWindow) ?? reportKey(.flapMaxWakes, .rearmDelay) {
+                let fit = Int(policy.flapGuard.window / policy.rearmDelay) + 1
+                if policy.flapGuard.maxWakes >= fit {
+                    problems.append(problem(.warning, keyPath: path + [key.rawValue], keyName: "\(prefix).\(key.rawValue)", message:
+                        "\(describe(.flapMaxWakes)) can never be exceeded: with \(describe(.rearmDelay)) at most \(fit) wakes fit in \(describe(.flapWindow)), so the flap guard is off"))
+                }
+            }
+            if policy.flapGuard.backoffCap < policy.rearmDelay, let key = reportKey(.flapBackoffMax, .rearmDelay) {
+                problems.append(problem(keyPath: path + [key.rawValue], keyName: "\(prefix).\(key.rawValue)", message:
+                    "\(describe(.flapBackoffMax)) is shorter than \(describe(.rearmDelay)): backing off would re-arm a flapping device sooner than a quiet one; make it at least as long"))
+            }
+        }
+        if policy.mode == .reentrant && prefix == "device" {
+            for key in [PolicyKey.flapMaxWakes, .flapWindow, .flapBackoffMax, .rearmDelay] where isWritten(key) {
+                problems.append(problem(.warning, keyPath: path + [key.rawValue], keyName: "device.\(key.rawValue)", message:
+                    "has no effect with mode = \"reentrant\": a re-entrant device is armed once and sends no wake notifications"))
+            }
+        }
+    }
+
+    // MARK: Typed readers
+
+    private mutating func readDuration(_ value: TOMLValueConvertible, path: [String], range: ClosedRange<Duration>) -> Duration? {
+        guard let text = value.string else {
+            problems.append(problem(valuePath: path, message: "expected a duration like \"30s\", got \(describe(value))"
+                + (value.int.map { " (write \"\($0)s\" for \($0) seconds)" } ?? "")))
+            return nil
+        }
+        switch DurationText.parse(text) {
+        case .success(let duration):
+            guard range.contains(duration) else {
+                problems.append(problem(valuePath: path, message:
+                    "\(duration.configText) is out of range: must be between \(range.lowerBound.configText) and \(range.upperBound.configText)"))
+                return nil
+            }
+            return duration
+        case .failure(let error):
+            problems.append(problem(valuePath: path, message: error.description))
+            return nil
+        }
+    }
+
+    private mutating func readInteger(_ value: TOMLValueConvertible, path: [String], range: ClosedRange<Int>) -> Int? {
+        guard value.type == .int, let number = value.int else {
+            problems.append(problem(valuePath: path, message: "expected an integer like \(range.lowerBound), got \(describe(value))"))
+            return nil
+        }
+        guard range.contains(number) else {
+            problems.append(problem(valuePath: path, message:
+                "\(number) is out of range: must be between \(range.lowerBound) and \(range.upperBound)"))
+            return nil
+        }
+        return number
+    }
+
+    private mutating func readBool(_ value: TOMLValueConvertible, path: [String]) -> Bool? {
+        guard value.type == .bool, let flag = value.bool else {
+            problems.append(problem(valuePath: path, message: "expected true or false, got \(describe(value))"))
+            return nil
+        }
+        return flag
+    }
+
+    private mutating func readString(_ value: TOMLValueConvertible, path: [String], advice: String? = nil) -> String? {
+        guard value.type == .string, let text = value.string else {
+            problems.append(problem(valuePath: path, message: advice.map { "\($0), got \(describe(value))" }
+                ?? "expected a string, got \(describe(value))"))
+            return nil
+        }
+        return text
+    }
+
+    /// A vendor or device ID: an integer (0x10de) or a string of 4 hex digits ("10de", "0x10de").
+    private mutating func readID(_ value: TOMLValueConvertible, path: [String]) -> UInt16? {
+        if value.type == .int, let number = value.int {
+            guard (0...0xFFFF).contains(number) else {
+                problems.append(problem(valuePath: path, message: "\(number) is out of range: a PCI ID is 16 bits (0x0000 to 0xffff)"))
+                return nil
+            }
+            return UInt16(number)
+        }
+        if value.type == .string, let text = value.string {
+            var digits = Substring(text)
+            if digits.hasPrefix("0x") || digits.hasPrefix("0X") { digits = digits.dropFirst(2) }
+            if digits.count == 4, digits.allSatisfy(\.isHexDigit), let number = UInt16(digits, radix: 16) { return number }
+            problems.append(problem(valuePath: path, message:
+                "\"\(text)\" is not a PCI ID: write 4 hex digits as lspci -nn shows them, e.g. 0x10de or \"10de\""))
+            return nil
+        }
+        problems.append(problem(valuePath: path, message: "expected a PCI ID like 0x10de, got \(describe(value))"))
+        return nil
+    }
+
+    private mutating func readChoice<C: CaseIterable & RawRepresentable>(_ value: TOMLValueConvertible, path: [String]) -> C?
+    where C.RawValue == String {
+        let names = C.allCases.map(\.rawValue)
+        let list = names.map { "\"\($0)\"" }.joined(separator: ", ")
+        guard value.type == .string, let text = value.string else {
+            problems.append(problem(valuePath: path, message: "expected one of \(list), got \(describe(value))"))
+            return nil
+        }
+        if let choice = C(rawValue: text) { return choice }
+        var message = "expected one of \(list), got \"\(text)\""
+        if let suggestion = closestMatch(to: text, in: names) { message += "; did you mean \"\(suggestion)\"?" }
+        problems.append(problem(valuePath: path, message: message))
+        return nil
+    }
+
+    private mutating func expectTable(_ value: TOMLValueConvertible, path: [String]) -> TOMLTable? {
+        guard let table = value.table else {
+            problems.append(problem(valuePath: path, message: "expected a table ([\(dotted(path))]), got \(describe(value))"))
+            return nil
+        }
+        return table
+    }
+
+    private mutating func unknownKey(_ path: [String], candidates: [String]) {
+        var message = "unknown key"
+        if let suggestion = closestMatch(to: path.last ?? "", in: candidates) {
+            message += "; did you mean `\(suggestion)`?"
+        } else {
+            message += "; known keys here: " + candidates.map { "`\($0)`" }.joined(separator: ", ")
+        }
+        problems.append(problem(keyPath: path, message: message))
+    }
+
+    // MARK: Positions
+
+    /// A table's keys in the order they appear in the file (toml++ keeps them sorted).
+    private func orderedKeys(_ table: TOMLTable, path: [String]) -> [String] {
+        table.keys.sorted { a, b in
+            let pa = positions.bestKeyPosition(path + [a]), pb = positions.bestKeyPosition(path + [b])
+            return (pa.line, pa.column, a) < (pb.line, pb.column, b)
+        }
+    }
+
+    private func location(_ position: TOMLPositionIndex.Position) -> ConfigLocation {
+        ConfigLocation(file: file, line: position.line, column: position.column)
+    }
+
+    private func provenance(_ path: [String]) -> Provenance {
+        .file(location(positions.bestKeyPosition(path)))
+    }
+
+    private func dotted(_ path: [String]) -> String {
+        path.filter { !$0.hasPrefix("#") }.joined(separator: ".")
+    }
+
+    private func problem(_ severity: ConfigProblem.Severity = .error, keyPath: [String], keyName: String? = nil, message: String) -> ConfigProblem {
+        ConfigProblem(severity, at: location(positions.bestKeyPosition(keyPath)), key: keyName ?? dotted(keyPath), message: message)
+    }
+
+    private func problem(valuePath: [String], message: String) -> ConfigProblem {
+        ConfigProblem(at: location(positions.bestValuePosition(valuePath)), key: dotted(valuePath), message: message)
+    }
+
+    private func describe(_ value: TOMLValueConvertible) -> String {
+        switch value.type {
+        case .string: "\"\(value.string ?? "")\""
+        case .int: String(value.int ?? 0)
+        case .double: String(value.double ?? 0)
+        case .bool: (value.bool ?? false) ? "true" : "false"
+        case .table: "a table"
+        case .array: "an array"
+        case .date, .time, .dateTime: "a date or time"
+        }
+    }
+}
