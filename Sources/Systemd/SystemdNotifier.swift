@@ -78,6 +78,14 @@ public struct SystemdNotifier: Sendable {
         send([("STOPPING", "1")])
     }
 
+    /// `EXTEND_TIMEOUT_USEC=<usec>`: the start, reload or stop in progress needs this much
+    /// more time (from now) than `TimeoutStartSec=`/`TimeoutStopSec=` allow; send it again
+    /// before it runs out to keep extending.
+    @discardableResult
+    public func extendTimeout(microseconds: UInt64) -> NotifyResult {
+        send([("EXTEND_TIMEOUT_USEC", String(microseconds))])
+    }
+
     /// `ERRNO=<value>`: the error the service is failing with (shown by `systemctl status`).
     @discardableResult
     public func errno(_ value: Int32) -> NotifyResult {

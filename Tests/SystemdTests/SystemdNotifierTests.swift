@@ -20,10 +20,11 @@ final class SystemdNotifierTests: XCTestCase {
                 notifier.reloading(monotonicUsec: 123_456_789),
                 notifier.ready(),
                 notifier.stopping(),
+                notifier.extendTimeout(microseconds: 10_000_000),
                 notifier.errno(16),
             ]
         }
-        XCTAssertEqual(results, Array(repeating: .sent, count: 7))
+        XCTAssertEqual(results, Array(repeating: .sent, count: 8))
         XCTAssertEqual(try listener.receiveQueued(), [
             "READY=1",
             "STATUS=3 devices: 2 in low power, 1 awake; 57 wakes",
@@ -31,6 +32,7 @@ final class SystemdNotifierTests: XCTestCase {
             "RELOADING=1\nMONOTONIC_USEC=123456789",
             "READY=1",
             "STOPPING=1",
+            "EXTEND_TIMEOUT_USEC=10000000",
             "ERRNO=16",
         ])
     }
