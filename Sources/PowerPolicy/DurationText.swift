@@ -74,6 +74,7 @@ public enum DurationText {
 /// Text that is not a duration in the configuration's syntax.
 public struct DurationSyntaxError: Error, Equatable, Sendable, CustomStringConvertible {
     public let text: String
+    public init(text: String) { self.text = text }
     public var description: String {
         "\"\(text)\" is not a duration: write it like \"30s\", \"2m\", \"1h30m\" or \"500ms\" (units d, h, m, s, ms; largest first; whole numbers)"
     }
