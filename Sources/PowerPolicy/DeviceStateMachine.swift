@@ -596,4 +596,10 @@ public struct DeviceFailure: Hashable, Sendable {
     public var operation: Operation
     public var errno: ErrorNumber
     public var at: MonotonicInstant
+
+    public init(operation: Operation, errno: ErrorNumber, at: MonotonicInstant) {
+        self.operation = operation
+        self.errno = errno
+        self.at = at
+    }
 }
