@@ -205,6 +205,11 @@ public struct ConfigFileRecord: Hashable, Sendable {
     }
     public var path: String
     public var status: Status
+
+    public init(path: String, status: Status) {
+        self.path = path
+        self.status = status
+    }
 }
 
 /// Everything read from the files, before matching against sysfs.
