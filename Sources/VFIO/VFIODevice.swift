@@ -149,9 +149,16 @@ public final class VFIODevice: @unchecked Sendable {
     public let deviceFlags: UInt32
     /// What this handle has engaged and not yet been told has ended.
     public private(set) var engagement: Engagement = .none
+    /// Signalled by the kernel when it wants the device back (unbind, hot-unplug): it then
+    /// waits for every fd to be closed, asking again every 10 s. Nil when the driver has no
+    /// request channel. Registered at open, because registering is an ioctl.
+    public let removalRequest: EventFD?
 
     private var descriptor: FileDescriptor?
-    private let group: VFIOGroup
+    /// Held while the device is open. Released on close: the kernel finishes removing the
+    /// last device of a group only once the group is detached from its container
+    /// (vfio_device_remove_group waits for it), so a closed device must not keep it open.
+    private var group: VFIOGroup?
     private let configRegion: (offset: Int64, size: UInt64)?
 
     init(address: PCIAddress, driver: String, group: VFIOGroup) throws(VFIOError) {
@@ -186,6 +193,8 @@ public final class VFIODevice: @unchecked Sendable {
             configRegion = nil
         }
 
+        removalRequest = VFIODevice.registerRemovalRequest(descriptor)
+
         var refusals: [LowPowerFeature: Errno] = [:]
         for feature in LowPowerFeature.allCases {
             let flags = CVFIO_DEVICE_FEATURE_PROBE | CVFIO_DEVICE_FEATURE_SET | feature.index
@@ -198,6 +207,21 @@ public final class VFIODevice: @unchecked Sendable {
     }
 
     deinit { close() }
+
+    /// VFIO_PCI_REQ_IRQ_INDEX with an eventfd, when the device offers it.
+    private static func registerRemovalRequest(_ descriptor: FileDescriptor) -> EventFD? {
+        var info = vfio_irq_info()
+        info.argsz = UInt32(MemoryLayout<vfio_irq_info>.size)
+        info.index = CVFIO_PCI_REQ_IRQ_INDEX
+        guard case .success = Syscalls.ioctl(descriptor, CVFIO_DEVICE_GET_IRQ_INFO, &info),
+              info.count > 0, info.flags & CVFIO_IRQ_INFO_EVENTFD != 0,
+              let request = try? EventFD() else { return nil }
+        let result = retryingOnInterrupt {
+            cvfio_set_irq_eventfd(descriptor.rawValue, CVFIO_PCI_REQ_IRQ_INDEX, request.descriptor.rawValue)
+        }
+        guard case .success = result else { return nil }
+        return request
+    }
 
     /// The raw device fd, for an event loop or a test; nil once closed.
     public var fileDescriptor: FileDescriptor? { descriptor }
@@ -308,13 +332,14 @@ public final class VFIODevice: @unchecked Sendable {
     // MARK: Closing
 
     /// Closes the device fd. The kernel exits low power itself (without signalling the
-    /// eventfd), resets the device and lets it idle in D3. The group is closed when its
-    /// last device is.
+    /// eventfd), resets the device and lets it idle in D3. The group (and its container) is
+    /// closed with the last of its devices, which lets a pending unbind finish.
     public func close() {
         guard let fd = descriptor else { return }
         descriptor = nil
         engagement = .none
         try? fd.close()
+        group = nil
     }
 
     private func openDescriptor(_ operation: String) throws(VFIOError) -> FileDescriptor {

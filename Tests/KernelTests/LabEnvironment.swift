@@ -73,3 +73,41 @@ extension Errno {
     static let EBADF = Errno(rawValue: Glibc.EBADF)
     static let ENOTTY = Errno(rawValue: Glibc.ENOTTY)
 }
+
+/// A child process started with posix_spawn. (Foundation's Process needs a run-loop wakeup
+/// socket pair that the guest's chroot could not create, and then hung in waitUntilExit.)
+final class Child {
+    let pid: pid_t
+    private var status: Int32?
+
+    /// Runs `/bin/sh -c script`.
+    init(shell script: String) throws {
+        var pid: pid_t = 0
+        let words: [String] = ["/bin/sh", "-c", script]
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        let result = posix_spawn(&pid, "/bin/sh", nil, nil, argv, environ)
+        guard result == 0 else { throw Errno(rawValue: result) }
+        self.pid = pid
+    }
+
+    /// True while the child runs (reaps it once it has exited).
+    var isRunning: Bool {
+        guard status == nil else { return false }
+        var raw: Int32 = 0
+        if waitpid(pid, &raw, WNOHANG) == pid { status = raw }
+        return status == nil
+    }
+
+    /// The exit status once it has exited normally, else nil.
+    var exitStatus: Int32? {
+        guard !isRunning, let status, status & 0x7f == 0 else { return nil }
+        return (status >> 8) & 0xff
+    }
+
+    func kill() {
+        guard isRunning else { return }
+        Glibc.kill(pid, SIGKILL)
+        _ = waitFor("child \(pid) to die") { !isRunning }
+    }
+}

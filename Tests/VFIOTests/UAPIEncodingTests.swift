@@ -41,3 +41,10 @@ final class UAPIEncodingTests: XCTestCase {
         XCTAssertEqual(CVFIO_PCI_CONFIG_REGION_INDEX, 7)
     }
 }
+
+extension UAPIEncodingTests {
+    func testRequestIRQIndex() {
+        // enum { VFIO_PCI_INTX_IRQ_INDEX, MSI, MSIX, ERR, REQ, ... }
+        XCTAssertEqual(CVFIO_PCI_REQ_IRQ_INDEX, 4)
+    }
+}

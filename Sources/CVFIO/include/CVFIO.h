@@ -37,6 +37,29 @@ static const uint32_t CVFIO_PCI_CONFIG_REGION_INDEX = VFIO_PCI_CONFIG_REGION_IND
 static const uint32_t CVFIO_REGION_INFO_FLAG_READ = VFIO_REGION_INFO_FLAG_READ;
 static const uint32_t CVFIO_REGION_INFO_FLAG_WRITE = VFIO_REGION_INFO_FLAG_WRITE;
 
+// MARK: - Device request IRQ (the kernel asks for the device back: unbind, hot-unplug)
+static const unsigned long CVFIO_DEVICE_GET_IRQ_INFO = VFIO_DEVICE_GET_IRQ_INFO;
+static const unsigned long CVFIO_DEVICE_SET_IRQS = VFIO_DEVICE_SET_IRQS;
+static const uint32_t CVFIO_PCI_REQ_IRQ_INDEX = VFIO_PCI_REQ_IRQ_INDEX;
+static const uint32_t CVFIO_IRQ_INFO_EVENTFD = VFIO_IRQ_INFO_EVENTFD;
+
+/// VFIO_DEVICE_SET_IRQS with DATA_EVENTFD | ACTION_TRIGGER for one vector of `index`:
+/// struct vfio_irq_set followed by one __s32 eventfd (-1 unregisters). Returns ioctl's result.
+static inline int cvfio_set_irq_eventfd(int fd, uint32_t index, int32_t eventfd) {
+    union {
+        struct vfio_irq_set header;
+        unsigned char bytes[sizeof(struct vfio_irq_set) + sizeof(int32_t)];
+    } buffer;
+    memset(&buffer, 0, sizeof(buffer));
+    buffer.header.argsz = sizeof(buffer.bytes);
+    buffer.header.flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+    buffer.header.index = index;
+    buffer.header.start = 0;
+    buffer.header.count = 1;
+    memcpy(buffer.header.data, &eventfd, sizeof(eventfd));
+    return ioctl(fd, VFIO_DEVICE_SET_IRQS, &buffer);
+}
+
 // MARK: - Device features (Linux >= 5.19; low power >= 6.1)
 static const unsigned long CVFIO_DEVICE_FEATURE = VFIO_DEVICE_FEATURE;
 static const uint32_t CVFIO_DEVICE_FEATURE_MASK = VFIO_DEVICE_FEATURE_MASK;

@@ -1,0 +1,282 @@
+import Dispatch
+import PowerPolicy
+import SystemPackage
+import VFIO
+
+/// The clock the daemon reads: CLOCK_MONOTONIC, so instants match systemd's MONOTONIC_USEC.
+public protocol DaemonClock: Sendable {
+    func now() -> MonotonicInstant
+}
+
+/// Tells the manager what one device did; called on the daemon's queue.
+protocol DeviceControllerDelegate: AnyObject {
+    /// The state machine asked to tell the operator something.
+    func device(_ controller: DeviceController, reported event: PolicyEvent, context: DeviceController.Context)
+    /// The device's phase or counters changed (the STATUS line may need an update).
+    func deviceDidChange(_ controller: DeviceController)
+}
+
+/// One managed device: its state machine, its open file, and the Dispatch sources that
+/// watch it (wakeup eventfd, removal request, one timer). It carries out the machine's
+/// actions in order and feeds each outcome back as the next event (the protocol in
+/// `DeviceStateMachine`).
+///
+/// Confined to the daemon's serial queue: every method runs there, and so does every
+/// source handler. That is the whole of its thread-safety.
+final class DeviceController: @unchecked Sendable {
+    let address: PCIAddress
+    private(set) var machine: DeviceStateMachine
+    /// Where the device's entry came from, for status and logs.
+    private(set) var origin: String
+
+    private let source: any DeviceSource
+    private let queue: DispatchQueue
+    private let clock: any DaemonClock
+    weak var delegate: (any DeviceControllerDelegate)?
+
+    private var device: (any LowPowerDevice)?
+    private var wakeup: EventFD?
+    private var wakeupSource: DispatchSourceRead?
+    private var removalSource: DispatchSourceRead?
+    private var timer: DispatchSourceTimer?
+    /// The most recent VFIO error, whose words are more precise than an errno.
+    private var lastError: VFIOError?
+
+    /// What the reporter may add to a policy event's words.
+    struct Context {
+        let address: PCIAddress
+        let name: String?
+        let mode: DevicePolicy.Mode
+        let error: VFIOError?
+        let statistics: DeviceStatistics
+        let now: MonotonicInstant
+    }
+
+    init(address: PCIAddress, policy: DevicePolicy, origin: String, source: any DeviceSource,
+         queue: DispatchQueue, clock: any DaemonClock) {
+        self.address = address
+        self.machine = DeviceStateMachine(policy: policy)
+        self.origin = origin
+        self.source = source
+        self.queue = queue
+        self.clock = clock
+    }
+
+    var phase: DevicePhase { machine.phase }
+    var policy: DevicePolicy { machine.policy }
+    var isOpen: Bool { device != nil }
+    var lastVFIOError: VFIOError? { lastError }
+
+    // MARK: Events
+
+    func start() { run { $0.configured(now: $1) } }
+    func policyChanged(_ policy: DevicePolicy, origin: String) {
+        self.origin = origin
+        run { $0.policyChanged(policy, now: $1) }
+    }
+    func stop() { run { $0.stopRequested(now: $1) } }
+    func removed() { run { $0.removed(now: $1) } }
+    func returned() { run { $0.returned(now: $1) } }
+
+    /// Feeds one event to the machine and carries out what it returns.
+    private func run(_ event: (inout DeviceStateMachine, MonotonicInstant) -> [DeviceAction]) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        var actions = event(&machine, clock.now())
+        // Each list holds at most one action with an outcome; the outcome is the next event.
+        while !actions.isEmpty {
+            var outcome: ((inout DeviceStateMachine, MonotonicInstant) -> [DeviceAction])?
+            for action in actions {
+                if let result = perform(action) {
+                    outcome = result.event
+                    if result.skipRest { break }
+                }
+            }
+            actions = outcome.map { $0(&machine, clock.now()) } ?? []
+        }
+        delegate?.deviceDidChange(self)
+    }
+
+    private struct Outcome {
+        var event: (inout DeviceStateMachine, MonotonicInstant) -> [DeviceAction]
+        var skipRest = false
+    }
+
+    private func perform(_ action: DeviceAction) -> Outcome? {
+        switch action {
+        case .open:
+            return open()
+        case .setD3coldAllowed(let allowed):
+            do {
+                try source.setD3coldAllowed(allowed, for: address)
+                return nil
+            } catch {
+                let errno = ErrorNumber(error.errno?.rawValue ?? ErrorNumber.EIO.rawValue)
+                return Outcome(event: { $0.d3coldWriteFailed(errno, now: $1) }, skipRest: true)
+            }
+        case .arm(let mode):
+            guard let device else { return Outcome(event: { $0.armFailed(.ENODEV, now: $1) }) }
+            do {
+                switch mode {
+                case .oneShot:
+                    guard let wakeup else { return Outcome(event: { $0.armFailed(.EBADF, now: $1) }) }
+                    try device.arm(.oneShot(wakeup: wakeup))
+                case .reentrant:
+                    try device.arm(.reentrant)
+                }
+                lastError = nil
+                return Outcome(event: { $0.armed(now: $1) })
+            } catch {
+                lastError = error
+                let errno = Self.errorNumber(error)
+                return Outcome(event: { $0.armFailed(errno, now: $1) })
+            }
+        case .exitLowPower:
+            guard let device else { return Outcome(event: { $0.exitFailed(.ENODEV, now: $1) }) }
+            do {
+                try device.exitLowPower()
+                // EXIT on a suspended one-shot device resumes it, which fires the eventfd:
+                // drain it now so the machine can count that wake as our own.
+                let drained = (try? wakeup?.read()) ?? nil
+                return Outcome(event: { $0.exited(drainedWakes: drained ?? 0, now: $1) })
+            } catch {
+                lastError = error
+                let errno = Self.errorNumber(error)
+                return Outcome(event: { $0.exitFailed(errno, now: $1) })
+            }
+        case .startTimer(let delay):
+            startTimer(delay)
+            return nil
+        case .cancelTimer:
+            cancelTimer()
+            return nil
+        case .close:
+            close()
+            return nil
+        case .log(let event):
+            delegate?.device(self, reported: event, context: context(clock.now()))
+            return nil
+        }
+    }
+
+    func context(_ now: MonotonicInstant) -> Context {
+        Context(address: address, name: policy.name, mode: policy.mode, error: lastError,
+                statistics: machine.statistics, now: now)
+    }
+
+    // MARK: Opening and closing
+
+    private func open() -> Outcome {
+        let opened: any LowPowerDevice
+        do {
+            opened = try source.openDevice(address)
+        } catch {
+            lastError = error
+            let errno = Self.errorNumber(error)
+            return Outcome(event: { $0.openFailed(errno, now: $1) })
+        }
+        // The machine arms in the policy's mode: that entry and EXIT must both be there.
+        let needed: LowPowerFeature = policy.mode == .reentrant ? .reentrantEntry : .oneShotEntry
+        for feature in [needed, .exit] where !opened.lowPowerSupport.supports(feature) {
+            opened.close()
+            lastError = VFIOError(.featureAbsent, device: address, operation: "manage low power",
+                                  errno: opened.lowPowerSupport.refusals[feature],
+                                  explanation: "the kernel does not offer \(feature) for this device",
+                                  advice: "Low-power features need Linux 6.1 or later and the vfio-pci driver")
+            return Outcome(event: { $0.openFailed(.ENOTTY, now: $1) })
+        }
+        let wakeup: EventFD
+        do {
+            wakeup = try EventFD()
+        } catch {
+            opened.close()
+            return Outcome(event: { $0.openFailed(ErrorNumber(error.rawValue), now: $1) })
+        }
+        device = opened
+        self.wakeup = wakeup
+        lastError = nil
+        wakeupSource = watch(wakeup) { [unowned self] in self.wakeupFired() }
+        if let request = opened.removalRequest {
+            removalSource = watch(request) { [unowned self] in self.removalRequested() }
+        }
+        return Outcome(event: { $0.opened(now: $1) })
+    }
+
+    /// Cancels the sources, then closes the device; the kernel exits low power on close
+    /// (without signalling) and can finish an unbind that was waiting for us.
+    private func close() {
+        cancelTimer()
+        wakeupSource?.cancel()
+        wakeupSource = nil
+        removalSource?.cancel()
+        removalSource = nil
+        device?.close()
+        device = nil
+        wakeup = nil
+    }
+
+    /// A read source on an eventfd. Its cancel handler holds the eventfd, so the fd is closed
+    /// only after Dispatch has stopped watching it.
+    private func watch(_ eventfd: EventFD, _ handler: @escaping () -> Void) -> DispatchSourceRead {
+        let source = DispatchSource.makeReadSource(fileDescriptor: eventfd.descriptor.rawValue, queue: queue)
+        source.setEventHandler(handler: handler)
+        source.setCancelHandler { _ = eventfd }
+        source.activate()
+        return source
+    }
+
+    // MARK: Source handlers
+
+    private func wakeupFired() {
+        guard let wakeup, let count = (try? wakeup.read()) ?? nil, count > 0 else { return }
+        device?.noteWoke()
+        run { $0.woke(count: count, now: $1) }
+    }
+
+    private func removalRequested() {
+        _ = try? removalSource.flatMap { _ in try device?.removalRequest?.read() }
+        run { $0.removed(now: $1) }
+    }
+
+    // MARK: The one timer
+
+    private func startTimer(_ delay: Duration) {
+        cancelTimer()
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        let nanoseconds = delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000
+        // Leeway lets the kernel batch wake-ups; a re-arm a few ms late costs nothing.
+        timer.schedule(deadline: .now() + .nanoseconds(Int(clamping: nanoseconds)), leeway: .milliseconds(10))
+        timer.setEventHandler { [unowned self] in
+            self.timer?.cancel()
+            self.timer = nil
+            self.run { $0.timerFired(now: $1) }
+        }
+        timer.activate()
+        self.timer = timer
+    }
+
+    private func cancelTimer() {
+        timer?.cancel()
+        timer = nil
+    }
+
+    // MARK: Errors
+
+    /// The errno the state machine decides on. Errors that come without one (sysfs checks
+    /// before opening) are mapped to what they mean for management: a device that is not
+    /// there or not bound to vfio-pci is "gone" (the daemon waits for it to return); one
+    /// the kernel cannot manage is "no feature".
+    static func errorNumber(_ error: VFIOError) -> ErrorNumber {
+        switch error.code {
+        case .deviceNotFound, .notBoundToVFIO, .noIOMMUGroup, .groupNotViable, .vfioUnavailable, .deviceGone:
+            return .ENODEV
+        case .cdevOnly, .featureAbsent:
+            return .ENOTTY
+        case .groupBusy:
+            return .EBUSY
+        case .closed:
+            return .EBADF
+        case .notPermitted, .alreadyEngaged, .resumeFailed, .badEventFD, .unexpected:
+            return error.errno.map { ErrorNumber($0.rawValue) } ?? .EIO
+        }
+    }
+}

@@ -1,0 +1,235 @@
+import Foundation
+import SystemPackage
+import VFIO
+
+/// A vfio-pci device that follows the kernel's low-power semantics, as measured on 6.1 and
+/// 7.3 (../shared/docs/vfio-low-power.md), over real eventfds. Only the ioctls are simulated:
+/// the daemon watches the same kind of file descriptors it watches on a real kernel.
+///
+/// - Arming suspends the device at once (the real kernel takes 6-15 ms).
+/// - Every call the daemon makes resumes a suspended device first, as
+///   vfio_device_fops_unl_ioctl does: on a one-shot entry that signals the eventfd (count 1)
+///   and disengages.
+/// - A second entry while a re-entrant one is engaged: EINVAL. While a one-shot entry is
+///   engaged on a suspended device, the call's own resume disarms the old entry first (the
+///   eventfd fires), then the new entry succeeds (measured); while it is engaged and awake: EINVAL.
+/// - EXIT always succeeds; close never signals.
+/// - `access()` is what a VMM's access does; `remove()` is an unbind: the removal request
+///   eventfd fires, a suspended one-shot device wakes, later calls fail with ENODEV.
+///
+/// It is a test double: it never proves on its own that a feature works on a kernel.
+/// Thread-safe: tests poke it from their own thread while the daemon calls it on its queue.
+public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
+    public let address: PCIAddress
+    public let lowPowerSupport: LowPowerSupport
+    public let removalRequest: EventFD?
+
+    private let lock = NSLock()
+    private var engaged: Engaged = .none
+    private var suspended = false
+    private var gone = false
+    private var closed = false
+    private var injected: [Operation: Errno] = [:]
+    private var _calls: [Operation: Int] = [:]
+
+    private enum Engaged {
+        case none
+        case oneShot(EventFD)
+        case reentrant
+    }
+
+    /// The calls the daemon can make, for counting and for injecting failures.
+    public enum Operation: Hashable, Sendable {
+        case arm, exit
+    }
+
+    public init(address: PCIAddress, support: LowPowerSupport = LowPowerSupport(refusals: [:])) {
+        self.address = address
+        self.lowPowerSupport = support
+        self.removalRequest = try? EventFD()
+    }
+
+    // MARK: What the daemon calls
+
+    public func arm(_ entry: LowPowerEntry) throws(VFIOError) {
+        let result: Result<Void, VFIOError> = lock.withLock {
+            _calls[.arm, default: 0] += 1
+            if let failure = check(.arm, feature: entry.feature) { return .failure(failure) }
+            resumeForCall()
+            switch engaged {
+            case .reentrant, .oneShot:
+                return .failure(VFIOError(.alreadyEngaged, device: address, operation: "arm low power",
+                                          errno: .invalidArgument, explanation: "low power is already engaged on this device"))
+            case .none:
+                switch entry {
+                case .oneShot(let wakeup): engaged = .oneShot(wakeup)
+                case .reentrant: engaged = .reentrant
+                }
+                suspended = true
+                return .success(())
+            }
+        }
+        try result.get()
+    }
+
+    public func exitLowPower() throws(VFIOError) {
+        let result: Result<Void, VFIOError> = lock.withLock {
+            _calls[.exit, default: 0] += 1
+            if let failure = check(.exit, feature: .exit) { return .failure(failure) }
+            resumeForCall()
+            engaged = .none
+            return .success(())
+        }
+        try result.get()
+    }
+
+    public func noteWoke() {}
+
+    public func close() {
+        lock.withLock {
+            closed = true
+            engaged = .none  // the kernel exits low power on close without signalling
+            suspended = false
+        }
+    }
+
+    // MARK: What the world does to the device
+
+    /// An access by a VMM (or anyone holding the file): resumes the device. One-shot: the
+    /// eventfd fires once and the entry ends. Re-entrant: it suspends again by itself.
+    public func access() {
+        lock.withLock {
+            guard !gone else { return }
+            resumeForCall()
+            if case .reentrant = engaged { suspended = true }
+        }
+    }
+
+    /// Unbind or hot-unplug: the PCI core resumes the device, vfio-pci signals the request
+    /// channel, and from then on every call fails with ENODEV.
+    public func remove() {
+        lock.withLock {
+            resumeForCall()
+            gone = true
+        }
+        try? removalRequest?.signal()
+    }
+
+    /// Makes the next call of `operation` fail with `errno` (ENODEV, EIO, ...).
+    public func failNext(_ operation: Operation, with errno: Errno) {
+        lock.withLock { injected[operation] = errno }
+    }
+
+    // MARK: What a test can ask
+
+    public var isSuspended: Bool { lock.withLock { suspended } }
+    public var isClosed: Bool { lock.withLock { closed } }
+
+    /// "one-shot", "re-entrant" or "none".
+    public var engagement: Engagement {
+        lock.withLock {
+            switch engaged {
+            case .none: .none
+            case .oneShot: .oneShot
+            case .reentrant: .reentrant
+            }
+        }
+    }
+
+    /// How many times the daemon made each call: every one of them would have woken a real device.
+    public func calls(_ operation: Operation) -> Int { lock.withLock { _calls[operation, default: 0] } }
+    public var totalCalls: Int { lock.withLock { _calls.values.reduce(0, +) } }
+
+    // MARK: Kernel semantics (called with the lock held)
+
+    /// vfio_device_fops_unl_ioctl's runtime resume around every call.
+    private func resumeForCall() {
+        guard suspended else { return }
+        suspended = false
+        if case .oneShot(let wakeup) = engaged {
+            try? wakeup.signal(1)
+            engaged = .none
+        }
+    }
+
+    private func check(_ operation: Operation, feature: LowPowerFeature) -> VFIOError? {
+        if closed {
+            return VFIOError(.closed, device: address, operation: "\(operation)", explanation: "the device was closed")
+        }
+        if gone {
+            return VFIOError(.deviceGone, device: address, operation: "\(operation)", errno: .init(rawValue: 19),
+                             explanation: "the device is gone (removed or unbound)")
+        }
+        if let errno = injected.removeValue(forKey: operation) {
+            let code: VFIOError.Code = switch errno.rawValue {
+            case 19: .deviceGone
+            case 5: .resumeFailed
+            case 25: .featureAbsent
+            case 22: .alreadyEngaged
+            default: .unexpected
+            }
+            return VFIOError(code, device: address, operation: "\(operation)", errno: errno, explanation: "injected by the test")
+        }
+        return nil
+    }
+}
+
+/// A device source over simulated devices: what the daemon's tests and the benchmarks use in
+/// place of `OwnDeviceSource`.
+public final class SimulatedDeviceSource: DeviceSource, @unchecked Sendable {
+    private let lock = NSLock()
+    private var devices: [PCIAddress: SimulatedDevice] = [:]
+    private var openErrors: [PCIAddress: VFIOError] = [:]
+    private var d3coldWrites: [PCIAddress: [Bool]] = [:]
+    private var _opens: [PCIAddress: Int] = [:]
+
+    public init() {}
+
+    /// Plugs a device in (bound to vfio-pci); returns it so the test can act on it.
+    @discardableResult
+    public func plug(_ address: PCIAddress, support: LowPowerSupport = LowPowerSupport(refusals: [:])) -> SimulatedDevice {
+        let device = SimulatedDevice(address: address, support: support)
+        lock.withLock {
+            devices[address] = device
+            openErrors[address] = nil
+        }
+        return device
+    }
+
+    /// Unplugs a device: it is removed (see `SimulatedDevice.remove`) and no longer available.
+    public func unplug(_ address: PCIAddress) {
+        let device = lock.withLock { devices.removeValue(forKey: address) }
+        device?.remove()
+    }
+
+    /// Makes opening `address` fail until it is plugged again.
+    public func failOpen(_ address: PCIAddress, with error: VFIOError) {
+        lock.withLock { openErrors[address] = error }
+    }
+
+    public func device(_ address: PCIAddress) -> SimulatedDevice? { lock.withLock { devices[address] } }
+    public func opens(_ address: PCIAddress) -> Int { lock.withLock { _opens[address, default: 0] } }
+    public func d3coldWrites(_ address: PCIAddress) -> [Bool] { lock.withLock { d3coldWrites[address, default: []] } }
+
+    public func openDevice(_ address: PCIAddress) throws(VFIOError) -> any LowPowerDevice {
+        let result: Result<SimulatedDevice, VFIOError> = lock.withLock {
+            _opens[address, default: 0] += 1
+            if let error = openErrors[address] { return .failure(error) }
+            guard let device = devices[address] else {
+                return .failure(VFIOError(.deviceNotFound, device: address, operation: "open the device",
+                                          explanation: "there is no such simulated device"))
+            }
+            // A reopened device is a new open file: nothing engaged, nothing suspended.
+            let fresh = SimulatedDevice(address: address, support: device.lowPowerSupport)
+            devices[address] = fresh
+            return .success(fresh)
+        }
+        return try result.get()
+    }
+
+    public func isAvailable(_ address: PCIAddress) -> Bool { lock.withLock { devices[address] != nil } }
+
+    public func setD3coldAllowed(_ allowed: Bool, for address: PCIAddress) throws(SysfsError) {
+        lock.withLock { d3coldWrites[address, default: []].append(allowed) }
+    }
+}
