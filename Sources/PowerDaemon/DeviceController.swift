@@ -194,9 +194,9 @@ final class DeviceController: @unchecked Sendable {
         device = opened
         self.wakeup = wakeup
         lastError = nil
-        wakeupSource = watch(wakeup) { [unowned self] in self.wakeupFired() }
+        wakeupSource = watch(wakeup) { [weak self] in self?.wakeupFired() }
         if let request = opened.removalRequest {
-            removalSource = watch(request) { [unowned self] in self.removalRequested() }
+            removalSource = watch(request) { [weak self] in self?.removalRequested() }
         }
         return Outcome(event: { $0.opened(now: $1) })
     }
@@ -245,7 +245,8 @@ final class DeviceController: @unchecked Sendable {
         let nanoseconds = delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000
         // Leeway lets the kernel batch wake-ups; a re-arm a few ms late costs nothing.
         timer.schedule(deadline: .now() + .nanoseconds(Int(clamping: nanoseconds)), leeway: .milliseconds(10))
-        timer.setEventHandler { [unowned self] in
+        timer.setEventHandler { [weak self] in
+            guard let self else { return }
             self.timer?.cancel()
             self.timer = nil
             self.run { $0.timerFired(now: $1) }

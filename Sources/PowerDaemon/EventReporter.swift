@@ -61,6 +61,10 @@ enum EventReporter {
             return make(.deviceSkipped, "not managed: \(because(errno, explanation))")
         case .exitFailed(let errno, let explanation):
             return make(.wakeFailed, "cannot exit low power: \(because(errno, explanation))")
+        case .deviceGone where context.error.map({ waitingCodes.contains($0.code) }) == true:
+            // Never opened: not there yet, or not bound to vfio-pci. Say what is missing.
+            let error = context.error!
+            return make(.deviceSkipped, "not available: \(error.explanation)\(error.advice.map { ". \($0)" } ?? ""); managed as soon as it is (looked for every rescan_interval and on reload)")
         case .deviceGone(let errno):
             let why = context.error.map { ": \($0.explanation)" } ?? (errno.map { " (\($0.name))" } ?? " (removed or unbound)")
             if let errno { fields[JournalField.errno] = "\(errno.rawValue)" }
@@ -72,6 +76,9 @@ enum EventReporter {
         }
     }
 }
+
+/// Errors that mean "not there yet" rather than "was there and went away".
+private let waitingCodes: Set<VFIOError.Code> = [.deviceNotFound, .notBoundToVFIO, .noIOMMUGroup, .groupNotViable, .vfioUnavailable]
 
 extension Duration {
     var microseconds: Int64 {

@@ -1,0 +1,91 @@
+# vfio-powerd — build, test, demo, install.
+#
+#   make check    every test: unit tests on the host, then the real-kernel tests in the VM lab
+#                 on Debian 12's 6.1 and on the newest Debian kernel (installs what it needs)
+#   make demo     the main job on a real kernel in the VM lab (installs what it needs)
+#   make install  DESTDIR= PREFIX=/usr: binaries, unit, catalog, example config, man pages
+#
+# Needs root on a Debian 12 machine with Swift 6.1+ (swift on PATH or in /opt/swift/usr/bin).
+
+SHELL := /bin/bash
+SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
+CONFIG ?= debug
+BUILD := .build/$(CONFIG)
+PREFIX ?= /usr
+SBINDIR ?= $(PREFIX)/sbin
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+CATALOGDIR ?= $(PREFIX)/lib/systemd/catalog
+MANDIR ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+DESTDIR ?=
+# Both kernels of the lab: Debian 12's own (the oldest with the features) and the newest.
+LAB_KERNELS ?= 6.1 newest
+KERNEL_TESTS := KernelTests.DeviceLifecycleKernelTests,KernelTests.LowPowerKernelTests
+HOST_PACKAGES := libsystemd-dev pkg-config scdoc
+
+.PHONY: all deps build build-tests check unit-tests kernel-tests demo man install clean
+
+all: build
+
+# Host packages the build needs; the lab installs its own (lab/lab.sh prepare).
+deps:
+	@missing=""; for p in $(HOST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@test -x "$(SWIFT)" || { echo "make: no Swift toolchain: install Swift 6.1 or later (swift.org) and put swift on PATH" >&2; exit 1; }
+
+build: deps
+	$(SWIFT) build -c $(CONFIG)
+
+build-tests: deps
+	$(SWIFT) build --build-tests
+
+check: unit-tests kernel-tests
+
+# Host tests. KernelTests need /dev/vfio and run in the lab instead (kernel-tests).
+unit-tests: build-tests
+	$(SWIFT) test --skip KernelTests
+
+# The real-kernel tests, inside the VM lab, on each kernel of LAB_KERNELS.
+kernel-tests: build-tests
+	@set -e; for k in $(LAB_KERNELS); do \
+		echo "== real-kernel tests on LAB_KERNEL=$$k"; \
+		LAB_KERNEL=$$k lab/lab.sh run --timeout 600 -- $(BUILD)/vfio-powerdPackageTests.xctest $(KERNEL_TESTS); \
+	done
+
+# The main job on a real kernel: for now the probe cycle on each of the lab's devices.
+demo: build
+	@for k in $(firstword $(LAB_KERNELS)); do \
+		LAB_KERNEL=$$k lab/lab.sh run --timeout 300 -- sh -c 'for d in $$LAB_VFIO_DEVICES; do $(BUILD)/vfio-powerctl probe --cycle $$d || exit $$?; echo; done'; \
+	done
+
+man: deps
+	@mkdir -p .build/man
+	@for page in docs/man/*.scd; do \
+		out=.build/man/$$(basename $${page%.scd}); \
+		scdoc < $$page > $$out || exit 1; \
+	done
+
+install: man
+	$(SWIFT) build -c release
+	install -Dm755 .build/release/vfio-powerd $(DESTDIR)$(SBINDIR)/vfio-powerd
+	install -Dm755 .build/release/vfio-powerctl $(DESTDIR)$(BINDIR)/vfio-powerctl
+	install -Dm644 systemd/vfio-powerd.service $(DESTDIR)$(UNITDIR)/vfio-powerd.service
+	install -Dm644 systemd/vfio-powerd.catalog $(DESTDIR)$(CATALOGDIR)/vfio-powerd.catalog
+	install -Dm644 config/vfio-powerd.conf $(DESTDIR)$(PREFIX)/share/doc/vfio-powerd/examples/vfio-powerd.conf
+	@for f in config/devices.d/*.conf; do \
+		install -Dm644 $$f $(DESTDIR)$(PREFIX)/share/doc/vfio-powerd/examples/devices.d/$$(basename $$f); \
+	done
+	install -dm755 $(DESTDIR)$(SYSCONFDIR)/vfio-powerd/devices.d
+	@test -e $(DESTDIR)$(SYSCONFDIR)/vfio-powerd/vfio-powerd.conf || \
+		install -Dm644 config/vfio-powerd.conf $(DESTDIR)$(SYSCONFDIR)/vfio-powerd/vfio-powerd.conf
+	@for page in .build/man/*.[0-9]; do \
+		section=$${page##*.}; \
+		install -Dm644 $$page $(DESTDIR)$(MANDIR)/man$$section/$$(basename $$page); \
+	done
+
+clean:
+	rm -rf .build

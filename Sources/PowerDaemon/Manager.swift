@@ -1,0 +1,323 @@
+import Dispatch
+import Logging
+import PowerConfig
+import PowerPolicy
+import Systemd
+import SystemPackage
+import VFIO
+
+/// Where the daemon reads its configuration and the system.
+public struct DaemonOptions: Sendable {
+    public var config: ConfigLoadOptions
+    public var sysfsRoot: FilePath
+
+    public init(config: ConfigLoadOptions = ConfigLoadOptions(), sysfsRoot: FilePath = "/sys") {
+        self.config = config
+        self.sysfsRoot = sysfsRoot
+    }
+}
+
+/// The daemon: the configuration, one controller per device, and the loop's timers.
+///
+/// Everything runs on one serial Dispatch queue (`queue`): device eventfds, timers, signals
+/// and control requests all arrive there, so no state is ever shared between threads. Call
+/// every method on that queue. Nothing polls: with every device armed and nothing missing,
+/// the only source that fires on its own is the watchdog ping.
+public final class Manager: @unchecked Sendable {
+    public let queue: DispatchQueue
+    private let options: DaemonOptions
+    private let source: any DeviceSource
+    private let notifier: SystemdNotifier
+    private let logger: Logger
+    private let clock: any DaemonClock
+
+    private var controllers: [PCIAddress: DeviceController] = [:]
+    private var daemonSettings = DaemonSettings()
+    private var rescanTimer: DispatchSourceTimer?
+    private var watchdogTimer: DispatchSourceTimer?
+    private var lastStatus: String?
+    private(set) public var isStopping = false
+
+    public init(options: DaemonOptions, source: any DeviceSource, notifier: SystemdNotifier = SystemdNotifier(),
+                logger: Logger, clock: any DaemonClock = SystemMonotonicClock(),
+                queue: DispatchQueue = DispatchQueue(label: "vfio-powerd")) {
+        self.options = options
+        self.source = source
+        self.notifier = notifier
+        self.logger = logger
+        self.clock = clock
+        self.queue = queue
+    }
+
+    // MARK: Start
+
+    public enum StartError: Error, Equatable {
+        /// The configuration has errors; every problem has been logged.
+        case configRejected(errors: Int)
+    }
+
+    /// Loads and validates the configuration, opens and arms every device it selects, then
+    /// tells systemd READY=1. An invalid configuration starts nothing.
+    public func start() throws(StartError) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        let (loaded, resolution) = loadConfiguration()
+        let problems = loaded.problems + resolution.problems
+        logWarnings(problems)
+        if loaded.hasErrors || resolution.hasErrors {
+            let errors = problems.filter(\.isError)
+            logRejected(errors, when: "at start")
+            notifier.status("configuration invalid: \(errors.count) error\(errors.count == 1 ? "" : "s"); see journalctl -u vfio-powerd")
+            throw .configRejected(errors: errors.count)
+        }
+        daemonSettings = loaded.configuration.daemon
+        for device in resolution.devices {
+            addController(device)
+        }
+        startWatchdog()
+        updateRescanTimer()
+        notifier.ready()
+        updateStatus()
+        log(.started, "started: \(summary())", [:])
+    }
+
+    // MARK: Reload
+
+    /// SIGHUP / `systemctl reload`: reads and validates the new configuration completely
+    /// before touching anything. Any error keeps everything as it is. Otherwise only the
+    /// difference is applied: devices whose policy did not change get no call at all
+    /// (every ioctl would wake them).
+    public func reload() {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard !isStopping else { return }
+        notifier.reloading(monotonicUsec: MonotonicClock.nowMicroseconds())
+        defer {
+            notifier.ready()
+            updateStatus()
+        }
+        let (loaded, resolution) = loadConfiguration()
+        let problems = loaded.problems + resolution.problems
+        logWarnings(problems)
+        if loaded.hasErrors || resolution.hasErrors {
+            logRejected(problems.filter(\.isError), when: "on reload; the running configuration stays in force")
+            return
+        }
+        daemonSettings = loaded.configuration.daemon
+        var added = 0, changed = 0, unchanged = 0, removed = 0
+        let wanted = Dictionary(resolution.devices.map { ($0.address, $0) }, uniquingKeysWith: { first, _ in first })
+        for (address, controller) in controllers.sorted(by: { $0.key < $1.key }) where wanted[address] == nil {
+            // No longer configured: leave it awake and closed, whatever on_stop says.
+            var released = controller.policy
+            released.enabled = false
+            controller.policyChanged(released, origin: "removed from the configuration")
+            controllers[address] = nil
+            removed += 1
+        }
+        for device in resolution.devices {
+            if let controller = controllers[device.address] {
+                if controller.policy == device.policy { unchanged += 1 } else { changed += 1 }
+                controller.policyChanged(device.policy, origin: origin(of: device))
+                // A device that was never available is looked for again now.
+                if controller.phase == .gone, source.isAvailable(device.address) { controller.returned() }
+            } else {
+                addController(device)
+                added += 1
+            }
+        }
+        updateRescanTimer()
+        log(.reloaded, "reloaded: \(added) added, \(removed) removed, \(changed) changed, \(unchanged) unchanged; \(summary())", [:])
+    }
+
+    // MARK: Stop
+
+    /// SIGTERM/SIGINT: STOPPING=1, then each device per its `on_stop` (by default out of
+    /// low power, so it is left usable), every fd closed. Synchronous: when it returns the
+    /// daemon can exit.
+    public func stop() {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard !isStopping else { return }
+        isStopping = true
+        notifier.stopping()
+        log(.stopping, "stopping: \(summary())", [:])
+        for controller in controllers.values.sorted(by: { $0.address < $1.address }) {
+            controller.stop()
+        }
+        rescanTimer?.cancel()
+        rescanTimer = nil
+        watchdogTimer?.cancel()
+        watchdogTimer = nil
+    }
+
+    // MARK: Status
+
+    /// One line that tells the truth at a glance, for STATUS= and `systemctl status`.
+    public func summary() -> String {
+        let managed = controllers.values.filter { $0.phase != .disabled }
+        if managed.isEmpty { return controllers.isEmpty ? "no devices configured" : "no devices managed (\(controllers.count) disabled)" }
+        var lowPower = 0, awake = 0, missing = 0, failing = 0, flapping = 0, stopped = 0
+        var wakes: UInt64 = 0
+        for controller in managed {
+            wakes += controller.machine.statistics.wakes
+            if controller.machine.isFlapping { flapping += 1 }
+            switch controller.phase {
+            case .lowPower: lowPower += 1
+            case .opening, .arming, .exiting, .waitingToRearm, .backingOff: awake += 1
+            case .gone: missing += 1
+            case .failed, .unsupported: failing += 1
+            case .stopped: stopped += 1
+            case .disabled, .unconfigured: break
+            }
+        }
+        var parts = ["\(lowPower) in low power"]
+        if awake > 0 { parts.append("\(awake) awake") }
+        if missing > 0 { parts.append("\(missing) missing") }
+        if failing > 0 { parts.append("\(failing) failing") }
+        if stopped > 0 { parts.append("\(stopped) stopped") }
+        var line = "\(managed.count) device\(managed.count == 1 ? "" : "s"): " + parts.joined(separator: ", ")
+        line += "; \(wakes) wake\(wakes == 1 ? "" : "s")"
+        if flapping > 0 { line += "; \(flapping) flapping" }
+        return line
+    }
+
+    /// A snapshot of every device, for tests and the control interface.
+    public func devices() -> [DeviceSnapshot] {
+        let now = clock.now()
+        return controllers.values.sorted { $0.address < $1.address }.map { controller in
+            DeviceSnapshot(address: controller.address, name: controller.policy.name, policy: controller.policy,
+                           phase: controller.phase, statistics: controller.machine.statistics,
+                           timeInLowPower: controller.machine.statistics.timeInLowPower(asOf: now),
+                           isFlapping: controller.machine.isFlapping, origin: controller.origin,
+                           lastError: controller.lastVFIOError?.description)
+        }
+    }
+
+    private func updateStatus() {
+        let line = summary()
+        guard line != lastStatus else { return }
+        lastStatus = line
+        notifier.status(line)
+    }
+
+    // MARK: Devices
+
+    private func addController(_ device: ResolvedDevice) {
+        let controller = DeviceController(address: device.address, policy: device.policy, origin: origin(of: device),
+                                          source: source, queue: queue, clock: clock)
+        controller.delegate = self
+        controllers[device.address] = controller
+        controller.start()
+    }
+
+    private func origin(of device: ResolvedDevice) -> String {
+        "\(device.entry.selectorLocation.fileAndLine)"
+    }
+
+    private func loadConfiguration() -> (ConfigLoadResult, Resolution) {
+        let loaded = ConfigLoader.load(options.config)
+        let resolution = DeviceResolver.resolve(loaded.configuration, sysfsRoot: options.sysfsRoot)
+        return (loaded, resolution)
+    }
+
+    // MARK: Timers
+
+    /// WATCHDOG=1 at half of WatchdogSec=, from the loop itself: a stuck loop stops pinging
+    /// and systemd restarts the daemon.
+    private func startWatchdog() {
+        guard let interval = SystemdWatchdog.pingInterval() else { return }
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        let nanoseconds = Int(clamping: interval.components.seconds * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)
+        timer.schedule(deadline: .now(), repeating: .nanoseconds(nanoseconds), leeway: .milliseconds(100))
+        timer.setEventHandler { [notifier] in notifier.watchdogPing() }
+        timer.activate()
+        watchdogTimer = timer
+    }
+
+    /// Devices that are missing (gone, not yet bound) or held by someone else are looked for
+    /// on a timer that runs only while there is such a device.
+    private func updateRescanTimer() {
+        let needed = !isStopping && controllers.values.contains { needsRescan($0) }
+        if !needed {
+            rescanTimer?.cancel()
+            rescanTimer = nil
+            return
+        }
+        guard rescanTimer == nil else { return }
+        let interval = daemonSettings.rescanInterval.value
+        let nanoseconds = Int(clamping: interval.components.seconds * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds), leeway: .milliseconds(500))
+        timer.setEventHandler { [weak self] in self?.rescan() }
+        timer.activate()
+        rescanTimer = timer
+    }
+
+    private func needsRescan(_ controller: DeviceController) -> Bool {
+        switch controller.phase {
+        case .gone: true
+        case .failed: controller.machine.statistics.lastError?.errno == .EBUSY
+        default: false
+        }
+    }
+
+    /// Looks for missing devices: present and bound again → `returned`. A group that was
+    /// busy is tried again (opening a busy group fails before it reaches the device).
+    func rescan() {
+        for controller in controllers.values.sorted(by: { $0.address < $1.address }) where needsRescan(controller) {
+            if source.isAvailable(controller.address) { controller.returned() }
+        }
+        updateRescanTimer()
+    }
+
+    // MARK: Logging: the one place the daemon logs
+
+    func log(_ event: DaemonEvent, _ message: String, _ fields: [String: String], level: Logger.Level? = nil) {
+        var metadata = event.metadata()
+        for (key, value) in fields { metadata[key] = .string(value) }
+        logger.log(level: level ?? event.defaultPriority, "\(message)", metadata: metadata)
+    }
+
+    private func logWarnings(_ problems: [ConfigProblem]) {
+        for problem in problems where !problem.isError {
+            logger.warning("\(problem)", metadata: ["CONFIG_FILE": .string(problem.file)])
+        }
+    }
+
+    private func logRejected(_ errors: [ConfigProblem], when: String) {
+        for problem in errors {
+            log(.configRejected, "\(problem)", ["CONFIG_FILE": problem.file])
+        }
+        log(.configRejected, "configuration rejected \(when): \(errors.count) error\(errors.count == 1 ? "" : "s")", [:])
+    }
+}
+
+extension Manager: DeviceControllerDelegate {
+    func device(_ controller: DeviceController, reported event: PolicyEvent, context: DeviceController.Context) {
+        let entry = EventReporter.entry(for: event, context)
+        log(entry.event, entry.message, entry.fields, level: entry.level)
+    }
+
+    func deviceDidChange(_ controller: DeviceController) {
+        updateRescanTimer()
+        updateStatus()
+    }
+}
+
+/// What one device is doing, for status output.
+public struct DeviceSnapshot: Sendable {
+    public var address: PCIAddress
+    public var name: String?
+    public var policy: DevicePolicy
+    public var phase: DevicePhase
+    public var statistics: DeviceStatistics
+    public var timeInLowPower: Duration
+    public var isFlapping: Bool
+    public var origin: String
+    public var lastError: String?
+}
+
+/// CLOCK_MONOTONIC, as systemd reads it.
+public struct SystemMonotonicClock: DaemonClock {
+    public init() {}
+    public func now() -> MonotonicInstant {
+        MonotonicInstant(nanoseconds: MonotonicClock.nowMicroseconds() * 1000)
+    }
+}

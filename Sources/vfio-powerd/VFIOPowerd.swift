@@ -1,0 +1,104 @@
+import ArgumentParser
+import Dispatch
+import Logging
+import PowerConfig
+import PowerDaemon
+import Systemd
+import SystemPackage
+import VFIO
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// vfio-powerd: the daemon. Reads the story of a systemd daemon: parse arguments, load and
+/// validate the configuration, open and arm the devices, READY=1, run the loop.
+struct VFIOPowerd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vfio-powerd",
+        abstract: "Keep idle vfio-pci devices in low power.",
+        discussion: """
+            Runs in the foreground as a systemd service (Type=notify). Configuration: \
+            /etc/vfio-powerd/vfio-powerd.conf and /etc/vfio-powerd/devices.d/*.conf \
+            (see vfio-powerd.conf(5)). SIGHUP reloads, SIGTERM stops and leaves every \
+            device awake. Exit status: 0 stopped, 78 configuration invalid.
+            """,
+        version: "0.1.0")
+
+    @Flag(name: .customLong("check-config"),
+          help: "Validate the configuration, print every problem and the resolved devices with the source of each value, and exit (78 on any error). Never opens a device.")
+    var checkConfig = false
+
+    @Option(name: .customLong("config-root"),
+            help: ArgumentHelp("Read ROOT/etc, ROOT/run and ROOT/usr/lib instead of /etc, /run and /usr/lib.", valueName: "dir"))
+    var configRoot: String = "/"
+
+    @Option(name: .customLong("sysfs-root"), help: ArgumentHelp("Read sysfs from DIR/bus/pci/... instead of /sys.", valueName: "dir"))
+    var sysfsRoot: String = "/sys"
+
+    @Flag(name: .customLong("allow-insecure-config"),
+          help: "Accept configuration files that are group/world-writable or not owned by root (tests and labs only).")
+    var allowInsecureConfig = false
+
+    @Option(name: .customLong("log-target"),
+            help: "Where to log: auto (the journal when journald runs, else stderr), journal, or stderr.")
+    var logTarget: LogTarget = .auto
+
+    @Option(name: .customLong("log-level"), help: "The lowest level logged: debug, info, notice, warning, error.")
+    var logLevel: Logger.Level = .info
+
+    func run() throws {
+        let loadOptions = ConfigLoadOptions(configRoot: FilePath(configRoot), allowInsecurePermissions: allowInsecureConfig)
+        if checkConfig {
+            let outcome = ConfigCheck.run(loadOptions, sysfsRoot: FilePath(sysfsRoot))
+            print(outcome.report, terminator: "")
+            if outcome.exitStatus != 0 { throw ExitCode(outcome.exitStatus) }
+            return
+        }
+
+        SystemdLogging.bootstrap(target: logTarget, identifier: "vfio-powerd", logLevel: logLevel)
+        let logger = Logger(label: "vfio-powerd")
+        let session = VFIOSession(sysfsRoot: FilePath(sysfsRoot))
+        let manager = Manager(options: DaemonOptions(config: loadOptions, sysfsRoot: FilePath(sysfsRoot)),
+                              source: OwnDeviceSource(session: session), logger: logger)
+        let signals = SignalSources(queue: manager.queue)
+        manager.queue.async {
+            do {
+                try manager.start()
+            } catch {
+                // Every problem is already in the journal (and on stderr when run by hand).
+                SystemdNotifier().errno(EINVAL)
+                Glibc.exit(ConfigCheck.exitConfigError)
+            }
+            signals.start(
+                reload: { manager.reload() },
+                stop: {
+                    manager.stop()
+                    Glibc.exit(0)
+                })
+        }
+        dispatchMain()
+    }
+}
+
+extension LogTarget: ExpressibleByArgument {}
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// SIGHUP → reload, SIGTERM/SIGINT → stop, as Dispatch sources on the daemon's queue. The
+/// signals were blocked in main before any thread existed; the sources receive them.
+final class SignalSources: @unchecked Sendable {
+    private let queue: DispatchQueue
+    private var sources: [DispatchSourceSignal] = []
+
+    init(queue: DispatchQueue) { self.queue = queue }
+
+    func start(reload: @escaping @Sendable () -> Void, stop: @escaping @Sendable () -> Void) {
+        for (signal, action) in [(SIGHUP, reload), (SIGTERM, stop), (SIGINT, stop)] {
+            let source = DispatchSource.makeSignalSource(signal: signal, queue: queue)
+            source.setEventHandler(handler: action)
+            source.activate()
+            sources.append(source)
+        }
+    }
+
+    deinit { sources.forEach { $0.cancel() } }
+}
