@@ -28,6 +28,7 @@ RECIPE=1
 # and every kernel gives the same addresses (00:02.0, 00:03.0, spare 00:04.0).
 VFIO_IDS=8086:10d3:8086:0000,1b36:0010
 SPARE_ID=8086:10d3:8086:4c41
+# shellcheck disable=SC2054 # commas separate QEMU sub-options, not array elements
 QEMU_DEVICES=(
 	-device intel-iommu,intremap=on
 	-netdev user,id=n0,restrict=on
@@ -48,16 +49,26 @@ HOST_TOOLS=(
 	qemu-system-x86_64:qemu-system-x86 cpio:cpio depmod:kmod modprobe:kmod xz:xz-utils
 	zstd:zstd timeout:coreutils flock:util-linux dpkg-deb:dpkg apt-get:apt
 )
-# Units of the host root that are masked in the systemd guest: they only cost time there or
-# wait for hardware and network that the guest does not have.
+# Units of the host's root that are masked in the systemd guest (besides every generator):
+# they cost seconds under TCG, or wait for hardware, network or a console the guest lacks.
+# journald, tmpfiles-setup, dbus.socket and the targets stay. modprobe@.service masks all
+# its instances.
 MASK_UNITS=(
-	timers.target getty.target serial-getty@ttyS0.service getty@tty1.service
+	timers.target getty.target getty@.service serial-getty@.service console-getty.service
 	systemd-timesyncd.service systemd-pstore.service systemd-udevd.service
 	systemd-udev-trigger.service systemd-udev-settle.service systemd-networkd.service
 	systemd-networkd-wait-online.service networking.service postgresql.service
 	systemd-firstboot.service systemd-machine-id-commit.service apt-daily.service
 	apt-daily-upgrade.service man-db.service e2scrub_reap.service remote-fs.target
-	systemd-logind.service systemd-remount-fs.service
+	systemd-logind.service systemd-remount-fs.service systemd-binfmt.service
+	proc-sys-fs-binfmt_misc.automount proc-sys-fs-binfmt_misc.mount dev-hugepages.mount
+	sys-fs-fuse-connections.mount sys-kernel-config.mount kmod-static-nodes.service
+	systemd-modules-load.service modprobe@.service systemd-random-seed.service
+	systemd-sysusers.service systemd-sysctl.service systemd-tmpfiles-setup-dev.service
+	systemd-journal-flush.service systemd-update-utmp.service systemd-repart.service
+	systemd-pcrphase-sysinit.service systemd-pcrphase.service systemd-hwdb-update.service
+	ldconfig.service systemd-journal-catalog-update.service systemd-update-done.service
+	systemd-ask-password-console.path systemd-ask-password-wall.path
 )
 
 log() { echo "lab: $*" >&2; }
@@ -182,10 +193,18 @@ newest_cached() { # glob -> newest ready cached release matching it
 # Sets KREL (kernel release) and KCTX (apt context it comes from).
 resolve_kernel() {
 	local want=${LAB_KERNEL:-6.1}
-	KREL= KCTX=
+	KREL='' KCTX=''
 	case "$want" in
 	6.1 | default | bookworm)
 		KCTX=host
+		# apt-cache on the host's full lists takes ~1.5 s: reuse the last answer while the
+		# lists are unchanged.
+		local memo=$CACHE/default.release
+		if [ -s "$memo" ] && [ -f "$CACHE/$(cat "$memo")/READY" ] &&
+			[ -z "$(find /var/lib/apt/lists -maxdepth 1 -newer "$memo" -name '*Packages*' -print -quit 2> /dev/null)" ]; then
+			KREL=$(cat "$memo")
+			return 0
+		fi
 		KREL=$(meta_release host)
 		if [ -z "$KREL" ] && [ "$(id -u)" = 0 ]; then
 			log "apt-get update (no linux-image-amd64 in the host's lists)"
@@ -198,13 +217,16 @@ resolve_kernel() {
 			log "warning: apt cannot resolve linux-image-amd64; using cached $KREL"
 		fi
 		case "$KREL" in 6.1.*) ;; *) log "warning: the host's linux-image-amd64 is $KREL, not 6.1" ;; esac
+		mkdir -p "$CACHE" && echo "$KREL" > "$memo"
 		;;
 	newest | latest | backports)
 		KCTX=bpo
 		if bpo_update; then KREL=$(meta_release bpo); fi
 		if [ -z "$KREL" ]; then
 			KREL=$(cat "$CACHE/newest.release" 2> /dev/null || true)
-			[ -n "$KREL" ] && [ -f "$CACHE/$KREL/READY" ] || die "cannot resolve the newest kernel from trixie-backports"
+			if [ -z "$KREL" ] || [ ! -f "$CACHE/$KREL/READY" ]; then
+				die "cannot resolve the newest kernel from trixie-backports"
+			fi
 			log "warning: trixie-backports unreachable; using cached $KREL"
 		else
 			echo "$KREL" > "$CACHE/newest.release"
@@ -275,7 +297,7 @@ prepare_kernel() {
 	depmod -b "$base" "$KREL"
 
 	# 3. the kernel image: prefer the uncompressed vmlinux (PVH entry, boots ~2x faster under TCG)
-	local vmlinuz= config= f
+	local vmlinuz='' config='' f
 	for f in "$tmp/tree/boot/vmlinuz-$KREL" "$moddir/vmlinuz.unsigned" "$moddir/vmlinuz"; do
 		[ -f "$f" ] && vmlinuz=$f && break
 	done
@@ -385,16 +407,14 @@ on_signal() {
 	exit 130
 }
 
-# Writes $RUN/spec.env (plain KEY=VALUE, read by the initramfs) and $RUN/spec.sh (bash,
-# sourced by the runner in the guest: cwd, argv, passed-through environment).
+# Writes $RUN/spec.env (plain KEY=VALUE, read by the initramfs), $RUN/masks (units masked
+# under systemd) and $RUN/spec.sh (bash, sourced by the runner in the guest: cwd, argv,
+# passed-through environment).
 write_spec() { # mode argv...
 	local mode=$1 name
 	shift
-	{
-		echo "LAB_RUNNER=$LAB_DIR/guest/runner.sh"
-		echo "LAB_CWD=$PWD"
-		[ "$mode" = systemd ] && echo "LAB_MASK_UNITS=${MASK_UNITS[*]}"
-	} > "$RUN/spec.env"
+	echo "LAB_RUNNER=$LAB_DIR/guest/runner.sh" > "$RUN/spec.env"
+	echo "${MASK_UNITS[*]}" > "$RUN/masks"
 	{
 		printf 'LAB_CWD=%q\n' "$PWD"
 		printf 'LAB_ARGV=('
@@ -429,7 +449,7 @@ qemu_cmd() { # mode -> QEMU array
 	append+=" ${LAB_APPEND:-}"
 	QEMU=(
 		qemu-system-x86_64 -nodefaults -no-user-config -no-reboot
-		-machine "$machine" -cpu "$cpu" -smp "${LAB_SMP:-2}" -m "${LAB_MEM:-2048}"
+		-machine "$machine" -cpu "$cpu" -smp "${LAB_SMP:-1}" -m "${LAB_MEM:-2048}"
 		-display none -vga none
 		-kernel "$kdir/kernel" -initrd "$RUN/initrd" -append "$append"
 		"${QEMU_DEVICES[@]}"
@@ -455,7 +475,7 @@ qemu_cmd() { # mode -> QEMU array
 run_guest() { # mode timeout argv...
 	local mode=$1 timeout=$2
 	shift 2
-	local t0 t1 rc status= secs cmdsecs
+	local t0 t1 rc status='' secs cmdsecs
 	t0=$(date +%s.%N)
 	prepare
 	case "$LAB_DIR$PWD" in *[[:space:]]*) die "paths with whitespace are not supported ($LAB_DIR, $PWD)" ;; esac

@@ -18,7 +18,10 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 
-log() { echo "lab-init: [$(cut -d" " -f1 /proc/uptime)] $*"; }
+log() {
+	read -r up _ < /proc/uptime
+	echo "lab-init: [$up] $*"
+}
 ctl() { echo "$*" > /dev/ttyS3; }
 fail() {
 	log "FATAL: $*"
@@ -28,8 +31,9 @@ fail() {
 	sleep 60
 }
 
-mode=run rundir= vfio_ids= spare_ids= moddir=
-for word in $(cat /proc/cmdline); do
+mode=run rundir='' vfio_ids='' spare_ids='' moddir=''
+read -r cmdline < /proc/cmdline
+for word in $cmdline; do
 	case "$word" in
 	lab.mode=*) mode=${word#lab.mode=} ;;
 	lab.run=*) rundir=${word#lab.run=} ;;
@@ -39,6 +43,7 @@ for word in $(cat /proc/cmdline); do
 	esac
 done
 krel=$(uname -r)
+hostname lab
 log "kernel $krel, mode $mode"
 
 # --- modules -------------------------------------------------------------------------------
@@ -55,13 +60,26 @@ done < /lab/modules.list
 
 # --- devices -------------------------------------------------------------------------------
 # Discovered by vendor:device (lab.vfio= / lab.spare= from lab.sh, in the wanted order).
+# Shell builtins only in these loops: every fork+exec costs milliseconds under TCG.
+rd() { read -r REPLY < "$1" || REPLY=; }
 find_ids() { # $1 = vendor:device[:subsystem_vendor:subsystem_device] (hex, no 0x)
-	# prints the long addresses of the matching devices, sorted
+	# prints the long addresses of the matching devices (the glob sorts them)
+	want='' n=0
+	IFS=:
+	for part in $1; do
+		want="${want:+$want:}0x$part" n=$((n + 1))
+	done
+	IFS=' 	
+'
 	for d in /sys/bus/pci/devices/*; do
-		have="$(cat "$d/vendor"):$(cat "$d/device")"
-		case "$1" in *:*:*:*) have="$have:$(cat "$d/subsystem_vendor"):$(cat "$d/subsystem_device")" ;; esac
-		[ "$have" = "$(echo "0x$1" | sed 's/:/:0x/g')" ] && echo "${d##*/}"
-	done | sort
+		rd "$d/vendor"; have=$REPLY
+		rd "$d/device"; have=$have:$REPLY
+		if [ $n = 4 ]; then
+			rd "$d/subsystem_vendor"; have=$have:$REPLY
+			rd "$d/subsystem_device"; have=$have:$REPLY
+		fi
+		[ "$have" = "$want" ] && echo "${d##*/}"
+	done
 }
 vfio_devices=
 for id in $vfio_ids; do
@@ -91,17 +109,23 @@ i=0
 while [ $i -lt 40 ]; do
 	busy=
 	for bdf in $vfio_devices; do
-		[ "$(cat "/sys/bus/pci/devices/$bdf/power/runtime_status")" = suspended ] || busy=1
+		rd "/sys/bus/pci/devices/$bdf/power/runtime_status"
+		[ "$REPLY" = suspended ] || busy=1
 	done
 	[ -z "$busy" ] && break
 	sleep 0.05
 	i=$((i + 1))
 done
-for bdf in $vfio_devices; do
+for bdf in $vfio_devices $spare_device; do
 	d=/sys/bus/pci/devices/$bdf
-	log "vfio-pci $bdf $(cat "$d/vendor"):$(cat "$d/device") group $(readlink "$d/iommu_group" | sed 's,.*/,,') $(cat "$d/power/runtime_status") $(cat "$d/power_state" 2>/dev/null)"
+	line=$bdf
+	for f in vendor device subsystem_vendor subsystem_device power/runtime_status power_state; do
+		rd "$d/$f"
+		line="$line $REPLY"
+	done
+	[ "$bdf" = "$spare_device" ] && line="$line (spare)"
+	log "$line"
 done
-log "spare $spare_device $(cat "/sys/bus/pci/devices/$spare_device/vendor"):$(cat "/sys/bus/pci/devices/$spare_device/device")"
 
 # --- root: host / over 9p (read-only) + tmpfs overlay ----------------------------------------
 mkdir -p /mnt/host /mnt/rw /newroot
@@ -140,9 +164,10 @@ EOF
 runner=
 if [ -n "$rundir" ]; then
 	runner=$(sed -n 's/^LAB_RUNNER=//p' "$n$rundir/spec.env")
-	[ -n "$runner" ] && [ -f "$n$runner" ] || fail "runner script not found via $rundir/spec.env"
+	if [ -z "$runner" ] || [ ! -f "$n$runner" ]; then fail "runner script not found via $rundir/spec.env"; fi
 fi
 
+log "root ready"
 ctl "LAB_READY kernel=$krel vfio=$vfio_devices spare=$spare_device"
 
 case "$mode" in
@@ -152,29 +177,32 @@ run)
 	;;
 shell)
 	log "interactive shell; exit it to power off"
-	chroot $n /usr/bin/env -i TERM=vt100 HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-		/bin/sh -c 'set -a; . /run/lab/environment; set +a; cd "${LAB_CWD:-/}" 2>/dev/null; exec /usr/bin/setsid -c /bin/bash -l' \
-		< /dev/ttyS0 > /dev/ttyS0 2>&1
+	chroot $n /bin/bash "$runner" shell "$rundir" < /dev/ttyS0 > /dev/ttyS0 2>&1
 	;;
 systemd)
 	u=$n/etc/systemd/system
 	mkdir -p $u
+	# lab.target is the whole boot: lab-test.service and, through its default dependencies,
+	# sysinit.target + basic.target (journald, tmpfiles, sockets) minus the masked units.
+	# Type=exec: the boot finishes (is-system-running: running) while the test runs, as on a
+	# real host; the test's exit powers the guest off either way.
 	cat > $u/lab.target <<EOF
 [Unit]
-Description=vfio-powerd lab target
+Description=vfio-powerd lab
 Requires=lab-test.service
-Wants=systemd-journald.service
+After=lab-test.service
 AllowIsolate=yes
 EOF
 	cat > $u/lab-test.service <<EOF
 [Unit]
 Description=vfio-powerd lab test
+Requires=systemd-journald.socket
+After=systemd-journald.socket systemd-journald.service systemd-tmpfiles-setup.service
 SuccessAction=poweroff-force
 FailureAction=poweroff-force
-After=systemd-journald.service
 
 [Service]
-Type=oneshot
+Type=exec
 EnvironmentFile=/run/lab/environment
 ExecStart=/bin/bash $runner tee $rundir
 StandardInput=null
@@ -182,9 +210,15 @@ StandardOutput=journal+console
 StandardError=journal+console
 TimeoutStartSec=infinity
 EOF
-	# Units of the host's root that only cost time (or go wrong) in this guest.
-	for unit in $(sed -n 's/^LAB_MASK_UNITS=//p' "$n$rundir/spec.env"); do
+	# Units of the host's root that only cost time (or go wrong) in this guest, and every
+	# generator (systemd.generator(7): a /dev/null symlink in /etc masks one).
+	read -r masks < "$n$rundir/masks"
+	for unit in $masks; do
 		ln -sf /dev/null "$u/$unit"
+	done
+	mkdir -p $n/etc/systemd/system-generators
+	for g in "$n"/lib/systemd/system-generators/* "$n"/usr/lib/systemd/system-generators/*; do
+		[ -e "$g" ] && ln -sf /dev/null "$n/etc/systemd/system-generators/${g##*/}"
 	done
 	sync
 	exec switch_root $n /lib/systemd/systemd

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs the user's command inside the lab guest (host root + tmpfs overlay; PID 1 is either
 # the initramfs's init, which chroots here, or systemd, through lab-test.service).
-#   runner.sh plain|tee RUNDIR
+#   runner.sh plain|tee|shell RUNDIR
 # RUNDIR/spec.sh (written by lab.sh on the host, read through 9p) sets LAB_CWD, LAB_ARGV and
 # the passed-through environment. The command's stdout goes to ttyS1 and its stderr to ttyS2
 # (the host's stdout and stderr); with "tee" also to this script's own stdout/stderr (the
@@ -18,9 +18,15 @@ set +a
 # shellcheck source=/dev/null
 . "$rundir/spec.sh"
 
+if [ "$mode" = shell ]; then # interactive, on the console (ttyS0)
+	cd "$LAB_CWD" || cd /
+	exec /usr/bin/setsid -c /bin/bash -i
+fi
+
 for t in /dev/ttyS1 /dev/ttyS2; do stty -F "$t" raw -echo 2> /dev/null; done
 
-io=$(mktemp -d /run/lab/io.XXXXXX)
+io=/run/lab/io.$$
+mkdir -p "$io"
 mkfifo "$io/out" "$io/err"
 if [ "$mode" = tee ]; then
 	tee -a /dev/ttyS1 < "$io/out" &
@@ -34,22 +40,23 @@ else
 	err_pid=$!
 fi
 
-start=$(date +%s.%N)
+start=$EPOCHREALTIME
 (
 	cd "$LAB_CWD" || exit 126
 	exec "${LAB_ARGV[@]}"
 ) < /dev/null > "$io/out" 2> "$io/err"
 status=$?
-end=$(date +%s.%N)
+end=$EPOCHREALTIME
 
 # The readers end when every writer is gone; a background process the command left behind
 # may keep a pipe open, so give up after a few seconds.
-for _ in $(seq 50); do
+for ((i = 0; i < 50; i++)); do
 	kill -0 "$out_pid" 2> /dev/null || kill -0 "$err_pid" 2> /dev/null || break
 	sleep 0.1
 done
 kill "$out_pid" "$err_pid" 2> /dev/null
 wait 2> /dev/null
 
-echo "LAB_EXIT=$status seconds=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')" > "$ctl"
+us=$((${end/./} - ${start/./}))
+printf 'LAB_EXIT=%d seconds=%d.%03d\n' "$status" $((us / 1000000)) $((us / 1000 % 1000)) > "$ctl"
 exit "$status"
