@@ -446,6 +446,17 @@ qemu_cmd() { # mode -> QEMU array
 	append+=" lab.mode=$mode lab.run=$RUN lab.vfio=$VFIO_IDS lab.spare=$SPARE_ID"
 	append+=" lab.moddir=$kdir/$(cat "$kdir/moddir")"
 	[ "$mode" = systemd ] && append+=" systemd.unit=lab.target systemd.show_status=auto"
+	# host directories under /tmp the guest must still see over its own tmpfs /tmp
+	local keep='' p rest top
+	for p in "$LAB_DIR" "$PWD"; do
+		case "$p" in
+		/tmp/?*)
+			rest=${p#/tmp/} top=/tmp/${rest%%/*}
+			case ",$keep," in *",$top,"*) ;; *) keep=${keep:+$keep,}$top ;; esac
+			;;
+		esac
+	done
+	[ -n "$keep" ] && append+=" lab.keep=$keep"
 	append+=" ${LAB_APPEND:-}"
 	QEMU=(
 		qemu-system-x86_64 -nodefaults -no-user-config -no-reboot

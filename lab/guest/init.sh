@@ -31,7 +31,7 @@ fail() {
 	sleep 60
 }
 
-mode=run rundir='' vfio_ids='' spare_ids='' moddir=''
+mode=run rundir='' vfio_ids='' spare_ids='' moddir='' keeps=''
 read -r cmdline < /proc/cmdline
 for word in $cmdline; do
 	case "$word" in
@@ -40,6 +40,7 @@ for word in $cmdline; do
 	lab.vfio=*) vfio_ids=$(echo "${word#lab.vfio=}" | tr , ' ') ;;
 	lab.spare=*) spare_ids=$(echo "${word#lab.spare=}" | tr , ' ') ;;
 	lab.moddir=*) moddir=${word#lab.moddir=} ;;
+	lab.keep=*) keeps=$(echo "${word#lab.keep=}" | tr , ' ') ;;
 	esac
 done
 krel=$(uname -r)
@@ -143,7 +144,18 @@ mkdir -p $n/dev/pts $n/dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $n/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs $n/dev/shm
 mount -t tmpfs -o mode=0755 tmpfs $n/run
+# The guest gets its own /tmp; host directories under /tmp that the run needs (a checkout
+# in /tmp, the current directory: lab.keep=) stay visible at the same paths.
+i=0 kept=''
+for p in $keeps; do
+	[ -d "$n$p" ] || continue
+	i=$((i + 1))
+	mkdir -p /mnt/keep/$i && mount --bind "$n$p" /mnt/keep/$i && kept="$kept $i:$p"
+done
 mount -t tmpfs -o mode=1777 tmpfs $n/tmp
+for k in $kept; do
+	mkdir -p "$n${k#*:}" && mount --move "/mnt/keep/${k%%:*}" "$n${k#*:}"
+done
 rm -f $n/.dockerenv
 # The guest kernel's modules (decompressed tree in lab/cache, seen through 9p) at the usual
 # place, so `modprobe` works inside the guest.
