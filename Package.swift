@@ -12,6 +12,7 @@
 //   Systemd        sd_notify and a swift-log handler over the journal
 //   PowerDaemon    the daemon: Manager, one controller per device, the Dispatch event loop
 //   VFIOSimulator  a simulated vfio-pci device over real eventfds (tests and benchmarks only)
+//   SystemdTesting a fake systemd notify socket (tests only)
 import PackageDescription
 
 let package = Package(
@@ -51,6 +52,8 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
+        // Plays systemd's side of sd_notify in tests (a datagram socket for NOTIFY_SOCKET).
+        .target(name: "SystemdTesting"),
         .target(name: "VFIOSimulator", dependencies: [
             "VFIO", "CVFIO",
             .product(name: "SystemPackage", package: "swift-system"),
@@ -77,11 +80,12 @@ let package = Package(
             .product(name: "PropertyBased", package: "swift-property-based"),
         ], resources: [.copy("Fixtures")]),
         .testTarget(name: "SystemdTests", dependencies: [
-            "Systemd", "CSystemd",
+            "Systemd", "CSystemd", "SystemdTesting",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "PowerDaemonTests", dependencies: [
-            "PowerDaemon", "VFIOSimulator", "PowerPolicy", "PowerConfig", "Systemd",
+            "PowerDaemon", "VFIOSimulator", "PowerPolicy", "PowerConfig", "Systemd", "SystemdTesting", "VFIO",
+            .product(name: "Logging", package: "swift-log"),
         ]),
         // Real-kernel tests: they run inside the VM lab's guest (lab/lab.sh kernel-tests),
         // where /dev/vfio exists; `swift test` on the host skips this target (see Makefile).

@@ -36,6 +36,8 @@ public final class Manager: @unchecked Sendable {
     private var rescanTimer: DispatchSourceTimer?
     private var watchdogTimer: DispatchSourceTimer?
     private var lastStatus: String?
+    /// STATUS= waits for READY=1: half-started counts would not tell the truth.
+    private var isStarted = false
     private(set) public var isStopping = false
 
     public init(options: DaemonOptions, source: any DeviceSource, notifier: SystemdNotifier = SystemdNotifier(),
@@ -75,6 +77,7 @@ public final class Manager: @unchecked Sendable {
         }
         startWatchdog()
         updateRescanTimer()
+        isStarted = true
         notifier.ready()
         updateStatus()
         log(.started, "started: \(summary())", [:])
@@ -191,6 +194,7 @@ public final class Manager: @unchecked Sendable {
     }
 
     private func updateStatus() {
+        guard isStarted else { return }
         let line = summary()
         guard line != lastStatus else { return }
         lastStatus = line

@@ -1,3 +1,4 @@
+import SystemdTesting
 import Foundation
 import Logging
 import XCTest

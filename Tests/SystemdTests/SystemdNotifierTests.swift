@@ -1,3 +1,4 @@
+import SystemdTesting
 import XCTest
 @testable import Systemd
 

@@ -18,22 +18,22 @@ import Musl
 /// reads or writes the environment: keep them in XCTest (serial by default) or in one
 /// serialized Swift Testing suite.
 ///
-/// Self-contained on purpose (only libc): copy it into another test target as it is.
-final class NotifySocketListener {
-    struct SystemCallError: Error, CustomStringConvertible {
-        var call: String
-        var errno: Int32
-        var description: String { "\(call): \(String(cString: strerror(errno))) (errno \(errno))" }
+/// Only libc: usable from any test target that plays systemd.
+public final class NotifySocketListener {
+    public struct SystemCallError: Error, CustomStringConvertible {
+        public var call: String
+        public var errno: Int32
+        public var description: String { "\(call): \(String(cString: strerror(errno))) (errno \(errno))" }
     }
 
     /// The socket's path: the value for `NOTIFY_SOCKET`.
-    let path: String
+    public let path: String
     /// The temporary directory this listener made (and removes), if any.
     private let directory: String?
     private var fd: Int32
 
     /// Creates a fresh temporary directory and binds the socket in it.
-    convenience init() throws {
+    public convenience init() throws {
         var template = Array("/tmp/notify-listener.XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw SystemCallError(call: "mkdtemp", errno: errno)
@@ -44,7 +44,7 @@ final class NotifySocketListener {
 
     /// Binds the socket at `path` (whose directory must exist); the socket file is removed
     /// when the listener goes away. For playing another datagram service, e.g. journald.
-    convenience init(bindingAt path: String) throws {
+    public convenience init(bindingAt path: String) throws {
         try self.init(path: path, ownedDirectory: nil)
     }
 
@@ -92,12 +92,12 @@ final class NotifySocketListener {
     }
 
     /// The next datagram as text, or nil when none arrives within `timeoutMilliseconds`.
-    func receive(timeoutMilliseconds: Int32 = 2_000) throws -> String? {
+    public func receive(timeoutMilliseconds: Int32 = 2_000) throws -> String? {
         try receiveBytes(timeoutMilliseconds: timeoutMilliseconds).map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// The next datagram's bytes, or nil when none arrives within `timeoutMilliseconds`.
-    func receiveBytes(timeoutMilliseconds: Int32 = 2_000) throws -> [UInt8]? {
+    public func receiveBytes(timeoutMilliseconds: Int32 = 2_000) throws -> [UInt8]? {
         var pollDescriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         while true {
             let ready = poll(&pollDescriptor, 1, timeoutMilliseconds)
@@ -118,7 +118,7 @@ final class NotifySocketListener {
     }
 
     /// Every datagram already queued, without waiting.
-    func receiveQueued() throws -> [String] {
+    public func receiveQueued() throws -> [String] {
         var messages: [String] = []
         while let message = try receive(timeoutMilliseconds: 0) {
             messages.append(message)
@@ -128,7 +128,7 @@ final class NotifySocketListener {
 
     /// Runs `body` with `NOTIFY_SOCKET` set to this listener, restoring the previous value
     /// (or its absence) afterwards.
-    func withNotifySocket<Result>(_ body: () throws -> Result) rethrows -> Result {
+    public func withNotifySocket<Result>(_ body: () throws -> Result) rethrows -> Result {
         let previous = getenv("NOTIFY_SOCKET").map { String(cString: $0) }
         setenv("NOTIFY_SOCKET", path, 1)
         defer {

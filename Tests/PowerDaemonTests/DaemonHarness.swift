@@ -1,0 +1,133 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Logging
+import PowerDaemon
+import SystemdTesting
+import VFIO
+import VFIOSimulator
+import XCTest
+
+/// One daemon under test: the real Manager and Dispatch loop, simulated devices over real
+/// eventfds, a configuration root in a temporary folder, a fake systemd notify socket, and
+/// every log entry captured.
+final class DaemonHarness {
+    let configRoot: URL
+    let tree: FakeSysfsTree
+    let source = SimulatedDeviceSource()
+    let listener: NotifySocketListener
+    let logs = LogCapture()
+    private(set) var manager: Manager!
+
+    init(mainConfig: String = "", devices: [String: String] = [:]) throws {
+        tree = try FakeSysfsTree()
+        configRoot = tree.root.appendingPathComponent("config-root")
+        listener = try NotifySocketListener()
+        try write(mainConfig, to: "etc/vfio-powerd/vfio-powerd.conf")
+        try FileManager.default.createDirectory(at: configRoot.appendingPathComponent("etc/vfio-powerd/devices.d"),
+                                                withIntermediateDirectories: true)
+        for (name, text) in devices { try write(text, to: "etc/vfio-powerd/devices.d/\(name)") }
+        setenv("NOTIFY_SOCKET", listener.path, 1)
+    }
+
+    deinit {
+        unsetenv("NOTIFY_SOCKET")
+        tree.remove()
+    }
+
+    /// Plugs a simulated device in, with a matching sysfs entry.
+    @discardableResult
+    func plug(_ text: String) throws -> PCIAddress {
+        let address = PCIAddress(text)!
+        if !FileManager.default.fileExists(atPath: tree.path + "/bus/pci/devices/\(address)") {
+            try tree.add(.init(address))
+        }
+        source.plug(address)
+        return address
+    }
+
+    func write(_ text: String, to path: String) throws {
+        let url = configRoot.appendingPathComponent(path)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try Data(text.utf8).write(to: url)
+    }
+
+    func remove(_ path: String) throws {
+        try FileManager.default.removeItem(at: configRoot.appendingPathComponent(path))
+    }
+
+    /// Creates the manager and runs `start()` on its queue.
+    func start() throws {
+        manager = Manager(
+            options: DaemonOptions(config: .init(configRoot: .init(configRoot.path), allowInsecurePermissions: true),
+                                   sysfsRoot: .init(tree.path)),
+            source: source, logger: Logger(label: "test") { _ in self.logs.handler() })
+        try manager.queue.sync { try manager.start() }
+    }
+
+    func onQueue<T>(_ body: (Manager) throws -> T) rethrows -> T {
+        try manager.queue.sync { try body(manager) }
+    }
+
+    func reload() { onQueue { $0.reload() } }
+    func stop() { onQueue { $0.stop() } }
+
+    /// The device the daemon holds open now (the source hands out a new one per open).
+    func device(_ address: PCIAddress) -> SimulatedDevice { source.device(address)! }
+
+    /// Polls the daemon (on its queue) until `condition` holds; false after `timeout`.
+    func waitUntil(timeout: TimeInterval = 5, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if manager.queue.sync(execute: { condition() }) { return true }
+            usleep(5_000)
+        }
+        return false
+    }
+
+    /// Every sd_notify datagram received so far.
+    func notifications() throws -> [String] { try listener.receiveQueued() }
+
+    func phase(_ address: PCIAddress) -> String? {
+        onQueue { $0.devices().first { $0.address == address }?.phase.name }
+    }
+}
+
+/// A swift-log handler that keeps every entry, for assertions on words and journal fields.
+final class LogCapture: @unchecked Sendable {
+    struct Entry {
+        var level: Logger.Level
+        var message: String
+        var metadata: [String: String]
+        var messageID: String? { metadata["MESSAGE_ID"] }
+    }
+
+    private let lock = NSLock()
+    private var _entries: [Entry] = []
+
+    var entries: [Entry] { lock.withLock { _entries } }
+
+    func entries(_ event: DaemonEvent, device: PCIAddress? = nil) -> [Entry] {
+        entries.filter { $0.messageID == event.messageID && (device == nil || $0.metadata["VFIO_DEVICE"] == device!.description) }
+    }
+
+    func handler() -> some LogHandler { Handler(capture: self) }
+
+    fileprivate func append(_ entry: Entry) { lock.withLock { _entries.append(entry) } }
+
+    private struct Handler: LogHandler {
+        let capture: LogCapture
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            var flat: [String: String] = [:]
+            for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { flat[key] = "\(value)" }
+            capture.append(Entry(level: event.level, message: "\(event.message)", metadata: flat))
+        }
+    }
+}

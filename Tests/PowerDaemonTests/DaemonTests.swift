@@ -1,0 +1,210 @@
+import Foundation
+import PowerDaemon
+import VFIO
+import VFIOSimulator
+import XCTest
+
+/// The daemon through its real Dispatch loop, with simulated devices that follow the
+/// kernel's semantics over real eventfds, and a fake systemd reading sd_notify.
+/// (The same behaviours run against the real kernel under real systemd in the VM lab.)
+final class DaemonTests: XCTestCase {
+    let nic = "0000:00:02.0"
+    let nvme = "0000:00:03.0"
+
+    private func harness(main: String = "[defaults]\nrearm_delay = \"1s\"\n", devices: [String: String]? = nil) throws -> DaemonHarness {
+        try DaemonHarness(mainConfig: main, devices: devices ?? [
+            "10-lab.conf": """
+            [[device]]
+            address = "\(nic)"
+            name = "nic"
+
+            [[device]]
+            address = "\(nvme)"
+            name = "disk"
+            """,
+        ])
+    }
+
+    func testStartArmsEveryDeviceOneShotThenReportsReady() throws {
+        let daemon = try harness()
+        let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
+        try daemon.start()
+        for address in [a, b] {
+            XCTAssertEqual(daemon.device(address).engagement, .oneShot)
+            XCTAssertTrue(daemon.device(address).isSuspended)
+            XCTAssertEqual(daemon.logs.entries(.armed, device: address).count, 1)
+        }
+        XCTAssertEqual(try daemon.notifications(), ["READY=1", "STATUS=2 devices: 2 in low power; 0 wakes"])
+        XCTAssertEqual(daemon.logs.entries(.started).map(\.message), ["started: 2 devices: 2 in low power; 0 wakes"])
+    }
+
+    func testAWakeIsReArmedAfterTheDelayAndTheOtherDeviceIsUntouched() throws {
+        let daemon = try harness()
+        let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
+        try daemon.start()
+        let callsOnB = daemon.device(b).totalCalls
+        _ = try daemon.notifications()
+
+        daemon.device(a).access()
+        XCTAssertTrue(daemon.waitUntil { daemon.logs.entries(.woke, device: a).count == 1 })
+        XCTAssertEqual(daemon.device(a).engagement, .none, "a one-shot wake disarms")
+        XCTAssertEqual(daemon.phase(a), "waiting to re-arm")
+        let woke = try XCTUnwrap(daemon.logs.entries(.woke, device: a).first)
+        XCTAssertEqual(woke.metadata["VFIO_WAKES"], "1")
+        XCTAssertNotNil(woke.metadata["VFIO_LOW_POWER_USEC"].flatMap(Int.init))
+
+        XCTAssertTrue(daemon.waitUntil { daemon.device(a).engagement == .oneShot }, "re-armed after rearm_delay")
+        XCTAssertEqual(daemon.logs.entries(.rearmed, device: a).count, 1)
+        XCTAssertEqual(daemon.device(b).totalCalls, callsOnB, "a wake of one device never touches another")
+        XCTAssertEqual(try daemon.notifications(), [
+            "STATUS=2 devices: 1 in low power, 1 awake; 1 wake",
+            "STATUS=2 devices: 2 in low power; 1 wake",
+        ])
+    }
+
+    func testReloadAppliesOnlyTheDifference() throws {
+        let daemon = try harness()
+        let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
+        let c = try daemon.plug("0000:00:04.0")
+        try daemon.start()
+        let calls = (daemon.device(a).totalCalls, daemon.device(b).totalCalls)
+        _ = try daemon.notifications()
+
+        daemon.reload()
+        XCTAssertEqual(daemon.device(a).totalCalls, calls.0, "an unchanged device gets no call: any ioctl would wake it")
+        XCTAssertEqual(daemon.device(b).totalCalls, calls.1)
+
+        try daemon.write("[[device]]\naddress = \"\(c)\"\nmode = \"reentrant\"\n", to: "etc/vfio-powerd/devices.d/20-new.conf")
+        try daemon.write("[[device]]\naddress = \"\(nic)\"\nname = \"nic\"\nrearm_delay = \"5s\"\n", to: "etc/vfio-powerd/devices.d/10-lab.conf")
+        daemon.reload()
+        XCTAssertEqual(daemon.device(c).engagement, .reentrant, "a new device is opened and armed")
+        XCTAssertEqual(daemon.device(a).totalCalls, calls.0, "a new re-arm delay changes nothing while armed")
+        XCTAssertTrue(daemon.device(b).isClosed, "a device no longer configured is closed")
+        XCTAssertEqual(daemon.device(b).calls(.exit), 1, "and left awake")
+        XCTAssertEqual(daemon.logs.entries(.reloaded).last?.message,
+                       "reloaded: 1 added, 1 removed, 1 changed, 0 unchanged; 2 devices: 2 in low power; 0 wakes")
+        let notes = try daemon.notifications()
+        XCTAssertEqual(notes.filter { $0.hasPrefix("RELOADING=1") }.count, 2)
+        XCTAssertTrue(notes.first!.hasPrefix("RELOADING=1\nMONOTONIC_USEC="), notes.first!)
+        XCTAssertEqual(notes.filter { $0 == "READY=1" }.count, 2)
+    }
+
+    func testABrokenReloadChangesNothing() throws {
+        let daemon = try harness()
+        let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
+        try daemon.start()
+        let calls = (daemon.device(a).totalCalls, daemon.device(b).totalCalls)
+        try daemon.write("[[device]]\naddress = \"0000:00:09.0\"\nrearm_dealy = \"5s\"\n", to: "etc/vfio-powerd/devices.d/30-typo.conf")
+        daemon.reload()
+        let rejected = daemon.logs.entries(.configRejected)
+        XCTAssertEqual(rejected.count, 2, rejected.map(\.message).joined(separator: "\n"))
+        XCTAssertTrue(rejected[0].message.hasSuffix("30-typo.conf:3:1: device.rearm_dealy: unknown key; did you mean `rearm_delay`?"), rejected[0].message)
+        XCTAssertEqual(rejected[1].message, "configuration rejected on reload; the running configuration stays in force: 1 error")
+        XCTAssertEqual(daemon.device(a).totalCalls, calls.0)
+        XCTAssertEqual(daemon.device(b).totalCalls, calls.1)
+        XCTAssertEqual(daemon.onQueue { $0.summary() }, "2 devices: 2 in low power; 0 wakes")
+    }
+
+    func testAnInvalidConfigurationStartsNothing() throws {
+        let daemon = try harness(main: "[defaults]\nrearm_delay = 30\n")
+        let a = try daemon.plug(nic)
+        XCTAssertThrowsError(try daemon.start()) { error in
+            XCTAssertEqual(error as? Manager.StartError, .configRejected(errors: 1))
+        }
+        XCTAssertEqual(daemon.source.opens(a), 0, "nothing is opened with a bad configuration")
+        XCTAssertTrue(daemon.logs.entries(.configRejected).contains { $0.message.contains("vfio-powerd.conf:2:15: defaults.rearm_delay: expected a duration") },
+                      daemon.logs.entries.map(\.message).joined(separator: "\n"))
+    }
+
+    func testARemovedDeviceIsReleasedAndManagedAgainWhenItReturns() throws {
+        let daemon = try harness(main: "[daemon]\nrescan_interval = \"1s\"\n[defaults]\nrearm_delay = \"1s\"\n")
+        let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
+        try daemon.start()
+        let removed = daemon.device(a)
+        daemon.source.unplug(a)
+        XCTAssertTrue(daemon.waitUntil { removed.isClosed }, "the removal request makes the daemon close the device at once")
+        XCTAssertEqual(daemon.phase(a), "gone")
+        XCTAssertEqual(daemon.logs.entries(.deviceGone, device: a).count, 1)
+        XCTAssertEqual(daemon.device(b).engagement, .oneShot, "the other device is not disturbed")
+        // Like the kernel's unbind, the unplug resumes the device before asking for it back,
+        // so the daemon sees one wake first.
+        XCTAssertEqual(daemon.onQueue { $0.summary() }, "2 devices: 1 in low power, 1 missing; 1 wake")
+
+        daemon.source.plug(a)
+        XCTAssertTrue(daemon.waitUntil { daemon.device(a).engagement == .oneShot }, "found again by the rescan and armed")
+        XCTAssertEqual(daemon.logs.entries(.deviceBack, device: a).count, 1)
+    }
+
+    func testStopLeavesDevicesAwakeUnlessThePolicySaysKeep() throws {
+        let daemon = try harness(devices: ["10-lab.conf": """
+            [[device]]
+            address = "\(nic)"
+
+            [[device]]
+            address = "\(nvme)"
+            on_stop = "keep"
+            """])
+        let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
+        try daemon.start()
+        _ = try daemon.notifications()
+        daemon.stop()
+        XCTAssertEqual(daemon.device(a).calls(.exit), 1, "on_stop = exit: LOW_POWER_EXIT before closing")
+        XCTAssertEqual(daemon.device(b).calls(.exit), 0, "on_stop = keep: no EXIT")
+        XCTAssertTrue(daemon.device(a).isClosed)
+        XCTAssertTrue(daemon.device(b).isClosed)
+        XCTAssertEqual(try daemon.notifications().first, "STOPPING=1")
+        XCTAssertEqual(daemon.logs.entries(.stopping).count, 1)
+    }
+
+    func testAFlappingDeviceBacksOffAndIsSummarised() throws {
+        let daemon = try harness(main: "[defaults]\nrearm_delay = \"1s\"\nflap_max_wakes = 1\nflap_window = \"10m\"\n",
+                                 devices: ["10-lab.conf": "[[device]]\naddress = \"\(nic)\"\n"])
+        let a = try daemon.plug(nic)
+        try daemon.start()
+        daemon.device(a).access()
+        XCTAssertTrue(daemon.waitUntil { daemon.device(a).engagement == .oneShot && daemon.logs.entries(.rearmed).count == 1 })
+        daemon.device(a).access()
+        XCTAssertTrue(daemon.waitUntil { daemon.logs.entries(.flappingStarted, device: a).count == 1 })
+        XCTAssertEqual(daemon.phase(a), "backing off")
+        XCTAssertTrue(daemon.onQueue { $0.summary() }.hasSuffix("; 2 wakes; 1 flapping"))
+        usleep(1_300_000)
+        XCTAssertEqual(daemon.device(a).engagement, .none, "backing off: the 1s re-arm delay is doubled")
+        XCTAssertTrue(daemon.waitUntil { daemon.device(a).engagement == .oneShot }, "re-armed after the backoff")
+        XCTAssertEqual(daemon.logs.entries(.rearmed, device: a).count, 1, "re-arms while flapping are summarised, not logged")
+    }
+
+    func testOneFailingDeviceNeverDisturbsAnother() throws {
+        let daemon = try harness()
+        let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
+        daemon.source.failOpen(a, with: VFIOError(.groupBusy, device: a, operation: "open IOMMU group 5", errno: .resourceBusy,
+                                                  explanation: "/dev/vfio/5 is held by qemu-system-x86 (pid 4242)"))
+        try daemon.start()
+        XCTAssertEqual(daemon.phase(a), "failed")
+        XCTAssertEqual(daemon.device(b).engagement, .oneShot)
+        let skipped = try XCTUnwrap(daemon.logs.entries(.deviceSkipped, device: a).first)
+        XCTAssertEqual(skipped.message, "0000:00:02.0 (nic): not managed: /dev/vfio/5 is held by qemu-system-x86 (pid 4242) (EBUSY)")
+        XCTAssertEqual(daemon.onQueue { $0.summary() }, "2 devices: 1 in low power, 1 failing; 0 wakes")
+
+        // EIO on re-arm: the device failed to resume; it is closed and treated as gone.
+        daemon.device(b).failNext(.arm, with: .ioError)
+        daemon.device(b).access()
+        XCTAssertTrue(daemon.waitUntil { daemon.logs.entries(.deviceGone, device: b).count == 1 })
+        XCTAssertEqual(daemon.logs.entries(.deviceGone, device: b).first?.metadata["ERRNO"], "5")
+        XCTAssertTrue(daemon.device(b).isClosed)
+        XCTAssertEqual(daemon.phase(a), "failed", "still failed, untouched")
+    }
+
+    func testTheWatchdogIsPingedFromTheLoop() throws {
+        setenv("WATCHDOG_USEC", "200000", 1)
+        setenv("WATCHDOG_PID", "\(getpid())", 1)
+        defer { unsetenv("WATCHDOG_USEC"); unsetenv("WATCHDOG_PID") }
+        let daemon = try harness()
+        try daemon.plug(nic)
+        try daemon.plug(nvme)
+        try daemon.start()
+        usleep(450_000)
+        let pings = try daemon.notifications().filter { $0 == "WATCHDOG=1" }
+        XCTAssertGreaterThanOrEqual(pings.count, 3, "every 100 ms for WatchdogSec=200ms")
+        daemon.stop()
+    }
+}
