@@ -111,7 +111,7 @@ ensure_host_tools() {
 		command -v "$cmd" > /dev/null 2>&1 || missing+=("$pkg")
 	done
 	# The initramfs needs the static busybox (the plain busybox package is dynamic).
-	dpkg-query -W -f='${Status}' busybox-static 2> /dev/null | grep -q 'ok installed' || missing+=(busybox-static)
+	dpkg-query -W -f='${Status}' busybox-static 2> /dev/null | grep -c 'ok installed' > /dev/null || missing+=(busybox-static)
 	[ ${#missing[@]} -eq 0 ] && return 0
 	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 	need_root "installing ${missing[*]}"
@@ -119,7 +119,7 @@ ensure_host_tools() {
 	# apt-get update only when some package has no install candidate yet.
 	local p
 	for p in "${missing[@]}"; do
-		if ! apt-cache policy "$p" 2> /dev/null | grep -q 'Candidate: [^(]'; then
+		if ! apt-cache policy "$p" 2> /dev/null | grep -c 'Candidate: [^(]' > /dev/null; then
 			apt-get update -q >&2
 			break
 		fi
@@ -171,13 +171,14 @@ EOF
 
 pkg_exists() { # context package
 	apt_opts "$1"
-	apt-cache "${APT_OPTS[@]}" show "$2" > /dev/null 2>&1
+	# (grep -q would end the pipe early: SIGPIPE + pipefail)
+	[ -n "$(apt-cache "${APT_OPTS[@]}" show "$2" 2> /dev/null | sed -n '/^Package:/p')" ]
 }
 
 meta_release() { # context -> kernel release that linux-image-amd64 depends on
 	apt_opts "$1"
 	apt-cache "${APT_OPTS[@]}" depends linux-image-amd64 2> /dev/null |
-		sed -n 's/^ *Depends: linux-image-\([0-9][^ ]*-amd64\)$/\1/p' | head -n1
+		sed -n 's/^ *Depends: linux-image-\([0-9][^ ]*-amd64\)$/\1/p' | sed -n 1p
 }
 
 newest_cached() { # glob -> newest ready cached release matching it
@@ -265,20 +266,42 @@ prepare_kernel() {
 	need_root "preparing kernel $KREL"
 	local dir=$CACHE/$KREL tmp
 	tmp=$(mktemp -d "$CACHE/.build-$KREL.XXXXXX")
+	BUILD_TMP=$tmp
 	log "preparing kernel $KREL from ${KCTX} in $dir"
 
-	# 1. download
-	local pkgs=()
+	# 1. download. Since 6.17 or so linux-image-KREL is a meta package: the image is in
+	# linux-binary(-unsigned)-KREL, the modules in linux-modules-KREL, the config in
+	# linux-base-KREL. Before that (and on Debian 12) linux-image-KREL(-unsigned) has it all.
+	local pkgs=() dep
 	[ "$KCTX" = bpo ] && bpo_update
-	if pkg_exists "$KCTX" "linux-binary-unsigned-$KREL"; then
-		# 7.x layout: the image, the modules and the config are separate packages
-		pkgs=("linux-binary-unsigned-$KREL" "linux-modules-$KREL")
-		pkg_exists "$KCTX" "linux-base-$KREL" && pkgs+=("linux-base-$KREL")
-	elif pkg_exists "$KCTX" "linux-image-$KREL-unsigned"; then
-		pkgs=("linux-image-$KREL-unsigned")
-	else
-		pkgs=("linux-image-$KREL")
+	apt_opts "$KCTX"
+	for dep in $(apt-cache "${APT_OPTS[@]}" show "linux-image-$KREL" 2> /dev/null |
+		sed -n 's/^Depends: //p' | sed -n 1p | tr ',|' '\n' | sed 's/ *(.*//; s/ //g'); do
+		case "$dep" in
+		"linux-binary-$KREL")
+			if pkg_exists "$KCTX" "linux-binary-unsigned-$KREL"; then
+				pkgs+=("linux-binary-unsigned-$KREL")
+			else
+				pkgs+=("$dep")
+			fi
+			;;
+		"linux-modules-$KREL" | "linux-base-$KREL") pkgs+=("$dep") ;;
+		esac
+	done
+	if [ ${#pkgs[@]} -eq 0 ]; then
+		if pkg_exists "$KCTX" "linux-binary-unsigned-$KREL"; then
+			pkgs=("linux-binary-unsigned-$KREL" "linux-modules-$KREL")
+			pkg_exists "$KCTX" "linux-base-$KREL" && pkgs+=("linux-base-$KREL")
+		elif pkg_exists "$KCTX" "linux-image-$KREL-unsigned"; then
+			pkgs=("linux-image-$KREL-unsigned")
+		else
+			pkgs=("linux-image-$KREL")
+		fi
 	fi
+	local p
+	for p in "${pkgs[@]}"; do
+		pkg_exists "$KCTX" "$p" || die "package $p (for kernel $KREL) is not in the archive any more"
+	done
 	mkdir -p "$tmp/debs"
 	apt_opts "$KCTX"
 	(cd "$tmp/debs" && apt-get "${APT_OPTS[@]}" -q download "${pkgs[@]}" >&2) ||
@@ -319,6 +342,8 @@ prepare_kernel() {
 	echo "$RECIPE" > "$tmp/READY"
 	rm -rf "$dir"
 	mv "$tmp" "$dir"
+	BUILD_TMP=''
+	chmod 755 "$dir"
 	# depmod wrote absolute-free files; nothing inside refers to $tmp.
 	log "kernel $KREL ready ($(cat "$dir/kernel.type"), $(du -sh "$dir" | cut -f1))"
 }
@@ -392,9 +417,10 @@ prepare() {
 }
 
 # --- running ---------------------------------------------------------------------------------
-RUN='' QEMU_PID=''
+RUN='' QEMU_PID='' BUILD_TMP=''
 RELAYS=()
 cleanup() {
+	if [ -n "$BUILD_TMP" ]; then rm -rf "$BUILD_TMP"; fi
 	if [ -n "$QEMU_PID" ]; then kill "$QEMU_PID" 2> /dev/null || true; fi
 	local p
 	for p in "${RELAYS[@]}"; do kill "$p" 2> /dev/null || true; done
@@ -594,6 +620,7 @@ parse_run_args() { # sets TIMEOUT and ARGV
 
 main() {
 	[ $# -ge 1 ] || usage
+	trap cleanup EXIT
 	local cmd=$1
 	shift
 	case "$cmd" in
