@@ -112,7 +112,7 @@ ensure_host_tools() {
 	done
 	# The initramfs needs the static busybox (the plain busybox package is dynamic).
 	dpkg-query -W -f='${Status}' busybox-static 2> /dev/null | grep -c 'ok installed' > /dev/null || missing+=(busybox-static)
-	[ ${#missing[@]} -eq 0 ] && return 0
+	if [ ${#missing[@]} -eq 0 ]; then return 0; fi
 	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 	need_root "installing ${missing[*]}"
 	log "installing host packages: ${missing[*]}"
@@ -273,7 +273,7 @@ prepare_kernel() {
 	# linux-binary(-unsigned)-KREL, the modules in linux-modules-KREL, the config in
 	# linux-base-KREL. Before that (and on Debian 12) linux-image-KREL(-unsigned) has it all.
 	local pkgs=() dep
-	[ "$KCTX" = bpo ] && bpo_update
+	if [ "$KCTX" = bpo ]; then bpo_update; fi
 	apt_opts "$KCTX"
 	for dep in $(apt-cache "${APT_OPTS[@]}" show "linux-image-$KREL" 2> /dev/null |
 		sed -n 's/^Depends: //p' | sed -n 1p | tr ',|' '\n' | sed 's/ *(.*//; s/ //g'); do
@@ -291,7 +291,7 @@ prepare_kernel() {
 	if [ ${#pkgs[@]} -eq 0 ]; then
 		if pkg_exists "$KCTX" "linux-binary-unsigned-$KREL"; then
 			pkgs=("linux-binary-unsigned-$KREL" "linux-modules-$KREL")
-			pkg_exists "$KCTX" "linux-base-$KREL" && pkgs+=("linux-base-$KREL")
+			if pkg_exists "$KCTX" "linux-base-$KREL"; then pkgs+=("linux-base-$KREL"); fi
 		elif pkg_exists "$KCTX" "linux-image-$KREL-unsigned"; then
 			pkgs=("linux-image-$KREL-unsigned")
 		else
@@ -313,7 +313,7 @@ prepare_kernel() {
 	rm -rf "$tmp/debs"
 	local moddir=
 	for moddir in "$tmp/tree/lib/modules/$KREL" "$tmp/tree/usr/lib/modules/$KREL"; do
-		[ -d "$moddir/kernel" ] && break
+		if [ -d "$moddir/kernel" ]; then break; fi
 	done
 	[ -d "$moddir/kernel" ] || die "no modules directory for $KREL in ${pkgs[*]}"
 	local base=${moddir%/lib/modules/*}
@@ -322,11 +322,11 @@ prepare_kernel() {
 	# 3. the kernel image: prefer the uncompressed vmlinux (PVH entry, boots ~2x faster under TCG)
 	local vmlinuz='' config='' f
 	for f in "$tmp/tree/boot/vmlinuz-$KREL" "$moddir/vmlinuz.unsigned" "$moddir/vmlinuz"; do
-		[ -f "$f" ] && vmlinuz=$f && break
+		if [ -f "$f" ]; then vmlinuz=$f && break; fi
 	done
 	[ -n "$vmlinuz" ] || die "no vmlinuz in ${pkgs[*]}"
 	for f in "$tmp/tree/boot/config-$KREL" "$moddir/config"; do
-		[ -f "$f" ] && config=$f && break
+		if [ -f "$f" ]; then config=$f && break; fi
 	done
 	if [ -n "$config" ] && grep -q '^CONFIG_PVH=y' "$config" && extract_vmlinux "$vmlinuz" "$tmp/kernel"; then
 		echo vmlinux > "$tmp/kernel.type"
@@ -355,7 +355,7 @@ prepare_kernel() {
 extract_vmlinux() { # vmlinuz out
 	local f=$1 out=$2 ss po pl start magic
 	ss=$(od -An -tu1 -j $((0x1f1)) -N1 "$f" | tr -d ' ')
-	[ "$ss" = 0 ] && ss=4
+	if [ "$ss" = 0 ]; then ss=4; fi
 	po=$(od -An -tu4 -j $((0x248)) -N4 "$f" | tr -d ' ')
 	pl=$(od -An -tu4 -j $((0x24c)) -N4 "$f" | tr -d ' ')
 	start=$(((ss + 1) * 512 + po))
@@ -417,14 +417,16 @@ prepare() {
 }
 
 # --- running ---------------------------------------------------------------------------------
-RUN='' QEMU_PID='' BUILD_TMP=''
+RUN='' QEMU_PID='' BUILD_TMP='' EXIT_STATUS=125
 RELAYS=()
 cleanup() {
 	if [ -n "$BUILD_TMP" ]; then rm -rf "$BUILD_TMP"; fi
 	if [ -n "$QEMU_PID" ]; then kill "$QEMU_PID" 2> /dev/null || true; fi
 	local p
 	for p in "${RELAYS[@]}"; do kill "$p" 2> /dev/null || true; done
-	if [ -n "$RUN" ] && [ "${LAB_KEEP:-0}" != 1 ]; then rm -rf "$RUN"; fi
+	if [ -n "$RUN" ]; then
+		if [ "${LAB_KEEP:-0}" = 1 ]; then log "kept $RUN"; else rm -rf "$RUN"; fi
+	fi
 }
 on_signal() {
 	log "interrupted"
@@ -455,7 +457,7 @@ write_spec() { # mode argv...
 		done
 		for name in ${LAB_PASS_ENV:+${LAB_PASS_ENV//,/ }}; do
 			[[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "LAB_PASS_ENV: bad name '$name'"
-			[ -n "${!name+x}" ] && printf 'export %s=%q\n' "$name" "${!name}"
+			if [ -n "${!name+x}" ]; then printf 'export %s=%q\n' "$name" "${!name}"; fi
 		done
 	} > "$RUN/spec.sh"
 }
@@ -471,7 +473,7 @@ qemu_cmd() { # mode -> QEMU array
 	append="console=ttyS0 panic=-1 intel_iommu=on 8250.nr_uarts=4 rdinit=/init"
 	append+=" lab.mode=$mode lab.run=$RUN lab.vfio=$VFIO_IDS lab.spare=$SPARE_ID"
 	append+=" lab.moddir=$kdir/$(cat "$kdir/moddir")"
-	[ "$mode" = systemd ] && append+=" systemd.unit=lab.target systemd.show_status=auto"
+	if [ "$mode" = systemd ]; then append+=" systemd.unit=lab.target systemd.show_status=auto"; fi
 	# host directories under /tmp the guest must still see over its own tmpfs /tmp
 	local keep='' p rest top
 	for p in "$LAB_DIR" "$PWD"; do
@@ -482,7 +484,7 @@ qemu_cmd() { # mode -> QEMU array
 			;;
 		esac
 	done
-	[ -n "$keep" ] && append+=" lab.keep=$keep"
+	if [ -n "$keep" ]; then append+=" lab.keep=$keep"; fi
 	append+=" ${LAB_APPEND:-}"
 	QEMU=(
 		qemu-system-x86_64 -nodefaults -no-user-config -no-reboot
@@ -492,7 +494,7 @@ qemu_cmd() { # mode -> QEMU array
 		"${QEMU_DEVICES[@]}"
 	)
 	# shellcheck disable=SC2206 # word splitting is the point
-	[ -n "${LAB_QEMU_ARGS:-}" ] && QEMU+=(${LAB_QEMU_ARGS})
+	if [ -n "${LAB_QEMU_ARGS:-}" ]; then QEMU+=(${LAB_QEMU_ARGS}); fi
 	# ttyS0 console (a file, shown on failure), ttyS1/ttyS2 the command's stdout/stderr,
 	# ttyS3 the control channel. The streams go through FIFOs that `cat` relays onto our own
 	# stdout/stderr: QEMU reopening /dev/stdout would get its own file offset and overwrite
@@ -561,29 +563,35 @@ run_guest() { # mode timeout argv...
 	for i in "${RELAYS[@]}"; do kill "$i" 2> /dev/null || true; done
 	wait "${RELAYS[@]}" 2> /dev/null || true
 	RELAYS=()
-	[ "$mode" = shell ] && return "$rc"
+	if [ "$mode" = shell ]; then
+		EXIT_STATUS=$rc
+		return 0
+	fi
 
-	status=$(sed -n 's/^LAB_EXIT=\([0-9]*\).*/\1/p' "$RUN/ctl" 2> /dev/null | tail -n1)
-	cmdsecs=$(sed -n 's/^LAB_EXIT=.* seconds=\([0-9.]*\).*/\1/p' "$RUN/ctl" 2> /dev/null | tail -n1)
+	touch "$RUN/ctl"
+	status=$(sed -n 's/^LAB_EXIT=\([0-9]*\).*/\1/p' "$RUN/ctl" | tail -n1)
+	cmdsecs=$(sed -n 's/^LAB_EXIT=.* seconds=\([0-9.]*\).*/\1/p' "$RUN/ctl" | tail -n1)
 	local what="CMD"
-	[ "$mode" = systemd ] && what="SCRIPT"
+	if [ "$mode" = systemd ]; then what="SCRIPT"; fi
 	if [ -n "$status" ]; then
 		if [ "$rc" != 0 ]; then
 			log "warning: guest did not power off cleanly (qemu/timeout status $rc) after $what ended"
 			show_console
 		fi
 		log "kernel $KREL, $what exited $status in $secs s (command ${cmdsecs:-?} s)"
-		return "$status"
+		EXIT_STATUS=$status
+		return 0
 	fi
 	show_console
 	if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
 		log "kernel $KREL, TIMEOUT after $secs s (--timeout $timeout): $what did not finish"
-		return 124
+		EXIT_STATUS=124
+		return 0
 	fi
 	local why
-	why=$(sed -n 's/^LAB_SETUP_FAILED //p' "$RUN/ctl" 2> /dev/null | tail -n1)
+	why=$(sed -n 's/^LAB_SETUP_FAILED //p' "$RUN/ctl" | tail -n1)
 	log "kernel $KREL, guest ended without an exit status after $secs s (qemu status $rc${why:+; setup failed: $why})"
-	return 125
+	EXIT_STATUS=125
 }
 
 any_alive() {
@@ -595,7 +603,13 @@ any_alive() {
 show_console() {
 	{
 		echo "----- lab: guest console ($KREL) -----"
-		if [ -f "$RUN/console.log" ]; then tr -d '\r' < "$RUN/console.log"; else echo "(console went to stderr: LAB_CONSOLE=1)"; fi
+		if [ -f "$RUN/console.log" ]; then
+			tr -d '\r' < "$RUN/console.log"
+		elif [ "${LAB_CONSOLE:-0}" = 1 ]; then
+			echo "(streamed to stderr above: LAB_CONSOLE=1)"
+		else
+			echo "(none: QEMU did not start?)"
+		fi
 		echo "----- lab: control channel -----"
 		cat "$RUN/ctl" 2> /dev/null || true
 		echo "----- lab: end of console -----"
@@ -628,11 +642,13 @@ main() {
 	kernel) resolve_kernel; echo "$KREL" ;;
 	run | systemd)
 		parse_run_args "$@"
-		local rc=0
-		run_guest "$cmd" "$TIMEOUT" "${ARGV[@]}" || rc=$?
-		exit "$rc"
+		run_guest "$cmd" "$TIMEOUT" "${ARGV[@]}"
+		exit "$EXIT_STATUS"
 		;;
-	shell) run_guest shell 0 /bin/bash ;;
+	shell)
+		run_guest shell 0 /bin/bash
+		exit "$EXIT_STATUS"
+		;;
 	-h | --help | help) usage ;;
 	*) usage ;;
 	esac
