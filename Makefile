@@ -24,7 +24,7 @@ LAB_KERNELS ?= 6.1 newest
 KERNEL_TESTS := KernelTests.DeviceLifecycleKernelTests,KernelTests.LowPowerKernelTests
 HOST_PACKAGES := libsystemd-dev pkg-config scdoc
 
-.PHONY: all deps build build-tests check unit-tests kernel-tests demo man install clean
+.PHONY: all deps build build-tests check unit-tests kernel-tests daemon-tests demo man install clean
 
 all: build
 
@@ -43,7 +43,7 @@ build: deps
 build-tests: deps
 	$(SWIFT) build --build-tests
 
-check: unit-tests kernel-tests
+check: unit-tests kernel-tests daemon-tests
 
 # Host tests. KernelTests need /dev/vfio and run in the lab instead (kernel-tests).
 unit-tests: build-tests
@@ -54,6 +54,14 @@ kernel-tests: build-tests
 	@set -e; for k in $(LAB_KERNELS); do \
 		echo "== real-kernel tests on LAB_KERNEL=$$k"; \
 		LAB_KERNEL=$$k lab/lab.sh run --timeout 600 -- $(BUILD)/vfio-powerdPackageTests.xctest $(KERNEL_TESTS); \
+	done
+
+# The daemon as an operator runs it: the installed unit under systemd (PID 1) and journald
+# in the lab, on each kernel of LAB_KERNELS (lab/tests/daemon_under_systemd.py).
+daemon-tests: build
+	@set -e; for k in $(LAB_KERNELS); do \
+		echo "== vfio-powerd under systemd on LAB_KERNEL=$$k"; \
+		LAB_KERNEL=$$k lab/lab.sh systemd --timeout 600 -- lab/tests/daemon.sh; \
 	done
 
 # The main job on a real kernel: for now the probe cycle on each of the lab's devices.

@@ -1,0 +1,6 @@
+#!/bin/bash
+# The lab's daemon test, as the systemd-mode guest runs it: install, then test.
+set -euo pipefail
+here=$(dirname "$0")
+LAB_TEST_WATCHDOG=${LAB_TEST_WATCHDOG:-4s} "$here/daemon_setup.sh"
+exec python3 "$here/daemon_under_systemd.py"

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""vfio-powerd as an operator runs it: the installed unit under real systemd (PID 1) and
+journald, on a real kernel with the lab's e1000e and nvme bound to vfio-pci.
+
+Runs inside the guest (lab/lab.sh systemd -- this file). Every check asserts what systemd,
+the journal and sysfs say; the closing line is "N passed, N failed".
+
+A device the daemon holds cannot be opened by anyone else, so an access from outside is a
+write to its d3cold_allowed attribute: the kernel resumes the device for it
+(pm_runtime_resume), exactly as it does for a VMM's access, and the one-shot eventfd fires.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.path.join(REPO, os.environ.get("LAB_TEST_BUILD", ".build/debug"))
+NIC, DISK = os.environ["LAB_VFIO_DEVICES"].split()[:2]
+UNIT = "vfio-powerd"
+
+# MESSAGE_IDs come from the daemon's own table, so the test and the daemon cannot disagree.
+with open(os.path.join(REPO, "Sources/PowerDaemon/DaemonEvent.swift")) as f:
+    MESSAGE_ID = dict(re.findall(r'case \.(\w+): return "([0-9a-f]{32})"', f.read()))
+
+passed = failed = 0
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"ok {passed + failed} - {name}", flush=True)
+    else:
+        failed += 1
+        print(f"not ok {passed + failed} - {name}" + (f"\n    {detail}" if detail else ""), flush=True)
+    return ok
+
+
+def run(*cmd, check_rc=False):
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if check_rc and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {result.returncode}: {result.stderr}")
+    return result
+
+
+def wait(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def sysfs(address, attribute):
+    with open(f"/sys/bus/pci/devices/{address}/{attribute}") as f:
+        return f.read().strip()
+
+
+def runtime_status(address):
+    return sysfs(address, "power/runtime_status")
+
+
+def access(address):
+    """Resumes the device from outside: a write to d3cold_allowed, keeping its value."""
+    with open(f"/sys/bus/pci/devices/{address}/d3cold_allowed", "w") as f:
+        f.write(sysfs(address, "d3cold_allowed"))
+
+
+def show(prop):
+    return run("systemctl", "show", "-p", prop, "--value", UNIT).stdout.strip()
+
+
+def journal(event=None, device=None):
+    out = run("journalctl", "-u", UNIT, "-o", "json", "--no-pager").stdout
+    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+    if event:
+        entries = [e for e in entries if e.get("MESSAGE_ID") == MESSAGE_ID[event]]
+    if device:
+        entries = [e for e in entries if e.get("VFIO_DEVICE") == device]
+    return entries
+
+
+def count(event, device=None):
+    return len(journal(event, device))
+
+
+def dump_and_exit():
+    print("--- systemctl status", flush=True)
+    print(run("systemctl", "status", "--no-pager", "-l", UNIT).stdout)
+    print("--- journalctl -u vfio-powerd", flush=True)
+    print(run("journalctl", "-u", UNIT, "--no-pager", "-o", "short-monotonic").stdout)
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1)
+
+
+# --- start -------------------------------------------------------------------------------
+print(f"# kernel {os.uname().release}, devices nic={NIC} disk={DISK}", flush=True)
+start = run("systemctl", "start", UNIT)
+if not check("systemctl start vfio-powerd succeeds (Type=notify: READY=1 arrived)", start.returncode == 0, start.stderr):
+    dump_and_exit()
+check("the unit is active", show("ActiveState") == "active", show("ActiveState"))
+check("STATUS tells the truth: both armed",
+      wait(lambda: show("StatusText") == "2 devices: 2 in low power; 0 wakes"), show("StatusText"))
+for name, address in (("nic", NIC), ("disk", DISK)):
+    check(f"{name} runtime-suspends after arming", wait(lambda: runtime_status(address) == "suspended"),
+          runtime_status(address))
+    check(f"{name} reaches D3hot", sysfs(address, "power_state") == "D3hot", sysfs(address, "power_state"))
+    armed = journal("armed", address)
+    check(f"journal: armed {name} with MESSAGE_ID, VFIO_DEVICE and VFIO_MODE",
+          len(armed) == 1 and armed[0].get("VFIO_MODE") == "one-shot" and armed[0].get("PRIORITY") == "6"
+          and armed[0].get("SYSLOG_IDENTIFIER") == "vfio-powerd", json.dumps(armed))
+check("d3cold = forbid wrote d3cold_allowed=0 for disk", sysfs(DISK, "d3cold_allowed") == "0")
+check("d3cold = allow left nic's d3cold_allowed=1", sysfs(NIC, "d3cold_allowed") == "1")
+started = journal("started")
+check("journal: started", len(started) == 1 and "2 in low power" in started[0]["MESSAGE"], json.dumps(started))
+explained = run("journalctl", "-u", UNIT, "-x", "--no-pager", f"MESSAGE_ID={MESSAGE_ID['armed']}").stdout
+check("journalctl -x explains the armed message from the catalog", "Documentation: man:vfio-powerd(8)" in explained
+      or "vfio-powerd" in explained.split("--")[-1], explained[-400:])
+
+# --- a wake, then re-arm after rearm_delay -----------------------------------------------
+access(NIC)
+check("an access wakes nic: journal has woke with VFIO_WAKES=1",
+      wait(lambda: count("woke", NIC) == 1) and journal("woke", NIC)[0].get("VFIO_WAKES") == "1",
+      json.dumps(journal("woke", NIC)))
+low_power_usec = journal("woke", NIC)[0].get("VFIO_LOW_POWER_USEC", "0")
+check("woke carries VFIO_LOW_POWER_USEC > 0", int(low_power_usec) > 0, low_power_usec)
+check("nic stays awake during the re-arm delay", runtime_status(NIC) == "active", runtime_status(NIC))
+check("disk was not disturbed", runtime_status(DISK) == "suspended", runtime_status(DISK))
+check("STATUS shows the wake", wait(lambda: show("StatusText").endswith("; 1 wake")), show("StatusText"))
+check("nic is re-armed after rearm_delay", wait(lambda: count("rearmed", NIC) == 1, timeout=10))
+check("nic suspends again", wait(lambda: runtime_status(NIC) == "suspended"), runtime_status(NIC))
+check("STATUS: both in low power again, 1 wake",
+      wait(lambda: show("StatusText") == "2 devices: 2 in low power; 1 wake"), show("StatusText"))
+
+# --- flapping: more than flap_max_wakes (3) wakes within flap_window (1m) ---------------
+for _ in range(3):
+    wait(lambda: runtime_status(NIC) == "suspended" and show("StatusText").startswith("2 devices: 2 in low power"), timeout=15)
+    access(NIC)
+    time.sleep(0.3)
+check("a flapping nic is reported once", wait(lambda: count("flappingStarted", NIC) == 1, timeout=15),
+      str(count("flappingStarted", NIC)))
+check("STATUS says it is flapping", wait(lambda: "1 flapping" in show("StatusText")), show("StatusText"))
+check("re-arms while flapping are summarised, not logged", count("rearmed", NIC) <= 3, str(count("rearmed", NIC)))
+
+# --- reload with a broken file changes nothing ------------------------------------------
+status_before = show("StatusText")
+armed_before = count("armed")
+with open("/etc/vfio-powerd/devices.d/30-typo.conf", "w") as f:
+    f.write('[[device]]\naddress = "0000:00:1f.0"\nrearm_dealy = "5s"\n')
+reload = run("systemctl", "reload", UNIT)
+check("systemctl reload returns", reload.returncode == 0, reload.stderr)
+rejected = lambda: journal("configRejected")
+check("the broken file is rejected with file:line:column and advice",
+      wait(lambda: any("30-typo.conf:3:1: device.rearm_dealy: unknown key; did you mean `rearm_delay`?" in e["MESSAGE"]
+                       for e in rejected())), json.dumps([e["MESSAGE"] for e in rejected()]))
+check("the daemon keeps running", show("ActiveState") == "active", show("ActiveState"))
+check("no device was re-armed by the rejected reload", count("armed") == armed_before)
+check("disk is still in low power", runtime_status(DISK) == "suspended", runtime_status(DISK))
+os.remove("/etc/vfio-powerd/devices.d/30-typo.conf")
+run("systemctl", "reload", UNIT)
+check("a good reload is applied and logged", wait(lambda: count("reloaded") == 1), str(count("reloaded")))
+check("an unchanged device gets no call on reload: disk stays suspended", runtime_status(DISK) == "suspended")
+
+# --- unbind while armed: released at once, managed again when bound ---------------------
+unbind = subprocess.Popen(["sh", "-c", f"echo {DISK} > /sys/bus/pci/drivers/vfio-pci/unbind"])
+try:
+    unbind.wait(timeout=10)
+    finished = True
+except subprocess.TimeoutExpired:
+    finished = False
+check("unbinding the armed disk completes (the daemon released it)", finished and unbind.returncode == 0)
+if not finished:
+    dump_and_exit()
+check("journal: disk gone", wait(lambda: count("deviceGone", DISK) == 1), str(journal("deviceGone", DISK)))
+check("STATUS counts it missing", wait(lambda: "1 missing" in show("StatusText")), show("StatusText"))
+with open("/sys/bus/pci/drivers_probe", "w") as f:
+    f.write(DISK)
+check("bound again, disk is back and re-armed within the rescan interval",
+      wait(lambda: count("deviceBack", DISK) == 1 and count("armed", DISK) == 2, timeout=10))
+check("disk suspends again", wait(lambda: runtime_status(DISK) == "suspended"), runtime_status(DISK))
+
+# --- a stuck daemon is restarted by the watchdog ----------------------------------------
+pid = show("MainPID")
+run("systemctl", "kill", "-s", "SIGSTOP", UNIT)
+check("the watchdog restarts a stopped daemon",
+      wait(lambda: show("MainPID") not in (pid, "0") and show("ActiveState") == "active", timeout=30),
+      f"MainPID {pid} -> {show('MainPID')}, {show('ActiveState')}")
+check("journal: systemd saw the watchdog timeout",
+      "Watchdog timeout" in run("journalctl", "-u", UNIT, "--no-pager").stdout)
+check("after the restart both devices are armed again",
+      wait(lambda: count("started") == 2 and show("StatusText").startswith("2 devices: 2 in low power"), timeout=15),
+      f"{count('started')} started, {show('StatusText')}")
+
+# --- stop leaves every device usable ------------------------------------------------------
+stop = run("systemctl", "stop", UNIT)
+check("systemctl stop succeeds", stop.returncode == 0, stop.stderr)
+check("the daemon exited 0", show("Result") == "success" and show("ExecMainStatus") == "0",
+      f"Result={show('Result')} ExecMainStatus={show('ExecMainStatus')}")
+check("journal: stopping", count("stopping") >= 1)
+probe = run(os.path.join(BUILD, "vfio-powerctl"), "probe", "--cycle", "--json", NIC)
+report = json.loads(probe.stdout) if probe.returncode in (0, 1) and probe.stdout.startswith("{") else {}
+check("after stop nic is free and usable: vfio-powerctl probe --cycle succeeds",
+      probe.returncode == 0 and report.get("manageable") is True, probe.stdout[-600:] + probe.stderr)
+
+print(f"{passed} passed, {failed} failed")
+if failed:
+    dump_and_exit()
