@@ -1,0 +1,307 @@
+import Foundation
+import Logging
+@testable import PowerDaemon
+import PowerPolicy
+import VFIO
+import XCTest
+
+/// What an operator reads: the journal catalog covers exactly the daemon's events, and the
+/// words, MESSAGE_ID, priority and fields of every device event are pinned here, so a change
+/// to any of them is a visible, reviewed change (operators filter on them; the man page
+/// vfio-powerd(8) quotes them).
+final class CatalogAndEventTests: XCTestCase {
+
+    // MARK: The catalog
+
+    /// The repository root, from this file: Tests/PowerDaemonTests/CatalogAndEventTests.swift.
+    static let repositoryRoot: String = {
+        var components = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+        components.removeLast(3)
+        return components.joined(separator: "/")
+    }()
+
+    static var catalogPath: String { repositoryRoot + "/systemd/vfio-powerd.catalog" }
+
+    /// The ids of the catalog's entries (`-- <id>` lines), in file order, with repeats.
+    static func catalogIDs() throws -> [String] {
+        let contents = try String(contentsOfFile: catalogPath, encoding: .utf8)
+        return contents.split(separator: "\n", omittingEmptySubsequences: false)
+            .filter { $0.hasPrefix("-- ") }
+            .map { String($0.dropFirst(3).split(separator: " ").first ?? "") }
+    }
+
+    func testEveryEventHasExactlyOneCatalogEntry() throws {
+        let ids = try Self.catalogIDs()
+        for event in DaemonEvent.allCases {
+            XCTAssertEqual(ids.filter { $0 == event.messageID }.count, 1,
+                           "\(event) (\(event.messageID)) must have exactly one entry in systemd/vfio-powerd.catalog")
+        }
+    }
+
+    func testTheCatalogHasNoEntryThatIsNotAnEvent() throws {
+        let known = Set(DaemonEvent.allCases.map(\.messageID))
+        let unknown = try Self.catalogIDs().filter { !known.contains($0) }
+        XCTAssertEqual(unknown, [], "catalog entries with no DaemonEvent: an id is never reused, so remove the entry or add the event")
+    }
+
+    func testEventIDsAreDistinctWellFormedAndNotWrittenElsewhereInTheCatalog() throws {
+        let ids = DaemonEvent.allCases.map(\.messageID)
+        XCTAssertEqual(Set(ids).count, ids.count, "two events share a MESSAGE_ID")
+        for id in ids {
+            XCTAssertEqual(id.count, 32, id)
+            XCTAssertTrue(id.allSatisfy { $0.isHexDigit && !$0.isUppercase }, "\(id): 32 lowercase hex digits")
+        }
+        // An id quoted in some entry's text would be a second, misleading occurrence.
+        let contents = try String(contentsOfFile: Self.catalogPath, encoding: .utf8)
+        for event in DaemonEvent.allCases {
+            XCTAssertEqual(contents.components(separatedBy: event.messageID).count - 1, 1, "\(event): the id appears more than once")
+        }
+    }
+
+    /// vfio-powerd(8) lists every MESSAGE_ID in its JOURNAL section; keep it complete.
+    func testTheManualListsEveryMessageID() throws {
+        let manual = try String(contentsOfFile: Self.repositoryRoot + "/docs/man/vfio-powerd.8.scd", encoding: .utf8)
+        for event in DaemonEvent.allCases {
+            XCTAssertTrue(manual.contains(event.messageID), "docs/man/vfio-powerd.8.scd does not list \(event) (\(event.messageID))")
+        }
+    }
+
+    // MARK: The words of every device event
+
+    let gpu = PCIAddress("0000:01:00.0")!
+    let nic = PCIAddress("0000:02:00.0")!
+
+    func context(_ address: PCIAddress? = nil, name: String? = "gpu0", mode: DevicePolicy.Mode = .oneShot,
+                 error: VFIOError? = nil) -> DeviceController.Context {
+        DeviceController.Context(address: address ?? gpu, name: name, mode: mode, error: error,
+                                 statistics: DeviceStatistics(), now: MonotonicInstant(.seconds(1000)))
+    }
+
+    /// The fields every entry about the gpu carries, plus `extra`.
+    func gpuFields(_ extra: [String: String] = [:]) -> [String: String] {
+        ["VFIO_DEVICE": "0000:01:00.0", "VFIO_NAME": "gpu0"].merging(extra) { _, new in new }
+    }
+
+    func assertEntry(_ event: PolicyEvent, _ context: DeviceController.Context,
+                     _ expected: EventReporter.Entry, file: StaticString = #filePath, line: UInt = #line) {
+        let entry = EventReporter.entry(for: event, context)
+        XCTAssertEqual(entry.message, expected.message, "message", file: file, line: line)
+        XCTAssertEqual(entry.event, expected.event, "event", file: file, line: line)
+        XCTAssertEqual(entry.level, expected.level, "level", file: file, line: line)
+        XCTAssertEqual(entry.fields, expected.fields, "fields", file: file, line: line)
+        XCTAssertEqual(entry, expected, file: file, line: line)
+    }
+
+    func testArmed() {
+        assertEntry(.armed(.oneShot), context(), .init(
+            event: .armed, level: .info,
+            message: "0000:01:00.0 (gpu0): armed one-shot low power",
+            fields: gpuFields(["VFIO_MODE": "one-shot"])))
+    }
+
+    func testArmedWithoutANameHasNoNameField() {
+        assertEntry(.armed(.reentrant), context(nic, name: nil, mode: .reentrant), .init(
+            event: .armed, level: .info,
+            message: "0000:02:00.0: armed re-entrant low power",
+            fields: ["VFIO_DEVICE": "0000:02:00.0", "VFIO_MODE": "re-entrant"]))
+    }
+
+    func testWoke() {
+        assertEntry(.woke(count: 1, inLowPowerFor: .milliseconds(90_250)), context(), .init(
+            event: .woke, level: .info,
+            message: "0000:01:00.0 (gpu0): woke after 1m30s250ms in low power",
+            fields: gpuFields(["VFIO_WAKES": "1", "VFIO_LOW_POWER_USEC": "90250000"])))
+    }
+
+    func testWokeWithCoalescedWakesKeepsMicroseconds() {
+        assertEntry(.woke(count: 3, inLowPowerFor: .microseconds(1_500)), context(), .init(
+            event: .woke, level: .info,
+            message: "0000:01:00.0 (gpu0): woke after 1ms in low power (3 wakes coalesced)",
+            fields: gpuFields(["VFIO_WAKES": "3", "VFIO_LOW_POWER_USEC": "1500"])))
+    }
+
+    func testRearmed() {
+        assertEntry(.rearmed(.oneShot, quietFor: .seconds(30)), context(), .init(
+            event: .rearmed, level: .info,
+            message: "0000:01:00.0 (gpu0): re-armed one-shot low power after 30s awake",
+            fields: gpuFields(["VFIO_MODE": "one-shot"])))
+    }
+
+    func testFlappingStarted() {
+        assertEntry(.flappingStarted(wakes: 11, window: .seconds(600), backoff: .seconds(60)), context(), .init(
+            event: .flappingStarted, level: .warning,
+            message: "0000:01:00.0 (gpu0): flapping: 11 wakes within 10m; re-arming only after 1m, doubling with each further wake; wakes are summarised until it is quiet again",
+            fields: gpuFields(["VFIO_WAKES": "11"])))
+    }
+
+    func testFlappingEnded() {
+        assertEntry(.flappingEnded(suppressedWakes: 4, lasted: .seconds(1500)), context(), .init(
+            event: .flappingEnded, level: .notice,
+            message: "0000:01:00.0 (gpu0): quiet again after 25m of flapping (4 wakes summarised); normal re-arming resumes",
+            fields: gpuFields(["VFIO_WAKES": "4"])))
+    }
+
+    func testAlreadyEngagedIsANoticeUnderTheArmFailedID() {
+        assertEntry(.alreadyEngaged(.oneShot), context(), .init(
+            event: .armFailed, level: .notice,
+            message: "0000:01:00.0 (gpu0): already in low power (a previous holder of the device left it engaged); exiting low power and arming one-shot again",
+            fields: gpuFields(["VFIO_MODE": "one-shot"])))
+    }
+
+    func testArmFailedInTheStateMachinesWords() {
+        assertEntry(.armFailed(.EINVAL, explanation: "still refused after exiting low power; giving up on this device until it returns or its policy changes"),
+                    context(), .init(
+            event: .armFailed, level: .error,
+            message: "0000:01:00.0 (gpu0): cannot arm: still refused after exiting low power; giving up on this device until it returns or its policy changes (EINVAL)",
+            fields: gpuFields(["ERRNO": "22"])))
+    }
+
+    func testArmFailedPrefersTheVFIOErrorsWords() {
+        let busy = VFIOError(.groupBusy, device: gpu, operation: "arm one-shot low power", errno: .resourceBusy,
+                             explanation: "the device is held by another user")
+        assertEntry(.armFailed(.EBUSY, explanation: "closing the device; retried when it returns or its policy changes"),
+                    context(error: busy), .init(
+            event: .armFailed, level: .error,
+            message: "0000:01:00.0 (gpu0): cannot arm: the device is held by another user (EBUSY)",
+            fields: gpuFields(["ERRNO": "16"])))
+    }
+
+    func testD3coldWriteFailed() {
+        assertEntry(.d3coldWriteFailed(.EACCES, explanation: "could not forbid D3cold, so the device is not armed (its policy says it may not resume from D3cold)"),
+                    context(), .init(
+            event: .armFailed, level: .error,
+            message: "0000:01:00.0 (gpu0): cannot write d3cold_allowed: could not forbid D3cold, so the device is not armed (its policy says it may not resume from D3cold) (EACCES)",
+            fields: gpuFields(["ERRNO": "13"])))
+    }
+
+    func testOpenFailedBusyNamesTheHolder() {
+        let busy = VFIOError(.groupBusy, device: gpu, operation: "open IOMMU group 5", errno: .resourceBusy,
+                             explanation: "/dev/vfio/5 is held by qemu-system-x86 (pid 4242)",
+                             advice: "A VFIO group can be open in one process at a time: stop that process, or leave this device to it")
+        assertEntry(.openFailed(.EBUSY, explanation: "the device or its IOMMU group is held by another process (a VMM?); the daemon retries when the device returns or its policy changes"),
+                    context(error: busy), .init(
+            event: .deviceSkipped, level: .warning,
+            message: "0000:01:00.0 (gpu0): not managed: /dev/vfio/5 is held by qemu-system-x86 (pid 4242) (EBUSY). A VFIO group can be open in one process at a time: stop that process, or leave this device to it",
+            fields: gpuFields(["ERRNO": "16"])))
+    }
+
+    func testOpenFailedWithoutAVFIOError() {
+        assertEntry(.openFailed(.EPERM, explanation: "permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root)"),
+                    context(), .init(
+            event: .deviceSkipped, level: .warning,
+            message: "0000:01:00.0 (gpu0): not managed: permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root) (EPERM)",
+            fields: gpuFields(["ERRNO": "1"])))
+    }
+
+    func testUnsupported() {
+        // What DeviceController builds when PROBE refused the entry the policy needs.
+        let absent = VFIOError(.featureAbsent, device: gpu, operation: "manage low power", errno: .inappropriateIOCTLForDevice,
+                               explanation: "the kernel does not offer LOW_POWER_ENTRY_WITH_WAKEUP for this device",
+                               advice: "Low-power features need Linux 6.1 or later and the vfio-pci driver")
+        assertEntry(.unsupported(.ENOTTY, explanation: "the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried"),
+                    context(error: absent), .init(
+            event: .deviceSkipped, level: .warning,
+            message: "0000:01:00.0 (gpu0): not managed: the kernel does not offer LOW_POWER_ENTRY_WITH_WAKEUP for this device (ENOTTY). Low-power features need Linux 6.1 or later and the vfio-pci driver",
+            fields: gpuFields(["ERRNO": "25"])))
+    }
+
+    func testUnsupportedInTheStateMachinesWords() {
+        assertEntry(.unsupported(.ENOTTY, explanation: "the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried"),
+                    context(), .init(
+            event: .deviceSkipped, level: .warning,
+            message: "0000:01:00.0 (gpu0): not managed: the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried (ENOTTY)",
+            fields: gpuFields(["ERRNO": "25"])))
+    }
+
+    func testExitFailed() {
+        assertEntry(.exitFailed(.EINVAL, explanation: "closing the device instead (the kernel exits low power on close)"), context(), .init(
+            event: .wakeFailed, level: .error,
+            message: "0000:01:00.0 (gpu0): cannot exit low power: closing the device instead (the kernel exits low power on close) (EINVAL)",
+            fields: gpuFields(["ERRNO": "22"])))
+    }
+
+    func testExitFailedWithAVFIOErrorAndAdvice() {
+        let stuck = VFIOError(.resumeFailed, device: gpu, operation: "exit low power", errno: .ioError,
+                              explanation: "the device failed to resume from low power (it may be stuck in D3cold)",
+                              advice: "Set `d3cold = \"forbid\"` for this device, and check `dmesg`")
+        assertEntry(.exitFailed(.EIO, explanation: "closing the device instead (the kernel exits low power on close)"),
+                    context(error: stuck), .init(
+            event: .wakeFailed, level: .error,
+            message: "0000:01:00.0 (gpu0): cannot exit low power: the device failed to resume from low power (it may be stuck in D3cold) (EIO). Set `d3cold = \"forbid\"` for this device, and check `dmesg`",
+            fields: gpuFields(["ERRNO": "5"])))
+    }
+
+    func testGoneNoticedByTheDaemon() {
+        assertEntry(.deviceGone(nil), context(), .init(
+            event: .deviceGone, level: .warning,
+            message: "0000:01:00.0 (gpu0): gone (removed or unbound); closed so the kernel can finish removing it; it is managed again when it returns",
+            fields: gpuFields()))
+    }
+
+    func testGoneWithAnErrnoOnly() {
+        assertEntry(.deviceGone(.EIO), context(), .init(
+            event: .deviceGone, level: .warning,
+            message: "0000:01:00.0 (gpu0): gone (EIO); closed so the kernel can finish removing it; it is managed again when it returns",
+            fields: gpuFields(["ERRNO": "5"])))
+    }
+
+    func testGoneWithTheKernelsError() {
+        let gone = VFIOError(.deviceGone, device: gpu, operation: "arm one-shot low power", errno: .operationNotSupportedByDevice,
+                             explanation: "the device is gone (removed or unbound)",
+                             advice: "Close it so the kernel can finish removing it")
+        assertEntry(.deviceGone(.ENODEV), context(error: gone), .init(
+            event: .deviceGone, level: .warning,
+            message: "0000:01:00.0 (gpu0): gone: the device is gone (removed or unbound); closed so the kernel can finish removing it; it is managed again when it returns",
+            fields: gpuFields(["ERRNO": "19"])))
+    }
+
+    func testNotAvailableBecauseNotPresent() {
+        let missing = VFIOError(.deviceNotFound, device: gpu, operation: "open the device",
+                                explanation: "there is no such PCI device in /sys/bus/pci/devices",
+                                advice: "Check the address with `lspci -D`")
+        assertEntry(.deviceGone(.ENODEV), context(error: missing), .init(
+            event: .deviceSkipped, level: .warning,
+            message: "0000:01:00.0 (gpu0): not available: there is no such PCI device in /sys/bus/pci/devices. Check the address with `lspci -D`; managed as soon as it is (looked for every rescan_interval and on reload)",
+            fields: gpuFields()))
+    }
+
+    func testNotAvailableBecauseBoundToAnotherDriver() {
+        let advice = "Bind it to vfio-pci: echo 0000:02:00.0 > /sys/bus/pci/drivers/e1000e/unbind; echo vfio-pci > /sys/bus/pci/devices/0000:02:00.0/driver_override; echo 0000:02:00.0 > /sys/bus/pci/drivers_probe (or `driverctl set-override 0000:02:00.0 vfio-pci`)"
+        let bound = VFIOError(.notBoundToVFIO, device: nic, operation: "open the device",
+                              explanation: "it is bound to e1000e, not vfio-pci", advice: advice)
+        assertEntry(.deviceGone(.ENODEV), context(nic, name: nil, error: bound), .init(
+            event: .deviceSkipped, level: .warning,
+            message: "0000:02:00.0: not available: it is bound to e1000e, not vfio-pci. \(advice); managed as soon as it is (looked for every rescan_interval and on reload)",
+            fields: ["VFIO_DEVICE": "0000:02:00.0"]))
+    }
+
+    func testBack() {
+        assertEntry(.deviceBack, context(), .init(
+            event: .deviceBack, level: .notice,
+            message: "0000:01:00.0 (gpu0): back; managing it again",
+            fields: gpuFields()))
+    }
+
+    func testReleased() {
+        assertEntry(.released, context(), .init(
+            event: .deviceReleased, level: .info,
+            message: "0000:01:00.0 (gpu0): no longer managed; left awake",
+            fields: gpuFields()))
+    }
+
+    /// Every DaemonEvent is reachable: the device events from a PolicyEvent (the cases
+    /// above), the daemon's own from the manager.
+    func testEveryDaemonEventIsProducedByTheReporterOrTheManager() {
+        let samples: [PolicyEvent] = [
+            .armed(.oneShot), .woke(count: 1, inLowPowerFor: .seconds(1)), .rearmed(.oneShot, quietFor: .seconds(30)),
+            .flappingStarted(wakes: 11, window: .seconds(600), backoff: .seconds(60)),
+            .flappingEnded(suppressedWakes: 1, lasted: .seconds(600)), .alreadyEngaged(.oneShot),
+            .armFailed(.EINVAL, explanation: "x"), .openFailed(.EBUSY, explanation: "x"), .exitFailed(.EINVAL, explanation: "x"),
+            .d3coldWriteFailed(.EACCES, explanation: "x"), .unsupported(.ENOTTY, explanation: "x"),
+            .deviceGone(nil), .deviceBack, .released,
+        ]
+        var produced = Set(samples.map { EventReporter.entry(for: $0, context()).event })
+        produced.formUnion([.started, .stopping, .reloaded, .configRejected])
+        XCTAssertEqual(produced, Set(DaemonEvent.allCases))
+    }
+}
