@@ -24,7 +24,7 @@ LAB_KERNELS ?= 6.1 newest
 KERNEL_TESTS := KernelTests.DeviceLifecycleKernelTests,KernelTests.LowPowerKernelTests
 HOST_PACKAGES := libsystemd-dev pkg-config scdoc
 
-.PHONY: all deps build build-tests check unit-tests kernel-tests daemon-tests demo man install clean
+.PHONY: all deps build build-tests check unit-tests kernel-tests daemon-tests demo probe-demo man install clean
 
 all: build
 
@@ -64,11 +64,15 @@ daemon-tests: build
 		LAB_KERNEL=$$k lab/lab.sh systemd --timeout 600 -- lab/tests/daemon.sh; \
 	done
 
-# The main job on a real kernel: for now the probe cycle on each of the lab's devices.
+# The main job on a real kernel: vfio-powerd under systemd in the lab, waking and re-arming
+# the lab's devices, shown through systemctl and journalctl (lab/tests/demo.sh).
 demo: build
-	@for k in $(firstword $(LAB_KERNELS)); do \
-		LAB_KERNEL=$$k lab/lab.sh run --timeout 300 -- sh -c 'for d in $$LAB_VFIO_DEVICES; do $(BUILD)/vfio-powerctl probe --cycle $$d || exit $$?; echo; done'; \
-	done
+	LAB_KERNEL=$(firstword $(LAB_KERNELS)) lab/lab.sh systemd --timeout 600 -- lab/tests/demo.sh
+
+# The diagnostic on each lab device: vfio-powerctl probe --cycle on a real kernel.
+probe-demo: build
+	LAB_KERNEL=$(firstword $(LAB_KERNELS)) lab/lab.sh run --timeout 300 -- \
+		sh -c 'for d in $$LAB_VFIO_DEVICES; do $(BUILD)/vfio-powerctl probe --cycle $$d || exit $$?; echo; done'
 
 man: deps
 	@mkdir -p .build/man

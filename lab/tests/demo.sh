@@ -1,0 +1,71 @@
+#!/bin/bash
+# The demo: vfio-powerd under systemd on a real kernel, as an operator meets it.
+# Runs inside the lab's systemd guest (make demo → lab/lab.sh systemd -- lab/tests/demo.sh).
+set -euo pipefail
+here=$(dirname "$0")
+repo=$(cd "$here/../.." && pwd)
+read -r nic disk <<< "$LAB_VFIO_DEVICES"
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
+power() {
+	for d in "$nic" "$disk"; do
+		printf '  %s  runtime_status=%-9s power_state=%-6s suspended_time=%sms\n' "$d" \
+			"$(cat /sys/bus/pci/devices/$d/power/runtime_status)" "$(cat /sys/bus/pci/devices/$d/power_state)" \
+			"$(cat /sys/bus/pci/devices/$d/power/runtime_suspended_time)"
+	done
+}
+# A device the daemon holds can't be opened by anyone else; a write to its d3cold_allowed
+# makes the kernel resume it, just as a VM's access would.
+touch_device() {
+	local f=/sys/bus/pci/devices/$1/d3cold_allowed value
+	value=$(cat "$f")
+	echo "$value" > "$f"
+}
+
+say "A real kernel ($(uname -r)) with two emulated devices bound to vfio-pci"
+for d in "$nic" "$disk"; do
+	s=/sys/bus/pci/devices/$d
+	printf '  %s  %s:%s class %s  driver %s  iommu_group %s\n' "$d" "$(cut -c3- $s/vendor)" "$(cut -c3- $s/device)" \
+		"$(cat $s/class)" "$(basename "$(readlink $s/driver)")" "$(basename "$(readlink $s/iommu_group)")"
+done
+
+LAB_TEST_REARM=3s "$here/daemon_setup.sh"
+say "The configuration (/etc/vfio-powerd)"
+run cat /etc/vfio-powerd/vfio-powerd.conf /etc/vfio-powerd/devices.d/10-lab.conf
+say "Checking it before starting"
+run "$repo/${LAB_TEST_BUILD:-.build/debug}/vfio-powerd" --check-config | sed -n '/^Devices:/,$p'
+
+say "systemctl start vfio-powerd"
+run systemctl start vfio-powerd
+sleep 0.5
+power
+
+say "Something touches the NIC (as a VM would): it wakes, stays awake for rearm_delay (3s), then is armed again"
+touch_device "$nic"
+sleep 0.3
+power
+sleep 3.5
+power
+
+say "Two more wakes"
+for _ in 1 2; do touch_device "$nic"; sleep 4; done
+power
+
+say "systemctl status vfio-powerd"
+run systemctl status vfio-powerd --no-pager -l || true
+
+say "journalctl -u vfio-powerd"
+run journalctl -u vfio-powerd --no-pager
+
+say "One wake, with the fields to filter on (journalctl -u vfio-powerd VFIO_DEVICE=$nic -o verbose)"
+journalctl -u vfio-powerd "VFIO_DEVICE=$nic" MESSAGE_ID=26b0b23d85094099b2b7dade736c3580 -o verbose --no-pager -n 1 \
+	| grep -E '^ +(MESSAGE|MESSAGE_ID|PRIORITY|VFIO_[A-Z_]+)=|^[A-Z][a-z]{2} '
+
+say "What it means (journalctl -x, from the installed catalog)"
+journalctl -u vfio-powerd -x --no-pager -n 1 MESSAGE_ID=26b0b23d85094099b2b7dade736c3580 | sed -n '2,12p'
+
+say "systemctl stop vfio-powerd: every device is left out of low power, closed, free for a VM"
+run systemctl stop vfio-powerd
+run systemctl show -p Result -p ExecMainStatus vfio-powerd
+run journalctl -u vfio-powerd --no-pager -o cat -n 2
