@@ -119,8 +119,12 @@ public final class Manager: @unchecked Sendable {
             if let controller = controllers[device.address] {
                 if controller.policy == device.policy { unchanged += 1 } else { changed += 1 }
                 controller.policyChanged(device.policy, origin: origin(of: device))
-                // A device that was never available is looked for again now.
-                if controller.phase == .gone, source.isAvailable(device.address) { controller.returned() }
+                // A reload is the operator's "try again": a missing device is looked for, a
+                // failed one (busy group, refused arm) is opened anew.
+                switch controller.phase {
+                case .gone where source.isAvailable(device.address), .failed: controller.returned()
+                default: break
+                }
             } else {
                 addController(device)
                 added += 1
@@ -235,8 +239,8 @@ public final class Manager: @unchecked Sendable {
         watchdogTimer = timer
     }
 
-    /// Devices that are missing (gone, not yet bound) or held by someone else are looked for
-    /// on a timer that runs only while there is such a device.
+    /// Missing devices (gone, not yet bound) are looked for on a timer that runs only while
+    /// there is such a device.
     private func updateRescanTimer() {
         let needed = !isStopping && controllers.values.contains { needsRescan($0) }
         if !needed {
@@ -255,15 +259,13 @@ public final class Manager: @unchecked Sendable {
     }
 
     private func needsRescan(_ controller: DeviceController) -> Bool {
-        switch controller.phase {
-        case .gone: true
-        case .failed: controller.machine.statistics.lastError?.errno == .EBUSY
-        default: false
-        }
+        controller.phase == .gone
     }
 
-    /// Looks for missing devices: present and bound again → `returned`. A group that was
-    /// busy is tried again (opening a busy group fails before it reaches the device).
+    /// Looks for missing devices: available again (the pre-open checks pass, from sysfs and
+    /// /dev alone) → `returned`. A device that failed for another reason (a busy group, a
+    /// refused arm) is not retried on a timer, which would log the same failure every
+    /// interval: `systemctl reload` retries it.
     func rescan() {
         for controller in controllers.values.sorted(by: { $0.address < $1.address }) where needsRescan(controller) {
             if source.isAvailable(controller.address) { controller.returned() }

@@ -150,7 +150,7 @@ public struct DeviceStateMachine: Sendable {
             return [.log(.deviceGone(errno))]
         }
         let explanation: String = switch errno {
-        case .EBUSY: "the device or its IOMMU group is held by another process (a VMM?); the daemon retries when the device returns or its policy changes"
+        case .EBUSY: "the device or its IOMMU group is held by another process (a VMM?); run `systemctl reload vfio-powerd` to try again once it is free"
         case .EPERM, .EACCES: "permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root)"
         default: "cannot open the device"
         }

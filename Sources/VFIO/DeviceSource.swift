@@ -22,7 +22,8 @@ extension VFIODevice: LowPowerDevice {}
 public protocol DeviceSource: AnyObject {
     /// Checks, opens and probes the device; nothing is armed.
     func openDevice(_ address: PCIAddress) throws(VFIOError) -> any LowPowerDevice
-    /// Whether the device is present and bound to a vfio-pci driver now, from sysfs alone.
+    /// Whether the device could be opened now as far as sysfs and /dev tell (present, bound
+    /// to vfio-pci, a viable IOMMU group), without opening anything.
     func isAvailable(_ address: PCIAddress) -> Bool
     /// Writes d3cold_allowed (resumes the device: only before arming).
     func setD3coldAllowed(_ allowed: Bool, for address: PCIAddress) throws(SysfsError)
@@ -39,8 +40,7 @@ public final class OwnDeviceSource: DeviceSource, @unchecked Sendable {
     }
 
     public func isAvailable(_ address: PCIAddress) -> Bool {
-        let sysfs = SysfsPCIDevice(address: address, sysfsRoot: session.preflight.sysfsRoot)
-        return sysfs.exists && sysfs.driver().map(DevicePreflight.isVFIOPCIDriver) == true
+        (try? session.preflight.check(address)) != nil
     }
 
     public func setD3coldAllowed(_ allowed: Bool, for address: PCIAddress) throws(SysfsError) {

@@ -47,7 +47,12 @@ struct Probe: ParsableCommand {
             report = try probe.run(device, cycle: cycle)
         } catch {
             printError("vfio-powerctl: \(error)")
-            throw ExitCode(error.code == .notPermitted ? ExitStatus.notPermitted : ExitStatus.cannotOpen)
+            switch error.code {
+            case .notPermitted: throw ExitCode(ExitStatus.notPermitted)
+            // Opened fine, but the kernel refused low power: the device cannot be managed.
+            case .featureAbsent, .alreadyEngaged, .resumeFailed: throw ExitCode(ExitStatus.lowPowerUnavailable)
+            default: throw ExitCode(ExitStatus.cannotOpen)
+            }
         }
         let verdict = ProbeVerdict(report)
         if json {
@@ -106,7 +111,8 @@ enum ProbeText {
                                           ?? "did not suspend: \(describe(cycle.armed))") + "\n"
             out += "    wake         " + (cycle.wakeLatency.map { "eventfd fired \(format($0)) after an access, count \(cycle.wakeCount.map(String.init) ?? "?")" }
                                           ?? "eventfd did not fire after an access") + "\n"
-            out += "    after wake   \(describe(cycle.afterWake))" + (cycle.afterWake.runtimeStatus == .suspended ? "" : ": stayed awake, as a one-shot entry should") + "\n"
+            let stayedAwake = cycle.timeToSuspend != nil && cycle.wakeLatency != nil && cycle.afterWake.runtimeStatus != .suspended
+            out += "    after wake   \(describe(cycle.afterWake))" + (stayedAwake ? ": stayed awake, as a one-shot entry should" : "") + "\n"
         }
         if verdict.manageable {
             out += "verdict: vfio-powerd can manage this device\n"

@@ -29,7 +29,7 @@ struct VFIOPowerd: ParsableCommand {
     var checkConfig = false
 
     @Option(name: .customLong("config-root"),
-            help: ArgumentHelp("Read ROOT/etc, ROOT/run and ROOT/usr/lib instead of /etc, /run and /usr/lib.", valueName: "dir"))
+            help: ArgumentHelp("Read DIR/etc, DIR/run and DIR/usr/lib instead of /etc, /run and /usr/lib.", valueName: "dir"))
     var configRoot: String = "/"
 
     @Option(name: .customLong("sysfs-root"), help: ArgumentHelp("Read sysfs from DIR/bus/pci/... instead of /sys.", valueName: "dir"))
@@ -43,7 +43,7 @@ struct VFIOPowerd: ParsableCommand {
             help: "Where to log: auto (the journal when journald runs, else stderr), journal, or stderr.")
     var logTarget: LogTarget = .auto
 
-    @Option(name: .customLong("log-level"), help: "The lowest level logged: debug, info, notice, warning, error.")
+    @Option(name: .customLong("log-level"), help: "The lowest level logged: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
     func run() throws {

@@ -178,7 +178,7 @@ final class CatalogAndEventTests: XCTestCase {
         let busy = VFIOError(.groupBusy, device: gpu, operation: "open IOMMU group 5", errno: .resourceBusy,
                              explanation: "/dev/vfio/5 is held by qemu-system-x86 (pid 4242)",
                              advice: "A VFIO group can be open in one process at a time: stop that process, or leave this device to it")
-        assertEntry(.openFailed(.EBUSY, explanation: "the device or its IOMMU group is held by another process (a VMM?); the daemon retries when the device returns or its policy changes"),
+        assertEntry(.openFailed(.EBUSY, explanation: "the device or its IOMMU group is held by another process (a VMM?); run `systemctl reload vfio-powerd` to try again once it is free"),
                     context(error: busy), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not managed: /dev/vfio/5 is held by qemu-system-x86 (pid 4242) (EBUSY). A VFIO group can be open in one process at a time: stop that process, or leave this device to it",

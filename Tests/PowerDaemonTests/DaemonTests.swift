@@ -192,6 +192,12 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(daemon.logs.entries(.deviceGone, device: b).first?.metadata["ERRNO"], "5")
         XCTAssertTrue(daemon.device(b).isClosed)
         XCTAssertEqual(daemon.phase(a), "failed", "still failed, untouched")
+
+        // Once the holder lets go, a reload (the operator's "try again") opens it anew.
+        daemon.source.plug(a)
+        daemon.reload()
+        XCTAssertEqual(daemon.device(a).engagement, .oneShot)
+        XCTAssertEqual(daemon.logs.entries(.deviceBack, device: a).count, 1)
     }
 
     func testTheWatchdogIsPingedFromTheLoop() throws {
