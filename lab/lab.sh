@@ -236,7 +236,7 @@ resolve_kernel() {
 	[0-9]*)
 		KREL=$want
 		[[ $KREL == *-amd64 ]] || KREL=$KREL-amd64
-		if [ -f "$CACHE/$KREL/READY" ]; then
+		if kernel_ready; then
 			KCTX=cached
 		elif pkg_exists host "linux-image-$KREL"; then
 			KCTX=host
