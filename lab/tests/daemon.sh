@@ -3,4 +3,5 @@
 set -euo pipefail
 here=$(dirname "$0")
 LAB_TEST_WATCHDOG=${LAB_TEST_WATCHDOG:-4s} "$here/daemon_setup.sh"
-exec python3 "$here/daemon_under_systemd.py"
+# /usr/bin/python3, not a pyenv shim from the host's PATH (9-42 s to start in the guest).
+exec /usr/bin/python3 "$here/daemon_under_systemd.py"
