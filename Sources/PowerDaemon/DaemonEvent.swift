@@ -44,6 +44,11 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
     /// The daemon stopped managing a device (removed from the configuration, or shutdown)
     /// and left it awake.
     case deviceReleased
+    /// The operator woke a device through the control interface (`vfio-powerctl wake`); it
+    /// is kept out of low power until a deadline or the next `vfio-powerctl arm`.
+    case heldAwake
+    /// A control client was refused a call that changes something (Arm, Wake, Reload).
+    case controlRefused
 
     /// The journal MESSAGE_ID: 32 lowercase hex digits.
     public var messageID: String {
@@ -63,6 +68,8 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
         case .deviceGone: return "92bf75dcec894182848e58cf18444baa"
         case .deviceBack: return "129bee0d85364af7b35aa1e52aff3a82"
         case .deviceReleased: return "12c86ff8cc4a4e28bc22e158ba399180"
+        case .heldAwake: return "eaa63e2528604a3a9ab8067fce24a31c"
+        case .controlRefused: return "d9ab805be9504611a34d8953c1ad03cf"
         }
     }
 
@@ -70,8 +77,8 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
     public var defaultPriority: Logger.Level {
         switch self {
         case .armed, .woke, .rearmed, .deviceReleased: return .info
-        case .started, .stopping, .reloaded, .flappingEnded, .deviceBack: return .notice
-        case .flappingStarted, .deviceSkipped, .deviceGone: return .warning
+        case .started, .stopping, .reloaded, .flappingEnded, .deviceBack, .heldAwake: return .notice
+        case .flappingStarted, .deviceSkipped, .deviceGone, .controlRefused: return .warning
         case .configRejected, .armFailed, .wakeFailed: return .error
         }
     }

@@ -73,6 +73,9 @@ enum EventReporter {
             return make(.deviceBack, "back; managing it again")
         case .released:
             return make(.deviceReleased, "no longer managed; left awake")
+        case .heldAwake(let duration):
+            let until = duration.map { "for \(DurationText.format($0))" } ?? "until `vfio-powerctl arm`"
+            return make(.heldAwake, "woken by the operator; kept out of low power \(until)")
         }
     }
 }

@@ -167,7 +167,7 @@ public final class Manager: @unchecked Sendable {
             if controller.machine.isFlapping { flapping += 1 }
             switch controller.phase {
             case .lowPower: lowPower += 1
-            case .opening, .arming, .exiting, .waitingToRearm, .backingOff: awake += 1
+            case .opening, .arming, .exiting, .waitingToRearm, .backingOff, .heldAwake: awake += 1
             case .gone: missing += 1
             case .failed, .unsupported: failing += 1
             case .stopped: stopped += 1

@@ -68,4 +68,7 @@ public enum PolicyEvent: Hashable, Sendable {
     case deviceBack
     /// Policy changed so that the device is no longer managed; it is left awake and closed.
     case released
+    /// The operator woke the device; it is kept out of low power for `for` (nil: until the
+    /// operator arms it again).
+    case heldAwake(for: Duration?)
 }

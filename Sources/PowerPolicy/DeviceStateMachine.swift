@@ -47,6 +47,9 @@ public struct DeviceStateMachine: Sendable {
         case waitingToRearm(until: MonotonicInstant, wokeAt: MonotonicInstant)
         /// Flapping: like waitingToRearm with a longer, growing delay (the timer runs).
         case backingOff(until: MonotonicInstant, wokeAt: MonotonicInstant)
+        /// The operator woke it (`wakeRequested`): awake and disarmed until `until` (the timer
+        /// runs) or, with no deadline, until `armRequested`.
+        case heldAwake(until: MonotonicInstant?)
         case exiting(then: AfterExit)
         /// Closed after an error that a retry of the same steps would hit again; left until
         /// the device returns or its policy changes.
@@ -67,6 +70,8 @@ public struct DeviceStateMachine: Sendable {
         case initial
         case rearm(wokeAt: MonotonicInstant)
         case policyChange
+        /// The operator asked (`armRequested`), or the hold of a `wakeRequested` ran out.
+        case operatorRequest
         /// After EINVAL "already engaged" and an EXIT: a second EINVAL means give up.
         case afterTakeover
     }
@@ -80,6 +85,7 @@ public struct DeviceStateMachine: Sendable {
 
     private enum AfterExit: Sendable {
         case arm(ArmMode, ArmReason)
+        case holdAwake(until: MonotonicInstant?)
         case closeAndDisable
         case closeAndStop
     }
@@ -105,6 +111,7 @@ public struct DeviceStateMachine: Sendable {
         case .lowPower(let lowPower): .lowPower(lowPower.mode, since: lowPower.since)
         case .waitingToRearm(let until, _): .waitingToRearm(until: until)
         case .backingOff(let until, _): .backingOff(until: until)
+        case .heldAwake(let until): .heldAwake(until: until)
         case .exiting: .exiting
         case .failed(let reason): .failed(reason: reason)
         case .gone: .gone
@@ -164,7 +171,7 @@ public struct DeviceStateMachine: Sendable {
         statistics.lowPowerSince = now
         var actions: [DeviceAction] = []
         switch arming.reason {
-        case .initial, .policyChange, .afterTakeover:
+        case .initial, .policyChange, .afterTakeover, .operatorRequest:
             actions.append(.log(.armed(arming.mode)))
         case .rearm(let wokeAt):
             // A flapping device is summarised, not logged per re-arm.
@@ -213,6 +220,8 @@ public struct DeviceStateMachine: Sendable {
         switch then {
         case .arm(let mode, let reason):
             return beginArming(mode, reason: reason)
+        case .holdAwake(let until):
+            return holdAwake(until: until, now: now)
         case .closeAndDisable:
             state = .disabled
             return [.close, .log(.released)]
@@ -233,7 +242,7 @@ public struct DeviceStateMachine: Sendable {
         case .closeAndDisable:
             state = .disabled
             return [.close, .log(.exitFailed(errno, explanation: "closing the device instead (the kernel exits low power on close)"))]
-        case .arm:
+        case .arm, .holdAwake:
             return failClosed(errno, operation: "exit") { .exitFailed($0, explanation: $1) }
         }
     }
@@ -316,6 +325,9 @@ public struct DeviceStateMachine: Sendable {
             // delay changed): the replacement fires later.
             guard now >= until else { return [] }
             return beginArming(.oneShot, reason: .rearm(wokeAt: wokeAt))
+        case .heldAwake(let until):
+            guard let until, now >= until else { return [] }
+            return beginArming(armMode, reason: .operatorRequest)
         case .lowPower(var lowPower):
             guard let quietCheckAt = lowPower.quietCheckAt, now >= quietCheckAt else { return [] }
             lowPower.quietCheckAt = nil
@@ -334,7 +346,7 @@ public struct DeviceStateMachine: Sendable {
             endLowPowerPeriod(now: now)
             state = .gone
             return (lowPower.quietCheckAt == nil ? [] : [.cancelTimer]) + [.close, .log(.deviceGone(nil))]
-        case .waitingToRearm, .backingOff:
+        case .waitingToRearm, .backingOff, .heldAwake:
             state = .gone
             return [.cancelTimer, .close, .log(.deviceGone(nil))]
         case .failed:
@@ -430,6 +442,13 @@ public struct DeviceStateMachine: Sendable {
             // d3cold is written right before the next arm; other fields need nothing now.
             _ = until
             return []
+        case .heldAwake:
+            if !newPolicy.isManaged {
+                state = .disabled
+                return [.cancelTimer, .close, .log(.released)]
+            }
+            // The operator's hold stands; the new policy applies from the next arm.
+            return []
         }
     }
 
@@ -449,7 +468,7 @@ public struct DeviceStateMachine: Sendable {
                 state = .stopped
                 return cancel + [.close]
             }
-        case .waitingToRearm, .backingOff:
+        case .waitingToRearm, .backingOff, .heldAwake:
             // Disarmed and awake already: no exit needed.
             state = .stopped
             return [.cancelTimer, .close]
@@ -458,6 +477,45 @@ public struct DeviceStateMachine: Sendable {
             return []
         case .opening, .arming, .exiting:
             preconditionFailure("stopRequested while the outcome of the last action is pending in \(phase.name); report it first")
+        }
+    }
+
+    /// The operator asked to wake the device now and keep it out of low power until `until`,
+    /// or, with no deadline, until `armRequested`. Not open or not managed: nothing to wake.
+    public mutating func wakeRequested(until: MonotonicInstant?, now: MonotonicInstant) -> [DeviceAction] {
+        switch state {
+        case .lowPower(let lowPower):
+            endLowPowerPeriod(now: now)
+            state = .exiting(then: .holdAwake(until: until))
+            return (lowPower.quietCheckAt == nil ? [] : [.cancelTimer]) + [.exitLowPower]
+        case .waitingToRearm, .backingOff, .heldAwake:
+            // Already awake and disarmed: only the deadline changes.
+            return [.cancelTimer] + holdAwake(until: until, now: now)
+        case .unconfigured, .disabled, .failed, .gone, .unsupported, .stopped:
+            return []
+        case .opening, .arming, .exiting:
+            preconditionFailure("wakeRequested while the outcome of the last action is pending in \(phase.name); report it first")
+        }
+    }
+
+    /// The operator asked to arm the device now: a device held awake, or waiting to re-arm,
+    /// is armed at once; a failed or missing one is opened again. Already in low power, or
+    /// not managed: nothing to do.
+    public mutating func armRequested(now: MonotonicInstant) -> [DeviceAction] {
+        switch state {
+        case .heldAwake, .waitingToRearm, .backingOff:
+            var actions: [DeviceAction] = [.cancelTimer]
+            if flap.episode != nil { actions.append(endFlapping(now: now)) }
+            return actions + beginArming(armMode, reason: .operatorRequest)
+        case .failed, .gone:
+            guard policy.isManaged else { return [] }
+            d3coldWritten = nil
+            state = .opening
+            return [.open]
+        case .unconfigured, .disabled, .lowPower, .unsupported, .stopped:
+            return []
+        case .opening, .arming, .exiting:
+            preconditionFailure("armRequested while the outcome of the last action is pending in \(phase.name); report it first")
         }
     }
 
@@ -472,6 +530,12 @@ public struct DeviceStateMachine: Sendable {
     // MARK: Helpers
 
     private var armMode: ArmMode { policy.mode == .reentrant ? .reentrant : .oneShot }
+
+    private mutating func holdAwake(until: MonotonicInstant?, now: MonotonicInstant) -> [DeviceAction] {
+        state = .heldAwake(until: until)
+        guard let until else { return [.log(.heldAwake(for: nil))] }
+        return [.startTimer(max(.zero, until - now)), .log(.heldAwake(for: max(.zero, until - now)))]
+    }
 
     private mutating func beginArming(_ mode: ArmMode, reason: ArmReason) -> [DeviceAction] {
         state = .arming(Arming(mode: mode, reason: reason))
@@ -500,7 +564,7 @@ public struct DeviceStateMachine: Sendable {
             return [.close, .log(.deviceGone(errno))]
         }
         state = .failed("\(operation): \(errno.name)")
-        return [.close, .log(event(errno, "closing the device; retried when it returns or its policy changes"))]
+        return [.close, .log(event(errno, "closing the device; retried when it returns, on reload, or when its policy changes"))]
     }
 
     private mutating func endFlapping(now: MonotonicInstant) -> DeviceAction {
@@ -528,6 +592,7 @@ public enum DevicePhase: Hashable, Sendable, CustomStringConvertible {
     case lowPower(ArmMode, since: MonotonicInstant)
     case waitingToRearm(until: MonotonicInstant)
     case backingOff(until: MonotonicInstant)
+    case heldAwake(until: MonotonicInstant?)
     case exiting
     case failed(reason: String)
     case gone
@@ -544,6 +609,7 @@ public enum DevicePhase: Hashable, Sendable, CustomStringConvertible {
         case .lowPower: "low power"
         case .waitingToRearm: "waiting to re-arm"
         case .backingOff: "backing off"
+        case .heldAwake: "held awake"
         case .exiting: "exiting low power"
         case .failed: "failed"
         case .gone: "gone"

@@ -159,7 +159,7 @@ final class CatalogAndEventTests: XCTestCase {
     func testArmFailedPrefersTheVFIOErrorsWords() {
         let busy = VFIOError(.groupBusy, device: gpu, operation: "arm one-shot low power", errno: .resourceBusy,
                              explanation: "the device is held by another user")
-        assertEntry(.armFailed(.EBUSY, explanation: "closing the device; retried when it returns or its policy changes"),
+        assertEntry(.armFailed(.EBUSY, explanation: "closing the device; retried when it returns, on reload, or when its policy changes"),
                     context(error: busy), .init(
             event: .armFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot arm: the device is held by another user (EBUSY)",
@@ -298,10 +298,11 @@ final class CatalogAndEventTests: XCTestCase {
             .flappingEnded(suppressedWakes: 1, lasted: .seconds(600)), .alreadyEngaged(.oneShot),
             .armFailed(.EINVAL, explanation: "x"), .openFailed(.EBUSY, explanation: "x"), .exitFailed(.EINVAL, explanation: "x"),
             .d3coldWriteFailed(.EACCES, explanation: "x"), .unsupported(.ENOTTY, explanation: "x"),
-            .deviceGone(nil), .deviceBack, .released,
+            .deviceGone(nil), .deviceBack, .released, .heldAwake(for: nil),
         ]
         var produced = Set(samples.map { EventReporter.entry(for: $0, context()).event })
-        produced.formUnion([.started, .stopping, .reloaded, .configRejected])
+        // The manager logs these itself (start, stop, reload, configuration, control socket).
+        produced.formUnion([.started, .stopping, .reloaded, .configRejected, .controlRefused])
         XCTAssertEqual(produced, Set(DaemonEvent.allCases))
     }
 }

@@ -6,6 +6,8 @@ enum Event: CustomStringConvertible, Sendable {
     case configured, opened, openFailed(ErrorNumber), armed, armFailed(ErrorNumber)
     case exited(UInt64), exitFailed(ErrorNumber), d3coldWriteFailed(ErrorNumber)
     case woke(UInt64), timerFired, removed, returned, policyChanged(DevicePolicy), stopRequested
+    /// The operator's calls: wake until second N (nil: until the next arm), arm now.
+    case wakeRequested(Int?), armRequested
 
     var description: String {
         switch self {
@@ -23,6 +25,8 @@ enum Event: CustomStringConvertible, Sendable {
         case .returned: "returned"
         case .policyChanged: "policyChanged"
         case .stopRequested: "stopRequested"
+        case .wakeRequested(let until): "wakeRequested(until: \(until.map(String.init) ?? "next arm"))"
+        case .armRequested: "armRequested"
         }
     }
 }
@@ -49,6 +53,8 @@ extension DeviceStateMachine {
         case .returned: return returned(now: now)
         case .policyChanged(let p): return policyChanged(p, now: now)
         case .stopRequested: return stopRequested(now: now)
+        case .wakeRequested(let until): return wakeRequested(until: until.map(at), now: now)
+        case .armRequested: return armRequested(now: now)
         }
     }
 }
@@ -62,7 +68,7 @@ let disabled = DevicePolicy(enabled: false)
 
 /// Named starting states, each reached through the real protocol from a fresh machine at t=0..
 enum Start: String, CaseIterable, Sendable {
-    case unconfigured, disabled, opening, arming, lowPower, waitingToRearm, backingOff, exiting, failed, gone, unsupported, stopped
+    case unconfigured, disabled, opening, arming, lowPower, waitingToRearm, backingOff, heldAwake, exiting, failed, gone, unsupported, stopped
 
     var policy: DevicePolicy {
         switch self {
@@ -83,6 +89,7 @@ enum Start: String, CaseIterable, Sendable {
         case .waitingToRearm: [(0, .configured), (1, .opened), (2, .armed), (100, .woke(1))]
         case .backingOff: [(0, .configured), (1, .opened), (2, .armed), (20, .woke(1)), (30, .timerFired), (30, .armed),
                            (40, .woke(1)), (50, .timerFired), (50, .armed), (100, .woke(1))]
+        case .heldAwake: [(0, .configured), (1, .opened), (2, .armed), (100, .wakeRequested(nil)), (100, .exited(1))]
         case .exiting: [(0, .configured), (1, .opened), (2, .armed), (100, .stopRequested)]
         case .failed: [(0, .configured), (1, .openFailed(.EBUSY))]
         case .gone: [(0, .configured), (1, .opened), (2, .armed), (100, .removed)]
@@ -112,7 +119,7 @@ let goneLog = DeviceAction.log(.deviceGone(nil))
 
 /// State × event: the actions and the phase after. Outcome events are listed only in states
 /// where an outcome is pending (elsewhere they are protocol violations and trap).
-let transitions: [Row] = [
+let transitions: [Row] = operatorTransitions + [
     // unconfigured
     Row(start: .unconfigured, event: .configured, time: 0, actions: [.open], phase: .opening),
     Row(start: .unconfigured, event: .woke(1), actions: [], phase: .unconfigured),
@@ -141,7 +148,7 @@ let transitions: [Row] = [
     Row(start: .arming, event: .armFailed(.ENODEV), actions: [.close, .log(.deviceGone(.ENODEV))], phase: .gone),
     Row(start: .arming, event: .armFailed(.EIO), actions: [.close, .log(.deviceGone(.EIO))], phase: .gone, note: "stuck in D3cold"),
     Row(start: .arming, event: .armFailed(.ENOTTY), actions: [.close, .log(.unsupported(.ENOTTY, explanation: "the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried"))], phase: .unsupported),
-    Row(start: .arming, event: .armFailed(.EBADF), actions: [.close, .log(.armFailed(.EBADF, explanation: "closing the device; retried when it returns or its policy changes"))], phase: .failed(reason: "arm: EBADF")),
+    Row(start: .arming, event: .armFailed(.EBADF), actions: [.close, .log(.armFailed(.EBADF, explanation: "closing the device; retried when it returns, on reload, or when its policy changes"))], phase: .failed(reason: "arm: EBADF")),
     Row(start: .arming, event: .d3coldWriteFailed(.ENODEV), actions: [.close, .log(.deviceGone(.ENODEV))], phase: .gone),
     Row(start: .arming, event: .woke(1), actions: [], phase: .arming, note: "predates the arm: selfWakes"),
     // lowPower (one-shot)
@@ -223,7 +230,7 @@ let transitions: [Row] = [
     @Test func everyStartIsReachedAsNamed() {
         let expected: [Start: String] = [
             .unconfigured: "unconfigured", .disabled: "disabled", .opening: "opening", .arming: "arming",
-            .lowPower: "low power", .waitingToRearm: "waiting to re-arm", .backingOff: "backing off",
+            .lowPower: "low power", .waitingToRearm: "waiting to re-arm", .backingOff: "backing off", .heldAwake: "held awake",
             .exiting: "exiting low power", .failed: "failed", .gone: "gone", .unsupported: "unsupported", .stopped: "stopped",
         ]
         for start in Start.allCases {
@@ -241,5 +248,54 @@ let transitions: [Row] = [
     func unchangedPolicyMeansNoActionsInEveryState(_ start: Start) {
         var machine = start.machine()
         #expect(machine.policyChanged(start.policy, now: at(110)) == [])
+    }
+}
+
+/// The operator's Wake and Arm (the control interface), in every state where they matter.
+let operatorTransitions: [Row] = [
+    // Wake: out of low power now, held awake until the deadline or the next Arm.
+    Row(start: .lowPower, event: .wakeRequested(200), actions: [.exitLowPower], phase: .exiting),
+    Row(start: .waitingToRearm, event: .wakeRequested(nil), actions: [.cancelTimer, .log(.heldAwake(for: nil))],
+        phase: .heldAwake(until: nil), note: "already awake: only the deadline changes"),
+    Row(start: .heldAwake, event: .wakeRequested(200), actions: [.cancelTimer, .startTimer(.seconds(90)), .log(.heldAwake(for: .seconds(90)))],
+        phase: .heldAwake(until: at(200))),
+    Row(start: .gone, event: .wakeRequested(nil), actions: [], phase: .gone, note: "nothing open to wake"),
+    Row(start: .unsupported, event: .wakeRequested(nil), actions: [], phase: .unsupported),
+    Row(start: .disabled, event: .wakeRequested(nil), actions: [], phase: .disabled),
+    // Held awake: nothing re-arms it but the deadline or Arm.
+    Row(start: .heldAwake, event: .timerFired, actions: [], phase: .heldAwake(until: nil), note: "no deadline"),
+    Row(start: .heldAwake, event: .woke(1), actions: [], phase: .heldAwake(until: nil), note: "stale count, disarmed"),
+    Row(start: .heldAwake, event: .removed, actions: [.cancelTimer, .close, goneLog], phase: .gone),
+    Row(start: .heldAwake, event: .returned, actions: [], phase: .heldAwake(until: nil)),
+    Row(start: .heldAwake, event: .stopRequested, actions: [.cancelTimer, .close], phase: .stopped, note: "awake already: no EXIT"),
+    Row(start: .heldAwake, event: .policyChanged(disabled), actions: [.cancelTimer, .close, .log(.released)], phase: .disabled),
+    Row(start: .heldAwake, event: .policyChanged(DevicePolicy(rearmDelay: .seconds(5))), actions: [], phase: .heldAwake(until: nil),
+        note: "the hold stands"),
+    // Arm: now, from any awake state; a failed or missing device is opened again.
+    Row(start: .heldAwake, event: .armRequested, actions: [.cancelTimer, .arm(.oneShot)], phase: .arming),
+    Row(start: .waitingToRearm, event: .armRequested, actions: [.cancelTimer, .arm(.oneShot)], phase: .arming),
+    Row(start: .backingOff, event: .armRequested,
+        actions: [.cancelTimer, .log(.flappingEnded(suppressedWakes: 0, lasted: .seconds(10))), .arm(.oneShot)], phase: .arming,
+        note: "the operator ends the flapping episode"),
+    Row(start: .lowPower, event: .armRequested, actions: [], phase: .lowPower(.oneShot, since: at(2)), note: "already armed"),
+    Row(start: .failed, event: .armRequested, actions: [.open], phase: .opening),
+    Row(start: .gone, event: .armRequested, actions: [.open], phase: .opening),
+    Row(start: .disabled, event: .armRequested, actions: [], phase: .disabled, note: "not managed"),
+    Row(start: .unsupported, event: .armRequested, actions: [], phase: .unsupported),
+    Row(start: .stopped, event: .armRequested, actions: [], phase: .stopped),
+]
+
+@Suite struct OperatorScenarios {
+    @Test func wakeWithADeadlineIsHeldThenArmedWhenItRunsOut() {
+        var machine = Start.lowPower.machine()
+        #expect(machine.wakeRequested(until: at(160), now: at(100)) == [.exitLowPower])
+        #expect(machine.exited(drainedWakes: 1, now: at(100)) == [.startTimer(.seconds(60)), .log(.heldAwake(for: .seconds(60)))])
+        #expect(machine.statistics.selfWakes == 1, "the EXIT's own wake is not a device wake")
+        #expect(machine.statistics.wakes == 0)
+        #expect(machine.timerFired(now: at(159)) == [], "early expiry of a replaced timer")
+        #expect(machine.timerFired(now: at(160)) == [.arm(.oneShot)])
+        #expect(machine.armed(now: at(160)) == [.log(.armed(.oneShot))])
+        #expect(machine.phase == .lowPower(.oneShot, since: at(160)))
+        #expect(machine.statistics.timeInLowPower(asOf: at(160)) == .seconds(98), "2..100 counted, 100..160 held awake")
     }
 }
