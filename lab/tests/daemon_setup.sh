@@ -11,12 +11,16 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 build=$repo/${LAB_TEST_BUILD:-.build/debug}
 read -r nic disk <<< "$LAB_VFIO_DEVICES"
 
+# Installed like `make install` would (into the guest's tmpfs overlay), not run from the build
+# tree: the unit's PrivateTmp= hides a checkout under /tmp from the service.
+install -Dm755 "$build/vfio-powerd" /usr/local/sbin/vfio-powerd
+install -Dm755 "$build/vfio-powerctl" /usr/local/bin/vfio-powerctl
 install -Dm644 "$repo/systemd/vfio-powerd.service" /etc/systemd/system/vfio-powerd.service
 mkdir -p /etc/systemd/system/vfio-powerd.service.d
 {
 	echo "[Service]"
 	echo "ExecStart="
-	echo "ExecStart=$build/vfio-powerd"
+	echo "ExecStart=/usr/local/sbin/vfio-powerd"
 	[ -n "${LAB_TEST_WATCHDOG:-}" ] && echo "WatchdogSec=$LAB_TEST_WATCHDOG"
 } > /etc/systemd/system/vfio-powerd.service.d/lab.conf
 install -Dm644 "$repo/systemd/vfio-powerd.catalog" /usr/lib/systemd/catalog/vfio-powerd.catalog
