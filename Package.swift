@@ -13,6 +13,7 @@
 //   PowerDaemon    the daemon: Manager, one controller per device, the Dispatch event loop
 //   VFIOSimulator  a simulated vfio-pci device over real eventfds (tests and benchmarks only)
 //   SystemdTesting a fake systemd notify socket (tests only)
+//   Varlink        the varlink protocol: a server on the daemon's Dispatch queue, and a client
 import PackageDescription
 
 let package = Package(
@@ -38,6 +39,7 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .target(name: "PowerPolicy"),
+        .target(name: "Varlink"),
         .target(name: "PowerConfig", dependencies: [
             "PowerPolicy", "VFIO",
             .product(name: "TOMLKit", package: "TOMLKit"),
@@ -87,6 +89,7 @@ let package = Package(
             "PowerDaemon", "VFIOSimulator", "PowerPolicy", "PowerConfig", "Systemd", "SystemdTesting", "VFIO",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .testTarget(name: "VarlinkTests", dependencies: ["Varlink"]),
         // Real-kernel tests: they run inside the VM lab's guest (lab/lab.sh kernel-tests),
         // where /dev/vfio exists; `swift test` on the host skips this target (see Makefile).
         .testTarget(name: "KernelTests", dependencies: ["VFIO", "CVFIO"]),

@@ -1,0 +1,201 @@
+import Foundation
+
+/// A JSON value: what varlink carries as a call's and a reply's `parameters`.
+///
+/// Integers and fractions are kept apart so that counters and identifiers up to 2^63 survive a
+/// round trip exactly (a `Double` is exact only up to 2^53); `==` compares numbers by value, so
+/// `.integer(1) == .double(1)`.
+public enum JSONValue: Sendable, Equatable {
+    case null
+    case bool(Bool)
+    case integer(Int64)
+    case double(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    public static func == (lhs: JSONValue, rhs: JSONValue) -> Bool {
+        switch (lhs, rhs) {
+        case (.null, .null): return true
+        case let (.bool(a), .bool(b)): return a == b
+        case let (.integer(a), .integer(b)): return a == b
+        case let (.double(a), .double(b)): return a == b
+        case let (.integer(a), .double(b)), let (.double(b), .integer(a)):
+            return Double(exactly: a) == b
+        case let (.string(a), .string(b)): return a == b
+        case let (.array(a), .array(b)): return a == b
+        case let (.object(a), .object(b)): return a == b
+        default: return false
+        }
+    }
+}
+
+// MARK: Accessors
+
+extension JSONValue {
+    /// The string, or nil for any other kind of value.
+    public var string: String? {
+        if case let .string(s) = self { return s }
+        return nil
+    }
+
+    public var bool: Bool? {
+        if case let .bool(b) = self { return b }
+        return nil
+    }
+
+    /// An integer, or a fraction with nothing after the point that fits in `Int64`.
+    public var int64: Int64? {
+        switch self {
+        case let .integer(i): return i
+        case let .double(d): return Int64(exactly: d)
+        default: return nil
+        }
+    }
+
+    /// `int64` as an `Int`.
+    public var int: Int? { int64.flatMap { Int(exactly: $0) } }
+
+    /// Any number as a `Double` (integers beyond 2^53 are rounded).
+    public var double: Double? {
+        switch self {
+        case let .integer(i): return Double(i)
+        case let .double(d): return d
+        default: return nil
+        }
+    }
+
+    public var array: [JSONValue]? {
+        if case let .array(a) = self { return a }
+        return nil
+    }
+
+    public var object: [String: JSONValue]? {
+        if case let .object(o) = self { return o }
+        return nil
+    }
+
+    public var isNull: Bool {
+        if case .null = self { return true }
+        return false
+    }
+
+    /// The member `key` of an object; nil when absent or when this is not an object.
+    public subscript(key: String) -> JSONValue? {
+        if case let .object(o) = self { return o[key] }
+        return nil
+    }
+
+    /// The element at `index` of an array; nil when out of range or when this is not an array.
+    public subscript(index: Int) -> JSONValue? {
+        if case let .array(a) = self, a.indices.contains(index) { return a[index] }
+        return nil
+    }
+}
+
+// MARK: Literals
+
+extension JSONValue: ExpressibleByNilLiteral, ExpressibleByBooleanLiteral, ExpressibleByIntegerLiteral,
+                     ExpressibleByFloatLiteral, ExpressibleByStringLiteral, ExpressibleByArrayLiteral,
+                     ExpressibleByDictionaryLiteral {
+    public init(nilLiteral: ()) { self = .null }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+    public init(integerLiteral value: Int64) { self = .integer(value) }
+    public init(floatLiteral value: Double) { self = .double(value) }
+    public init(stringLiteral value: String) { self = .string(value) }
+    public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
+    public init(dictionaryLiteral elements: (String, JSONValue)...) {
+        self = .object(Dictionary(elements, uniquingKeysWith: { _, last in last }))
+    }
+}
+
+// MARK: Text
+
+extension JSONValue {
+    /// Parses one JSON text (RFC 8259, UTF-8). Nesting deeper than `maxDepth` is refused, so a
+    /// hostile `[[[[…` cannot exhaust the stack.
+    public init(parsing bytes: some Collection<UInt8>, maxDepth: Int = 64) throws(JSONParseError) {
+        let contiguous = Array(bytes)
+        self = try contiguous.withUnsafeBufferPointer { buffer throws(JSONParseError) in
+            var parser = JSONParser(buffer, maxDepth: maxDepth)
+            return try parser.parseDocument()
+        }
+    }
+
+    public init(parsing text: String, maxDepth: Int = 64) throws(JSONParseError) {
+        try self.init(parsing: Array(text.utf8), maxDepth: maxDepth)
+    }
+
+    /// Compact JSON text (object keys sorted, so the output is stable) as UTF-8 bytes.
+    public var jsonBytes: [UInt8] {
+        var out: [UInt8] = []
+        JSONWriter.write(self, into: &out)
+        return out
+    }
+
+    /// Compact JSON text, object keys sorted.
+    public var jsonString: String { String(decoding: jsonBytes, as: UTF8.self) }
+}
+
+extension JSONValue: CustomStringConvertible {
+    public var description: String { jsonString }
+}
+
+// MARK: Codable
+
+extension JSONValue: Codable {
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() {
+            self = .null
+        } else if let b = try? container.decode(Bool.self) {
+            self = .bool(b)
+        } else if let i = try? container.decode(Int64.self) {
+            self = .integer(i)
+        } else if let d = try? container.decode(Double.self) {
+            self = .double(d)
+        } else if let s = try? container.decode(String.self) {
+            self = .string(s)
+        } else if let a = try? container.decode([JSONValue].self) {
+            self = .array(a)
+        } else {
+            self = .object(try container.decode([String: JSONValue].self))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .null: try container.encodeNil()
+        case let .bool(b): try container.encode(b)
+        case let .integer(i): try container.encode(i)
+        case let .double(d): try container.encode(d)
+        case let .string(s): try container.encode(s)
+        case let .array(a): try container.encode(a)
+        case let .object(o): try container.encode(o)
+        }
+    }
+
+    /// The JSON form of an `Encodable` value, as `JSONEncoder` writes it (dates as ISO 8601).
+    public init(encoding value: some Encodable) throws {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        let data = try encoder.encode(value)
+        self = try JSONValue(parsing: Array(data))
+    }
+
+    /// Decodes a `Decodable` value from this JSON value (dates as ISO 8601).
+    public func decode<T: Decodable>(_ type: T.Type = T.self) throws -> T {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return try decoder.decode(T.self, from: Data(jsonBytes))
+    }
+}
+
+/// Why a JSON text was refused, with the byte offset where the parser stopped.
+public struct JSONParseError: Error, Equatable, CustomStringConvertible {
+    public let offset: Int
+    public let reason: String
+
+    public var description: String { "invalid JSON at byte \(offset): \(reason)" }
+}

@@ -1,0 +1,398 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+
+/// One accepted client. Lives on the server's queue; owned by the server's table until closed.
+///
+/// Input: bytes are read into `input`; complete messages (NUL-terminated) are found as they
+/// arrive, so an oversized one is caught before it is buffered whole. Calls are handled one at
+/// a time, in order: the next message is parsed only once the current call is answered, which
+/// keeps replies in call order without a queue of parsed calls. While a call is open, reading
+/// goes on (to notice a client that leaves) until a message's worth of input is buffered; then
+/// the read source is suspended and the kernel's socket buffer holds the client back.
+///
+/// Output: replies go straight to the socket; what it does not take waits in `output`, and a
+/// client whose backlog passes `maxPendingOutputBytes` is dropped.
+final class VarlinkConnection: @unchecked Sendable {
+    let credentials: PeerCredentials
+    private let fd: Int32
+    private let queue: DispatchQueue
+    private let limits: VarlinkServer.Limits
+    private weak var server: VarlinkServer?
+    /// Shared by every connection of the server (they all run on one queue).
+    private let scratch: ReadBuffer
+
+    private enum State {
+        case open
+        /// The client shut down its writing half: answer what it sent, then close.
+        case inputClosed
+        case closed
+    }
+    private var state = State.open
+
+    private var readSource: (any DispatchSourceRead)?
+    private var readSuspended = false
+    private var writeSource: (any DispatchSourceWrite)?
+    private var writeResumed = false
+    /// Sources whose cancel handler has not run yet; the fd is closed after the last one, so
+    /// Dispatch never watches a descriptor number that was closed and reused.
+    private var liveSources = 0
+    private var fdClosed = false
+
+    private var input: [UInt8] = []
+    /// Next unhandled byte.
+    private var inputStart = 0
+    /// End of the last complete message found (just past its NUL).
+    private var completeEnd = 0
+
+    private var output: [UInt8] = []
+    private var outputStart = 0
+    private var closeWhenFlushed = false
+
+    /// The call being answered; nil when idle.
+    private var current: VarlinkReply?
+    private var isProcessing = false
+    private var processingScheduled = false
+
+    /// Calls handled in one turn of the queue before yielding, so a client that pipelines
+    /// thousands of calls in one write cannot hold the queue (and device wakes) for long.
+    private static let callsPerTurn = 16
+    static let readChunk = 64 * 1024
+
+    init(fd: Int32, credentials: PeerCredentials, server: VarlinkServer, queue: DispatchQueue,
+         limits: VarlinkServer.Limits, scratch: ReadBuffer) {
+        self.fd = fd
+        self.scratch = scratch
+        self.credentials = credentials
+        self.server = server
+        self.queue = queue
+        self.limits = limits
+    }
+
+    var isClosed: Bool { state == .closed }
+
+    func start() {
+        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+        source.setEventHandler { @Sendable [weak self] in self?.readable() }
+        source.setCancelHandler { @Sendable [self] in self.sourceCancelled() }
+        liveSources += 1
+        readSource = source
+        source.resume()
+    }
+
+    // MARK: Reading
+
+    private func readable() {
+        guard state == .open else { return }
+        let oldCount = input.count
+        switch Socket.receive(fd, into: scratch.bytes) {
+        case let .done(n):
+            input.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch.bytes[..<n]))
+            guard scanForMessages(from: oldCount) else { return }
+            processInput()
+        case .wouldBlock:
+            break
+        case .disconnected:
+            endOfInput()
+        case let .failed(errno):
+            close(.socketError(errno))
+        }
+    }
+
+    /// Finds the NULs in the bytes just read; false when a message broke the size limit (the
+    /// connection is then closing).
+    private func scanForMessages(from start: Int) -> Bool {
+        var index = start
+        let max = limits.maxMessageBytes
+        while index < input.count {
+            let nul = input.withUnsafeBufferPointer { buffer -> Int? in
+                let base = buffer.baseAddress! + index
+                guard let found = memchr(base, 0, buffer.count - index) else { return nil }
+                return base.distance(to: found.assumingMemoryBound(to: UInt8.self)) + index
+            }
+            guard let nul else { break }
+            if nul - completeEnd > max { return tooLarge() }
+            completeEnd = nul + 1
+            index = nul + 1
+        }
+        if input.count - completeEnd > max { return tooLarge() }
+        return true
+    }
+
+    private func tooLarge() -> Bool {
+        // Answer the call the client is waiting on, if it is waiting on none of ours, so it
+        // learns why; then close without reading the rest (systemd closes with ENOBUFS).
+        if current == nil {
+            _ = enqueue(["error": .string(VarlinkErrorName.system),
+                         "parameters": ["origin": "linux", "errno": .integer(Int64(EMSGSIZE)),
+                                        "errnoName": "EMSGSIZE",
+                                        "maxMessageBytes": .integer(Int64(limits.maxMessageBytes))]])
+        }
+        close(.messageTooLarge)
+        return false
+    }
+
+    /// EOF: the client closed, or only shut down its writing half and still reads.
+    private func endOfInput() {
+        if Socket.peerHungUp(fd) {
+            close(.peerClosed)
+            return
+        }
+        state = .inputClosed
+        cancelReadSource()
+        processInput()
+    }
+
+    /// Handles complete messages while no call is open, at most `callsPerTurn` per turn.
+    private func processInput() {
+        guard !isProcessing else { return }  // a handler answered synchronously; the loop below goes on
+        isProcessing = true
+        defer { isProcessing = false }
+        var handled = 0
+        while state != .closed, current == nil, inputStart < completeEnd {
+            if handled == Self.callsPerTurn {
+                scheduleProcessing()
+                break
+            }
+            let end = input[inputStart..<completeEnd].firstIndex(of: 0)!
+            let message = Array(input[inputStart..<end])
+            inputStart = end + 1
+            handled += 1
+            handle(message)
+        }
+        guard state != .closed else { return }
+        compactInput()
+        if state == .inputClosed && current == nil && inputStart == completeEnd {
+            closeAfterFlush()
+            return
+        }
+        updateReadInterest()
+    }
+
+    private func scheduleProcessing() {
+        guard !processingScheduled else { return }
+        processingScheduled = true
+        queue.async { @Sendable [weak self] in
+            guard let self else { return }
+            self.processingScheduled = false
+            self.processInput()
+        }
+    }
+
+    private func compactInput() {
+        if inputStart == input.count {
+            input.removeAll(keepingCapacity: input.count <= Self.readChunk)
+            inputStart = 0
+            completeEnd = 0
+        } else if inputStart >= Self.readChunk {
+            input.removeFirst(inputStart)
+            completeEnd -= inputStart
+            inputStart = 0
+        }
+    }
+
+    /// Backpressure: stop reading while a call is open and a message's worth is buffered.
+    private func updateReadInterest() {
+        guard state == .open, let readSource else { return }
+        let buffered = input.count - inputStart
+        let shouldPause = current != nil && buffered >= limits.maxMessageBytes
+        if shouldPause && !readSuspended {
+            readSource.suspend()
+            readSuspended = true
+        } else if !shouldPause && readSuspended {
+            readSource.resume()
+            readSuspended = false
+        }
+    }
+
+    // MARK: Calls
+
+    private func handle(_ bytes: [UInt8]) {
+        guard let call = Self.parseCall(bytes, maxDepth: limits.maxJSONDepth) else {
+            // Like systemd: a message that is not a well-formed call gets no reply; the stream
+            // cannot be trusted after it, so the connection is closed.
+            close(.protocolViolation)
+            return
+        }
+        let reply = VarlinkReply(call: call, connection: self, queue: queue)
+        if !call.oneway { current = reply }
+        server?.route(call, from: credentials, reply: reply)
+    }
+
+    /// A call object: "method" (string, required), "parameters" (object or null), "oneway" and
+    /// "more" (booleans, not both true), "upgrade" (false only). Anything else is refused.
+    static func parseCall(_ bytes: [UInt8], maxDepth: Int) -> VarlinkCall? {
+        guard let value = try? JSONValue(parsing: bytes, maxDepth: maxDepth),
+              case let .object(members) = value else { return nil }
+        var method: String?
+        var parameters: JSONValue = [:]
+        var oneway = false
+        var more = false
+        for (key, member) in members {
+            switch (key, member) {
+            case let ("method", .string(name)): method = name
+            case ("parameters", .object): parameters = member
+            case ("parameters", .null): break
+            case let ("oneway", .bool(flag)): oneway = flag
+            case let ("more", .bool(flag)): more = flag
+            case ("upgrade", .bool(false)): break
+            default: return nil
+            }
+        }
+        guard let method, !method.isEmpty, !(oneway && more) else { return nil }
+        return VarlinkCall(method: method, parameters: parameters, oneway: oneway, more: more)
+    }
+
+    /// The reply's final answer went out (or was dropped): the next call may be handled.
+    func callAnswered(_ reply: VarlinkReply) {
+        guard current === reply else { return }
+        current = nil
+        guard state != .closed else { return }
+        processInput()
+    }
+
+    // MARK: Writing
+
+    /// Queues one message; false when the connection is closed or closes because of it.
+    @discardableResult
+    func enqueue(_ message: JSONValue) -> Bool {
+        guard state != .closed else { return false }
+        var bytes = message.jsonBytes
+        bytes.append(0)
+        if outputStart == output.count {
+            let result = bytes.withUnsafeBytes { Socket.send(fd, $0) }
+            switch result {
+            case let .done(n) where n == bytes.count:
+                return true
+            case let .done(n):
+                output = Array(bytes[n...])
+                outputStart = 0
+            case .wouldBlock:
+                output = bytes
+                outputStart = 0
+            case .disconnected:
+                close(.peerClosed)
+                return false
+            case let .failed(errno):
+                close(.socketError(errno))
+                return false
+            }
+        } else {
+            output.append(contentsOf: bytes)
+        }
+        if output.count - outputStart > limits.maxPendingOutputBytes {
+            close(.slowReader)
+            return false
+        }
+        resumeWriting()
+        return true
+    }
+
+    private func resumeWriting() {
+        if writeSource == nil {
+            let source = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: queue)
+            source.setEventHandler { @Sendable [weak self] in self?.writable() }
+            source.setCancelHandler { @Sendable [self] in self.sourceCancelled() }
+            liveSources += 1
+            writeSource = source
+        }
+        if !writeResumed {
+            writeSource!.resume()
+            writeResumed = true
+        }
+    }
+
+    private func writable() {
+        guard state != .closed else { return }
+        while outputStart < output.count {
+            let result = output.withUnsafeBytes { raw in
+                Socket.send(fd, UnsafeRawBufferPointer(rebasing: raw[outputStart...]))
+            }
+            switch result {
+            case let .done(n):
+                outputStart += n
+            case .wouldBlock:
+                if outputStart >= Self.readChunk {
+                    output.removeFirst(outputStart)
+                    outputStart = 0
+                }
+                return
+            case .disconnected:
+                close(.peerClosed)
+                return
+            case let .failed(errno):
+                close(.socketError(errno))
+                return
+            }
+        }
+        output = []
+        outputStart = 0
+        if writeResumed {
+            writeSource?.suspend()
+            writeResumed = false
+        }
+        if closeWhenFlushed { close(.finished) }
+    }
+
+    private func closeAfterFlush() {
+        if outputStart == output.count {
+            close(.finished)
+        } else {
+            closeWhenFlushed = true
+        }
+    }
+
+    // MARK: Closing
+
+    /// Closes the connection now: sources cancelled (the fd follows when they are gone), the
+    /// server's table updated, and the open call, if any, cancelled.
+    func close(_ reason: VarlinkServer.DisconnectReason) {
+        guard state != .closed else { return }
+        state = .closed
+        cancelReadSource()
+        if let writeSource {
+            if !writeResumed { writeSource.resume() }  // a suspended source never runs its cancel handler
+            writeResumed = true
+            writeSource.cancel()
+        }
+        if liveSources == 0 { closeDescriptor() }
+        input = []
+        output = []
+        server?.connectionClosed(self, reason: reason)
+        if let reply = current {
+            current = nil
+            reply.cancel()
+        }
+    }
+
+    private func cancelReadSource() {
+        guard let readSource else { return }
+        if readSuspended { readSource.resume() }
+        readSuspended = false
+        readSource.cancel()
+        self.readSource = nil
+    }
+
+    private func sourceCancelled() {
+        liveSources -= 1
+        if liveSources == 0 && state == .closed { closeDescriptor() }
+    }
+
+    private func closeDescriptor() {
+        guard !fdClosed else { return }
+        fdClosed = true
+        _ = Glibc.close(fd)
+    }
+}
+
+/// A read buffer one queue's connections take turns with, instead of one each.
+final class ReadBuffer: @unchecked Sendable {
+    let bytes: UnsafeMutableRawBufferPointer
+
+    init(size: Int) {
+        bytes = .allocate(byteCount: size, alignment: 1)
+    }
+
+    deinit { bytes.deallocate() }
+}
