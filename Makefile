@@ -36,6 +36,8 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@test -x "$(SWIFT)" || { echo "make: no Swift toolchain: install Swift 6.1 or later (swift.org) and put swift on PATH" >&2; exit 1; }
+	@# The control interface is also tested with an independent client: PyPI's varlink.
+	@python3 -c 'import varlink' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check varlink
 
 build: deps
 	$(SWIFT) build -c $(CONFIG)
@@ -94,6 +96,11 @@ install: man
 	install -dm755 $(DESTDIR)$(SYSCONFDIR)/vfio-powerd/devices.d
 	@test -e $(DESTDIR)$(SYSCONFDIR)/vfio-powerd/vfio-powerd.conf || \
 		install -Dm644 config/vfio-powerd.conf $(DESTDIR)$(SYSCONFDIR)/vfio-powerd/vfio-powerd.conf
+	install -dm755 $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	.build/release/vfio-powerctl --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/vfio-powerctl
+	.build/release/vfio-powerctl --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_vfio-powerctl
+	.build/release/vfio-powerctl --generate-completion-script fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/vfio-powerctl.fish
 	@for page in .build/man/*.[0-9]; do \
 		section=$${page##*.}; \
 		install -Dm644 $$page $(DESTDIR)$(MANDIR)/man$$section/$$(basename $$page); \

@@ -10,7 +10,9 @@
 //   PowerPolicy    pure core: policy model and the per-device state machine (no I/O, no clock, no logs)
 //   PowerConfig    TOML configuration: files, precedence, validation, device selection against sysfs
 //   Systemd        sd_notify and a swift-log handler over the journal
-//   PowerDaemon    the daemon: Manager, one controller per device, the Dispatch event loop
+//   PowerDaemon    the daemon: Manager, one controller per device, the Dispatch event loop,
+//                  and the control interface (io.vfiopowerd.Manager over varlink)
+//   PowerCtlKit    vfio-powerctl's view of the daemon: records, client, rendering
 //   VFIOSimulator  a simulated vfio-pci device over real eventfds (tests and benchmarks only)
 //   SystemdTesting a fake systemd notify socket (tests only)
 //   Varlink        the varlink protocol: a server on the daemon's Dispatch queue, and a client
@@ -50,10 +52,15 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "PowerDaemon", dependencies: [
-            "VFIO", "PowerPolicy", "PowerConfig", "Systemd",
+            "VFIO", "PowerPolicy", "PowerConfig", "Systemd", "Varlink",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
+        ], resources: [
+            // The control interface's description: one file, served by GetInterfaceDescription.
+            .embedInCode("Control/io.vfiopowerd.Manager.varlink"),
         ]),
+        // What vfio-powerctl knows of the daemon: its records, a client, and how to show them.
+        .target(name: "PowerCtlKit", dependencies: ["Varlink"]),
         // Plays systemd's side of sd_notify in tests (a datagram socket for NOTIFY_SOCKET).
         .target(name: "SystemdTesting"),
         .target(name: "VFIOSimulator", dependencies: [
@@ -65,7 +72,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "vfio-powerctl", dependencies: [
-            "VFIO", "PowerConfig",
+            "VFIO", "PowerConfig", "PowerPolicy", "PowerCtlKit", "Varlink",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -87,9 +94,11 @@ let package = Package(
         ]),
         .testTarget(name: "PowerDaemonTests", dependencies: [
             "PowerDaemon", "VFIOSimulator", "PowerPolicy", "PowerConfig", "Systemd", "SystemdTesting", "VFIO",
+            "PowerCtlKit", "Varlink",
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], exclude: ["varlink_client.py"]),
         .testTarget(name: "VarlinkTests", dependencies: ["Varlink"]),
+        .testTarget(name: "PowerCtlTests", dependencies: ["PowerCtlKit"], exclude: ["Fixtures"]),
         // Real-kernel tests: they run inside the VM lab's guest (lab/lab.sh kernel-tests),
         // where /dev/vfio exists; `swift test` on the host skips this target (see Makefile).
         .testTarget(name: "KernelTests", dependencies: ["VFIO", "CVFIO"]),

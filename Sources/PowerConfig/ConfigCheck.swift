@@ -51,6 +51,10 @@ public enum ConfigCheck {
         lines.append("Daemon:")
         lines.append("  " + pad("rescan_interval = \(daemon.rescanInterval.value.configText)") + "(\(daemon.rescanInterval.source))")
         lines.append("  " + pad("max_devices = \(daemon.maxDevices.value)") + "(\(daemon.maxDevices.source))")
+        for (key, setting) in [("socket_group", daemon.socketGroup), ("admin_group", daemon.adminGroup)] {
+            lines.append("  " + pad(setting.map { "\(key) = \"\($0.value)\"" } ?? "\(key) = (none: root only)")
+                         + "(\(setting.map { "\($0.source)" } ?? "built-in default"))")
+        }
 
         lines.append("")
         lines.append("Devices:")

@@ -33,9 +33,19 @@ struct ConfigFileParser {
 
     static let policyKeyNames = PolicyKey.allCases.map(\.rawValue)
     static let mainTopKeys = ["daemon", "defaults"]
-    static let daemonKeys = ["rescan_interval", "max_devices"]
+    static let daemonKeys = ["rescan_interval", "max_devices", "socket_group", "admin_group"]
     static let deviceKeys = ["name", "enabled", "address", "match"] + policyKeyNames
     static let matchKeys = ["vendor", "device", "class", "driver"]
+
+    /// The shape of a POSIX group name as useradd/groupadd accept it; whether the group
+    /// exists is the daemon's question at start, not the file's.
+    static func isGroupName(_ name: String) -> Bool {
+        guard let first = name.unicodeScalars.first, name.unicodeScalars.count <= 32 else { return false }
+        let lowercase = Unicode.Scalar("a").value ... Unicode.Scalar("z").value
+        let digits = Unicode.Scalar("0").value ... Unicode.Scalar("9").value
+        guard lowercase.contains(first.value) || first == "_" else { return false }
+        return name.unicodeScalars.allSatisfy { lowercase.contains($0.value) || digits.contains($0.value) || $0 == "_" || $0 == "-" }
+    }
 
     // MARK: The main file
 
@@ -59,6 +69,18 @@ struct ConfigFileParser {
                     case "max_devices":
                         if let number = readInteger(value, path: path, range: 1...4096) {
                             daemon.maxDevices = .init(number, provenance(path))
+                        }
+                    case "socket_group", "admin_group":
+                        guard let name = readString(value, path: path, advice: "expected a group name like \"vfio-powerd\"") else { continue }
+                        guard Self.isGroupName(name) else {
+                            problems.append(problem(valuePath: path, message:
+                                "\"\(name)\" is not a group name: lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32"))
+                            continue
+                        }
+                        if subkey == "socket_group" {
+                            daemon.socketGroup = .init(name, provenance(path))
+                        } else {
+                            daemon.adminGroup = .init(name, provenance(path))
                         }
                     default:
                         unknownKey(path, candidates: Self.daemonKeys)
@@ -255,7 +277,8 @@ struct ConfigFileParser {
                     settings.trigger = .init(trigger, source)
                 }
             case .rearmDelay:
-                if let duration = readDuration(value, path: keyPath, range: .seconds(1) ... .seconds(86_400)) {
+                // 0s: re-arm at once after a wake (the flap guard still applies).
+                if let duration = readDuration(value, path: keyPath, range: .zero ... .seconds(86_400)) {
                     settings.rearmDelay = .init(duration, source)
                 }
             case .flapMaxWakes:
@@ -301,7 +324,9 @@ struct ConfigFileParser {
             if policy.flapGuard.window <= policy.rearmDelay, let key = reportKey(.flapWindow, .rearmDelay) {
                 problems.append(problem(keyPath: path + [key.rawValue], keyName: "\(prefix).\(key.rawValue)", message:
                     "\(describe(.flapWindow)) must be longer than \(describe(.rearmDelay)): a one-shot device wakes at most once per re-arm delay, so the flap guard could never see two wakes in one window"))
-            } else if let key = reportKey(.flapMaxWakes, .flapWindow) ?? reportKey(.flapMaxWakes, .rearmDelay) {
+            } else if policy.rearmDelay > .zero,
+                      let key = reportKey(.flapMaxWakes, .flapWindow) ?? reportKey(.flapMaxWakes, .rearmDelay) {
+                // (With rearm_delay = 0s any number of wakes fits in a window: no warning.)
                 let fit = Int(policy.flapGuard.window / policy.rearmDelay) + 1
                 if policy.flapGuard.maxWakes >= fit {
                     problems.append(problem(.warning, keyPath: path + [key.rawValue], keyName: "\(prefix).\(key.rawValue)", message:

@@ -89,6 +89,12 @@ public struct DaemonSettings: Hashable, Sendable {
     /// The most devices the daemon manages at once (a resource limit: every device costs two
     /// fds and a read source).
     public var maxDevices: Sourced<Int> = .init(256, .builtInDefault)
+    /// The group that owns the control socket (mode 0660): its members may read
+    /// (vfio-powerctl status, show, monitor). Nil: root only.
+    public var socketGroup: Sourced<String>? = nil
+    /// The group whose members may also change things (Arm, Wake, Reload); root always may.
+    /// Nil: root only.
+    public var adminGroup: Sourced<String>? = nil
     public init() {}
 }
 

@@ -41,6 +41,8 @@ final class DeviceController: @unchecked Sendable {
     private var timer: DispatchSourceTimer?
     /// The most recent VFIO error, whose words are more precise than an errno.
     private var lastError: VFIOError?
+    /// When the daemon began managing this entry (for the share of time in low power).
+    let managedSince: MonotonicInstant
 
     /// What the reporter may add to a policy event's words.
     struct Context {
@@ -60,6 +62,7 @@ final class DeviceController: @unchecked Sendable {
         self.source = source
         self.queue = queue
         self.clock = clock
+        self.managedSince = clock.now()
     }
 
     var phase: DevicePhase { machine.phase }
@@ -77,6 +80,10 @@ final class DeviceController: @unchecked Sendable {
     func stop() { run { $0.stopRequested(now: $1) } }
     func removed() { run { $0.removed(now: $1) } }
     func returned() { run { $0.returned(now: $1) } }
+    /// The operator's Wake: out of low power, held awake for `duration` (nil: until Arm).
+    func wake(for duration: Duration?) { run { machine, now in machine.wakeRequested(until: duration.map { now + $0 }, now: now) } }
+    /// The operator's Arm.
+    func arm() { run { $0.armRequested(now: $1) } }
 
     /// Feeds one event to the machine and carries out what it returns.
     private func run(_ event: (inout DeviceStateMachine, MonotonicInstant) -> [DeviceAction]) {

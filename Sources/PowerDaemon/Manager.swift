@@ -36,6 +36,11 @@ public final class Manager: @unchecked Sendable {
     private var rescanTimer: DispatchSourceTimer?
     private var watchdogTimer: DispatchSourceTimer?
     private var lastStatus: String?
+    /// Called on the queue after any device's phase or counters changed (the control
+    /// interface's Monitor).
+    public var onDeviceChange: ((DeviceSnapshot) -> Void)?
+    /// When start() finished, for GetStatistics.
+    public private(set) var startedAt: MonotonicInstant?
     /// STATUS= waits for READY=1: half-started counts would not tell the truth.
     private var isStarted = false
     private(set) public var isStopping = false
@@ -78,6 +83,7 @@ public final class Manager: @unchecked Sendable {
         startWatchdog()
         updateRescanTimer()
         isStarted = true
+        startedAt = clock.now()
         notifier.ready()
         updateStatus()
         log(.started, "started: \(summary())", [:])
@@ -89,9 +95,10 @@ public final class Manager: @unchecked Sendable {
     /// before touching anything. Any error keeps everything as it is. Otherwise only the
     /// difference is applied: devices whose policy did not change get no call at all
     /// (every ioctl would wake them).
-    public func reload() {
+    @discardableResult
+    public func reload() -> [ConfigProblem] {
         dispatchPrecondition(condition: .onQueue(queue))
-        guard !isStopping else { return }
+        guard !isStopping else { return [] }
         notifier.reloading(monotonicUsec: MonotonicClock.nowMicroseconds())
         defer {
             notifier.ready()
@@ -102,7 +109,7 @@ public final class Manager: @unchecked Sendable {
         logWarnings(problems)
         if loaded.hasErrors || resolution.hasErrors {
             logRejected(problems.filter(\.isError), when: "on reload; the running configuration stays in force")
-            return
+            return problems.filter(\.isError)
         }
         daemonSettings = loaded.configuration.daemon
         var added = 0, changed = 0, unchanged = 0, removed = 0
@@ -132,7 +139,37 @@ public final class Manager: @unchecked Sendable {
         }
         updateRescanTimer()
         log(.reloaded, "reloaded: \(added) added, \(removed) removed, \(changed) changed, \(unchanged) unchanged; \(summary())", [:])
+        return []
     }
+
+    // MARK: Operator requests (the control interface)
+
+    /// Wakes a device now and keeps it out of low power for `duration` (nil: until `arm`).
+    /// Nil when the daemon has no such device.
+    public func wake(_ address: PCIAddress, for duration: Duration?) -> DeviceSnapshot? {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard let controller = controllers[address] else { return nil }
+        controller.wake(for: duration)
+        return snapshot(controller, now: clock.now())
+    }
+
+    /// Arms a device now (an awake one at once; a failed or missing one is opened again).
+    public func arm(_ address: PCIAddress) -> DeviceSnapshot? {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard let controller = controllers[address] else { return nil }
+        controller.arm()
+        return snapshot(controller, now: clock.now())
+    }
+
+    public func device(_ address: PCIAddress) -> DeviceSnapshot? {
+        controllers[address].map { snapshot($0, now: clock.now()) }
+    }
+
+    /// The daemon's settings as last loaded (the control socket's groups).
+    public var settings: DaemonSettings { daemonSettings }
+
+    /// The clock's now, for converting snapshot instants.
+    public func now() -> MonotonicInstant { clock.now() }
 
     // MARK: Stop
 
@@ -188,13 +225,19 @@ public final class Manager: @unchecked Sendable {
     /// A snapshot of every device, for tests and the control interface.
     public func devices() -> [DeviceSnapshot] {
         let now = clock.now()
-        return controllers.values.sorted { $0.address < $1.address }.map { controller in
-            DeviceSnapshot(address: controller.address, name: controller.policy.name, policy: controller.policy,
-                           phase: controller.phase, statistics: controller.machine.statistics,
-                           timeInLowPower: controller.machine.statistics.timeInLowPower(asOf: now),
-                           isFlapping: controller.machine.isFlapping, origin: controller.origin,
-                           lastError: controller.lastVFIOError?.description)
-        }
+        return controllers.values.sorted { $0.address < $1.address }.map { snapshot($0, now: now) }
+    }
+
+    private func snapshot(_ controller: DeviceController, now: MonotonicInstant) -> DeviceSnapshot {
+        DeviceSnapshot(address: controller.address, name: controller.policy.name, policy: controller.policy,
+                       phase: controller.phase, statistics: controller.machine.statistics,
+                       timeInLowPower: controller.machine.statistics.timeInLowPower(asOf: now),
+                       isFlapping: controller.machine.isFlapping, origin: controller.origin,
+                       lastError: controller.lastVFIOError?.description ?? controller.machine.statistics.lastError.map {
+                           "\($0.operation.rawValue): \($0.errno.name)"
+                       },
+                       driver: SysfsPCIDevice(address: controller.address, sysfsRoot: options.sysfsRoot).driver(),
+                       managedFor: now - controller.managedSince)
     }
 
     private func updateStatus() {
@@ -304,6 +347,7 @@ extension Manager: DeviceControllerDelegate {
     func deviceDidChange(_ controller: DeviceController) {
         updateRescanTimer()
         updateStatus()
+        if let onDeviceChange { onDeviceChange(snapshot(controller, now: clock.now())) }
     }
 }
 
@@ -318,6 +362,12 @@ public struct DeviceSnapshot: Sendable {
     public var isFlapping: Bool
     public var origin: String
     public var lastError: String?
+    /// The bound driver, from sysfs.
+    public var driver: String?
+    /// How long the daemon has managed this entry.
+    public var managedFor: Duration = .zero
+    /// How the daemon holds the device (PRODUCT.md "device source"); only "own" exists.
+    public var source: String = "own"
 }
 
 /// CLOCK_MONOTONIC, as systemd reads it.

@@ -7,11 +7,17 @@ struct VFIOPowerCtl: ParsableCommand {
         commandName: "vfio-powerctl",
         abstract: "Inspect and control low power of vfio-pci devices.",
         discussion: """
-            probe works without the daemon: it opens the device itself, so the device must \
-            not be held by the daemon or a VM while it runs.
+            status, show, monitor, arm, wake and reload talk to the running daemon over its \
+            control socket (/run/vfio-powerd/io.vfiopowerd.Manager). check-config and probe \
+            work without it; probe opens the device itself, so the device must not be held \
+            by the daemon or a VM while it runs.
+
+            Exit status: 0 success; 1 no such device, or it cannot do low power (probe); \
+            64 usage; 69 the daemon is not running, or the device cannot be opened (probe); \
+            70 unexpected failure; 77 permission denied; 78 configuration rejected.
             """,
         version: "0.1.0",
-        subcommands: [Probe.self]
+        subcommands: [Status.self, Show.self, Monitor.self, Arm.self, Wake.self, Reload.self, CheckConfig.self, Probe.self]
     )
 }
 

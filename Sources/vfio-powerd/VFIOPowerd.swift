@@ -39,6 +39,10 @@ struct VFIOPowerd: ParsableCommand {
           help: "Accept configuration files that are group/world-writable or not owned by root (tests and labs only).")
     var allowInsecureConfig = false
 
+    @Option(name: .customLong("control-socket"),
+            help: ArgumentHelp("Where to serve the control interface (io.vfiopowerd.Manager, varlink).", valueName: "path"))
+    var controlSocket = ControlService.defaultSocketPath
+
     @Option(name: .customLong("log-target"),
             help: "Where to log: auto (the journal when journald runs, else stderr), journal, or stderr.")
     var logTarget: LogTarget = .auto
@@ -60,6 +64,7 @@ struct VFIOPowerd: ParsableCommand {
         let session = VFIOSession(sysfsRoot: FilePath(sysfsRoot))
         let manager = Manager(options: DaemonOptions(config: loadOptions, sysfsRoot: FilePath(sysfsRoot)),
                               source: OwnDeviceSource(session: session), logger: logger)
+        let control = ControlService(manager: manager, socketPath: controlSocket)
         let signals = SignalSources(queue: manager.queue)
         manager.queue.async {
             do {
@@ -69,9 +74,16 @@ struct VFIOPowerd: ParsableCommand {
                 SystemdNotifier().errno(EINVAL)
                 Glibc.exit(ConfigCheck.exitConfigError)
             }
+            do {
+                try control.start()
+            } catch {
+                // The devices are managed either way; only vfio-powerctl cannot reach us.
+                logger.error("control socket \(controlSocket) unavailable: \(error); vfio-powerctl cannot reach the daemon (devices are managed all the same)")
+            }
             signals.start(
                 reload: { manager.reload() },
                 stop: {
+                    control.stop()
                     manager.stop()
                     Glibc.exit(0)
                 })

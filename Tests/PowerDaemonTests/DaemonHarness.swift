@@ -32,6 +32,7 @@ final class DaemonHarness {
     }
 
     deinit {
+        if let control, let manager { manager.queue.sync { control.stop() } }
         unsetenv("NOTIFY_SOCKET")
         tree.remove()
     }
@@ -69,6 +70,19 @@ final class DaemonHarness {
     func onQueue<T>(_ body: (Manager) throws -> T) rethrows -> T {
         try manager.queue.sync { try body(manager) }
     }
+
+    /// The control socket, once `startControl()` ran.
+    private(set) var control: ControlService?
+    var socketPath: String { tree.root.appendingPathComponent("control.sock").path }
+
+    /// Serves io.vfiopowerd.Manager on `socketPath`, as the daemon does after start.
+    func startControl() throws {
+        let control = ControlService(manager: manager, socketPath: socketPath)
+        try onQueue { _ in try control.start() }
+        self.control = control
+    }
+
+    func stopControl() { onQueue { _ in control?.stop() } }
 
     func reload() { onQueue { $0.reload() } }
     func stop() { onQueue { $0.stop() } }

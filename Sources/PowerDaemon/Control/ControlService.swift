@@ -1,0 +1,264 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import PowerConfig
+import PowerPolicy
+import Varlink
+import VFIO
+
+/// The daemon's control interface: io.vfiopowerd.Manager over varlink on
+/// /run/vfio-powerd/io.vfiopowerd.Manager, served on the daemon's own queue.
+///
+/// Reading is open to whoever can connect (root and socket_group, by the socket's mode 0660);
+/// changing (Arm, Wake, Reload) needs uid 0 or membership in admin_group. Every method runs
+/// on the Manager's queue and answers at once: none of them waits on a device.
+public final class ControlService: @unchecked Sendable {
+    public static let interfaceName = "io.vfiopowerd.Manager"
+    /// Sources/PowerDaemon/Control/io.vfiopowerd.Manager.varlink, compiled in.
+    public static let interfaceDescription = String(decoding: PackageResources.io_vfiopowerd_Manager_varlink, as: UTF8.self)
+    public static let defaultSocketPath = "/run/vfio-powerd/io.vfiopowerd.Manager"
+    /// Wake's hold is bounded: a week is longer than any maintenance window.
+    static let maximumHold: Int64 = 7 * 24 * 3600
+
+    private let manager: Manager
+    private let socketPath: String
+    private var server: VarlinkServer?
+    private var monitors: [ObjectIdentifier: VarlinkReply] = [:]
+    private var adminGroup: gid_t?
+
+    public init(manager: Manager, socketPath: String = ControlService.defaultSocketPath) {
+        self.manager = manager
+        self.socketPath = socketPath
+    }
+
+    /// Opens the socket (mode 0660, group socket_group) and starts answering. Call on the
+    /// manager's queue after `Manager.start()`, so the settings are loaded.
+    public func start() throws {
+        dispatchPrecondition(condition: .onQueue(manager.queue))
+        let settings = manager.settings
+        let socketGroup = resolveGroup(settings.socketGroup, key: "socket_group")
+        adminGroup = resolveGroup(settings.adminGroup, key: "admin_group")
+        let server = VarlinkServer(
+            socketPath: socketPath, mode: 0o660, group: socketGroup, queue: manager.queue,
+            info: (vendor: "vfio-powerd", product: "vfio-powerd", version: "0.1.0",
+                   url: "https://github.com/vfio-powerd/vfio-powerd"),
+            interfaces: [Self.interfaceName: Self.interfaceDescription],
+            handler: { [weak self] call, peer, reply in self?.handle(call, peer: peer, reply: reply) })
+        try server.start()
+        self.server = server
+        manager.onDeviceChange = { [weak self] device in self?.publish(device) }
+    }
+
+    public func stop() {
+        for reply in monitors.values { reply.error("\(Self.interfaceName).Stopping") }
+        monitors.removeAll()
+        server?.stop()
+        server = nil
+        manager.onDeviceChange = nil
+    }
+
+    // MARK: Calls
+
+    func handle(_ call: VarlinkCall, peer: PeerCredentials, reply: VarlinkReply) {
+        switch call.member {
+        case "ListDevices":
+            reply.send(["devices": .array(manager.devices().map(record))])
+        case "GetDevice":
+            withDevice(call, reply) { reply.send(["device": record($0)]) }
+        case "GetStatistics":
+            reply.send(["statistics": statistics()])
+        case "Monitor":
+            monitor(call, reply)
+        case "Arm":
+            guard authorize(call, peer, reply) else { return }
+            withAddress(call, reply) { address in
+                guard let device = manager.arm(address) else { return noSuchDevice(address, reply) }
+                reply.send(["device": record(device)])
+            }
+        case "Wake":
+            guard authorize(call, peer, reply) else { return }
+            withAddress(call, reply) { address in
+                var hold: Duration?
+                if let seconds = call.parameters.object?["seconds"], !seconds.isNull {
+                    guard let value = seconds.int64, (1...Self.maximumHold).contains(value) else {
+                        return invalid("seconds", "a whole number of seconds from 1 to \(Self.maximumHold)", reply)
+                    }
+                    hold = .seconds(value)
+                }
+                guard let device = manager.wake(address, for: hold) else { return noSuchDevice(address, reply) }
+                reply.send(["device": record(device)])
+            }
+        case "Reload":
+            guard authorize(call, peer, reply) else { return }
+            let problems = manager.reload()
+            if problems.isEmpty {
+                reply.send()
+            } else {
+                reply.error("\(Self.interfaceName).ConfigRejected",
+                            parameters: ["problems": .array(problems.map { .string("\($0)") })])
+            }
+        default:
+            reply.error("org.varlink.service.MethodNotFound", parameters: ["method": .string(call.method)])
+        }
+    }
+
+    private func monitor(_ call: VarlinkCall, _ reply: VarlinkReply) {
+        guard call.more else {
+            reply.error("org.varlink.service.ExpectedMore")
+            return
+        }
+        for device in manager.devices() {
+            reply.send(["device": record(device)], continues: true)
+        }
+        let key = ObjectIdentifier(reply)
+        monitors[key] = reply
+        reply.onCancel = { [weak self] in self?.monitors[key] = nil }
+    }
+
+    private func publish(_ device: DeviceSnapshot) {
+        let message: JSONValue = ["device": record(device)]
+        for (key, reply) in monitors where !reply.send(message, continues: true) {
+            monitors[key] = nil
+        }
+    }
+
+    // MARK: Parameters and permission
+
+    private func withAddress(_ call: VarlinkCall, _ reply: VarlinkReply, _ body: (PCIAddress) -> Void) {
+        guard let text = call.parameters.object?["address"]?.string else {
+            return invalid("address", "a PCI address such as \"0000:01:00.0\" is required", reply)
+        }
+        switch PCIAddress.parse(text) {
+        case .success(let address): body(address)
+        case .failure(let error): invalid("address", error.description, reply)
+        }
+    }
+
+    private func withDevice(_ call: VarlinkCall, _ reply: VarlinkReply, _ body: (DeviceSnapshot) -> Void) {
+        withAddress(call, reply) { address in
+            guard let device = manager.device(address) else { return noSuchDevice(address, reply) }
+            body(device)
+        }
+    }
+
+    private func noSuchDevice(_ address: PCIAddress, _ reply: VarlinkReply) {
+        reply.error("\(Self.interfaceName).NoSuchDevice", parameters: ["address": .string("\(address)")])
+    }
+
+    private func invalid(_ parameter: String, _ reason: String, _ reply: VarlinkReply) {
+        reply.error("\(Self.interfaceName).InvalidParameter",
+                    parameters: ["parameter": .string(parameter), "reason": .string(reason)])
+    }
+
+    /// Root, or a member of admin_group (primary or supplementary), may change things.
+    private func authorize(_ call: VarlinkCall, _ peer: PeerCredentials, _ reply: VarlinkReply) -> Bool {
+        if peer.uid == 0 { return true }
+        if let adminGroup, Self.groups(of: peer).contains(adminGroup) { return true }
+        manager.log(.controlRefused,
+                    "refused \(call.member) from uid \(peer.uid) (pid \(peer.pid)): only root\(adminGroup == nil ? "" : " and members of admin_group") may change devices",
+                    ["CALLER_UID": "\(peer.uid)", "CALLER_PID": "\(peer.pid)"])
+        reply.error("\(Self.interfaceName).PermissionDenied",
+                    parameters: ["method": .string(call.member), "uid": .integer(Int64(peer.uid))])
+        return false
+    }
+
+    /// The peer's primary group and its user's supplementary groups (from the group
+    /// database: /proc of other processes is hidden in the daemon's sandbox).
+    static func groups(of peer: PeerCredentials) -> Set<gid_t> {
+        var result: Set<gid_t> = [peer.gid]
+        var record = passwd()
+        var found: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 16_384)
+        guard getpwuid_r(peer.uid, &record, &buffer, buffer.count, &found) == 0, found != nil, let name = record.pw_name else {
+            return result
+        }
+        var count: Int32 = 64
+        var list = [gid_t](repeating: 0, count: Int(count))
+        if getgrouplist(name, record.pw_gid, &list, &count) < 0 {
+            list = [gid_t](repeating: 0, count: Int(count))
+            _ = getgrouplist(name, record.pw_gid, &list, &count)
+        }
+        result.formUnion(list.prefix(Int(max(0, count))))
+        return result
+    }
+
+    private func resolveGroup(_ setting: Sourced<String>?, key: String) -> gid_t? {
+        guard let setting else { return nil }
+        var record = group()
+        var found: UnsafeMutablePointer<group>?
+        var buffer = [CChar](repeating: 0, count: 16_384)
+        if getgrnam_r(setting.value, &record, &buffer, buffer.count, &found) == 0, found != nil {
+            return record.gr_gid
+        }
+        manager.log(.configRejected, "\(setting.source): daemon.\(key): no group \"\(setting.value)\" on this host; the control socket stays root's. Create it (groupadd \(setting.value)) and restart vfio-powerd",
+                    ["CONFIG_FILE": "\(setting.source)"], level: .warning)
+        return nil
+    }
+
+    // MARK: Records
+
+    private func record(_ device: DeviceSnapshot) -> JSONValue {
+        let now = manager.now()
+        var object: [String: JSONValue] = [
+            "address": .string("\(device.address)"),
+            "source": .string(device.source),
+            "mode": .string(device.policy.isManaged ? device.policy.mode.rawValue : "off"),
+            "state": .string(device.phase.name),
+            "wakes": .integer(Int64(clamping: device.statistics.wakes)),
+            "selfWakes": .integer(Int64(clamping: device.statistics.selfWakes)),
+            "arms": .integer(Int64(clamping: device.statistics.arms)),
+            "flapping": .bool(device.isFlapping),
+            "flapEpisodes": .integer(Int64(clamping: device.statistics.flapEpisodes)),
+            "lowPowerUsec": .integer(device.timeInLowPower.microseconds),
+            "managedUsec": .integer(device.managedFor.microseconds),
+            "configuredAt": .string(device.origin),
+        ]
+        if let name = device.name { object["name"] = .string(name) }
+        if let driver = device.driver { object["driver"] = .string(driver) }
+        if let error = device.lastError { object["lastError"] = .string(error) }
+        if let wake = device.statistics.lastWake { object["lastWakeRealtimeUsec"] = .integer(Self.realtimeMicroseconds(of: wake, now: now)) }
+        switch device.phase {
+        case .waitingToRearm(let until), .backingOff(let until), .heldAwake(let until?):
+            object["nextArmRealtimeUsec"] = .integer(Self.realtimeMicroseconds(of: until, now: now))
+        default:
+            break
+        }
+        return .object(object)
+    }
+
+    private func statistics() -> JSONValue {
+        var lowPower = 0, awake = 0, missing = 0, failing = 0, flapping = 0
+        var wakes: UInt64 = 0, selfWakes: UInt64 = 0, arms: UInt64 = 0
+        let devices = manager.devices()
+        for device in devices {
+            wakes += device.statistics.wakes
+            selfWakes += device.statistics.selfWakes
+            arms += device.statistics.arms
+            if device.isFlapping { flapping += 1 }
+            switch device.phase {
+            case .lowPower: lowPower += 1
+            case .opening, .arming, .exiting, .waitingToRearm, .backingOff, .heldAwake: awake += 1
+            case .gone: missing += 1
+            case .failed, .unsupported: failing += 1
+            case .disabled, .unconfigured, .stopped: break
+            }
+        }
+        let uptime = manager.startedAt.map { (manager.now() - $0).components.seconds } ?? 0
+        return [
+            "devices": .integer(Int64(devices.count)), "lowPower": .integer(Int64(lowPower)), "awake": .integer(Int64(awake)),
+            "missing": .integer(Int64(missing)), "failing": .integer(Int64(failing)),
+            "wakes": .integer(Int64(clamping: wakes)), "selfWakes": .integer(Int64(clamping: selfWakes)),
+            "arms": .integer(Int64(clamping: arms)), "flapping": .integer(Int64(flapping)),
+            "status": .string(manager.summary()), "uptimeSeconds": .integer(uptime),
+        ]
+    }
+
+    /// A monotonic instant as CLOCK_REALTIME microseconds: what clients can print.
+    static func realtimeMicroseconds(of instant: MonotonicInstant, now: MonotonicInstant) -> Int64 {
+        var realtime = timespec()
+        clock_gettime(CLOCK_REALTIME, &realtime)
+        let realtimeNow = Int64(realtime.tv_sec) * 1_000_000 + Int64(realtime.tv_nsec) / 1000
+        return realtimeNow - (now - instant).microseconds
+    }
+}
