@@ -136,6 +136,57 @@ check("nic suspends again", wait(lambda: runtime_status(NIC) == "suspended"), ru
 check("STATUS: both in low power again, 1 wake",
       wait(lambda: show("StatusText") == "2 devices: 2 in low power; 1 wake"), show("StatusText"))
 
+# --- vfio-powerctl against the running daemon agrees with sysfs and the journal ----------
+POWERCTL = "/usr/local/bin/vfio-powerctl"
+
+
+def powerctl(*args):
+    return run(POWERCTL, *args)
+
+
+def status_json():
+    result = powerctl("status", "--json")
+    return json.loads(result.stdout) if result.returncode == 0 else {"error": result.stderr}
+
+
+status = status_json()
+states = {d["address"]: d["state"] for d in status.get("devices", [])}
+check("vfio-powerctl status --json lists both devices in low power, as sysfs says",
+      states == {NIC: "low power", DISK: "low power"} and runtime_status(NIC) == runtime_status(DISK) == "suspended",
+      json.dumps(status))
+check("its wake count agrees with the journal's",
+      {d["address"]: d["wakes"] for d in status["devices"]}.get(NIC) == count("woke", NIC), json.dumps(status))
+table = powerctl("status")
+check("vfio-powerctl status prints the STATUS line and a row per device",
+      table.returncode == 0 and table.stdout.startswith("vfio-powerd: 2 devices: 2 in low power; 1 wake\n")
+      and f"{NIC}  nic" in table.stdout, table.stdout + table.stderr)
+
+monitor = subprocess.Popen([POWERCTL, "monitor", "--json"], stdout=subprocess.PIPE, text=True)
+wake = powerctl("wake", NIC, "--for", "3s")
+check("vfio-powerctl wake --for 3s holds nic awake", wake.returncode == 0 and "held awake for 3s" in wake.stdout,
+      wake.stdout + wake.stderr)
+check("sysfs: nic is awake", wait(lambda: runtime_status(NIC) == "active"), runtime_status(NIC))
+check("journal: held awake by the operator", wait(lambda: count("heldAwake", NIC) == 1))
+check("after 3s the daemon arms it again by itself", wait(lambda: runtime_status(NIC) == "suspended", timeout=10),
+      runtime_status(NIC))
+powerctl("wake", NIC)
+check("vfio-powerctl wake without --for holds it until arm",
+      wait(lambda: runtime_status(NIC) == "active") and json.loads(powerctl("show", NIC, "--json").stdout)["state"] == "held awake")
+time.sleep(1)
+check("and it stays awake", runtime_status(NIC) == "active", runtime_status(NIC))
+arm = powerctl("arm", NIC)
+check("vfio-powerctl arm puts it back into low power", arm.returncode == 0 and wait(lambda: runtime_status(NIC) == "suspended"),
+      arm.stdout + arm.stderr)
+time.sleep(0.5)
+monitor.terminate()
+seen = [json.loads(line) for line in monitor.communicate(timeout=5)[0].splitlines() if line.startswith("{")]
+nic_states = [d["state"] for d in seen if d["address"] == NIC]
+check("vfio-powerctl monitor streamed each change: held awake, armed again",
+      nic_states[:1] == ["low power"] and "held awake" in nic_states and nic_states[-1] == "low power", str(nic_states))
+detail = json.loads(powerctl("show", NIC, "--json").stdout)
+check("the daemon's own wake count did not grow from the operator's wakes (they are its own EXITs)",
+      detail["wakes"] == count("woke", NIC) and detail["selfWakes"] >= 1, json.dumps(detail))
+
 # --- flapping: more than flap_max_wakes (3) wakes within flap_window (1m) ---------------
 for _ in range(3):
     wait(lambda: runtime_status(NIC) == "suspended" and show("StatusText").startswith("2 devices: 2 in low power"), timeout=15)
