@@ -58,21 +58,24 @@ public struct VarlinkClientError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// A blocking varlink client over one connection, for the CLI and for tests. Calls are made one
-/// after another; not for use from several threads at once.
+/// A synchronous varlink client over one connection, for the CLI and for tests: each call
+/// waits (in poll(2), with an optional timeout) for its replies. Calls are made one after
+/// another; not for use from several threads at once.
 public final class VarlinkClient {
     public let socketPath: String
     private var fd: Int32
     private let maxReplyBytes: Int
     private var input: [UInt8] = []
+    private var inputStart = 0
     private var usable = true
 
-    /// Connects to the server's socket.
+    /// Connects to the server's socket. Never blocks: a server whose backlog is full (hung)
+    /// fails at once with EAGAIN.
     /// - Parameter maxReplyBytes: the largest reply accepted; a bigger one is `invalidReply`.
     public init(socketPath: String, maxReplyBytes: Int = 16 << 20) throws {
         self.socketPath = socketPath
         self.maxReplyBytes = maxReplyBytes
-        let fd = try Socket.makeStreamSocket(nonBlocking: false)
+        let fd = try Socket.makeStreamSocket(nonBlocking: true)
         let result: Int32
         do {
             result = try Socket.withAddress(socketPath) { address, length in
@@ -190,27 +193,46 @@ public final class VarlinkClient {
     public func readMessage(deadline: ContinuousClock.Instant? = nil) throws -> JSONValue {
         guard fd >= 0 else { throw VarlinkClientError(.unusable) }
         while true {
-            if let nul = input.firstIndex(of: 0) {
-                let bytes = input[..<nul]
-                defer { input.removeFirst(nul + 1) }
+            if let nul = input[inputStart...].firstIndex(of: 0) {
+                let bytes = input[inputStart..<nul]
+                inputStart = nul + 1
+                defer { compactInput() }
                 do {
                     return try JSONValue(parsing: bytes)
                 } catch {
                     throw VarlinkClientError(.invalidReply, detail: error.description)
                 }
             }
-            guard input.count <= maxReplyBytes else {
+            guard input.count - inputStart <= maxReplyBytes else {
                 throw VarlinkClientError(.invalidReply, detail: "reply over \(maxReplyBytes) bytes")
             }
             try wait(for: Int16(POLLIN), until: deadline)
-            var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-            let result = chunk.withUnsafeMutableBytes { Socket.receive(fd, into: $0) }
+            let oldCount = input.count
+            input.append(contentsOf: repeatElement(0, count: Self.readChunk))
+            let result = input.withUnsafeMutableBytes {
+                Socket.receive(fd, into: UnsafeMutableRawBufferPointer(rebasing: $0[oldCount...]))
+            }
+            let received: Int
+            if case let .done(n) = result { received = n } else { received = 0 }
+            input.removeLast(Self.readChunk - received)
             switch result {
-            case let .done(n): input.append(contentsOf: chunk[..<n])
+            case .done: continue
             case .wouldBlock: continue
             case .disconnected: throw VarlinkClientError(.disconnected)
             case let .failed(e): throw VarlinkClientError(.ioFailed, errno: e)
             }
+        }
+    }
+
+    private static let readChunk = 64 * 1024
+
+    private func compactInput() {
+        if inputStart == input.count {
+            input.removeAll(keepingCapacity: true)
+            inputStart = 0
+        } else if inputStart >= Self.readChunk {
+            input.removeFirst(inputStart)
+            inputStart = 0
         }
     }
 

@@ -121,9 +121,9 @@ final class VarlinkConnection: @unchecked Sendable {
     }
 
     private func tooLarge() -> Bool {
-        // Answer the call the client is waiting on, if it is waiting on none of ours, so it
-        // learns why; then close without reading the rest (systemd closes with ENOBUFS).
-        if current == nil {
+        // If the oversized message is the next to answer, answer it with the reason so the
+        // client learns why; then close without reading the rest (systemd just closes).
+        if current == nil && inputStart == completeEnd {
             _ = enqueue(["error": .string(VarlinkErrorName.system),
                          "parameters": ["origin": "linux", "errno": .integer(Int64(EMSGSIZE)),
                                         "errnoName": "EMSGSIZE",
@@ -192,11 +192,13 @@ final class VarlinkConnection: @unchecked Sendable {
         }
     }
 
-    /// Backpressure: stop reading while a call is open and a message's worth is buffered.
+    /// Backpressure: stop reading while a message's worth waits behind an open call.
     private func updateReadInterest() {
         guard state == .open, let readSource else { return }
+        // Only while something else must happen first (a call answered, or calls already
+        // buffered handled): pausing on a lone partial message would never see its end.
         let buffered = input.count - inputStart
-        let shouldPause = current != nil && buffered >= limits.maxMessageBytes
+        let shouldPause = buffered >= limits.maxMessageBytes && (current != nil || inputStart < completeEnd)
         if shouldPause && !readSuspended {
             readSource.suspend()
             readSuspended = true

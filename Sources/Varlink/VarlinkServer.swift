@@ -121,6 +121,28 @@ public final class VarlinkServer: @unchecked Sendable {
         ]
     }
 
+    /// A server dropped without `stop()` still stops listening (a listening source left
+    /// behind would fire for every new client with nobody to accept it) and closes its clients.
+    deinit {
+        if let listener {
+            if listenerSuspended { listener.resume() }
+            listener.cancel()
+        }
+        if let boundFile {
+            Self.unlinkIfSame(socketPath, boundFile)
+        }
+        for connection in connections.values {
+            queue.async { @Sendable in connection.close(.serverStopped) }
+        }
+    }
+
+    private static func unlinkIfSame(_ path: String, _ file: (device: UInt64, inode: UInt64)) {
+        var st = stat()
+        if stat(path, &st) == 0, UInt64(st.st_dev) == file.device, UInt64(st.st_ino) == file.inode {
+            unlink(path)
+        }
+    }
+
     // MARK: Start and stop
 
     /// Binds and listens: removes a stale socket file left by a dead instance (refusing with
@@ -176,10 +198,7 @@ public final class VarlinkServer: @unchecked Sendable {
         }
         listener = nil
         if let boundFile {
-            var st = stat()
-            if stat(socketPath, &st) == 0, UInt64(st.st_dev) == boundFile.device, UInt64(st.st_ino) == boundFile.inode {
-                unlink(socketPath)
-            }
+            Self.unlinkIfSame(socketPath, boundFile)
         }
         boundFile = nil
         for connection in Array(connections.values) {

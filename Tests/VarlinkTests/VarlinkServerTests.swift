@@ -147,6 +147,51 @@ final class VarlinkServerTests: XCTestCase {
         }
     }
 
+    func testPipelinedMegabyteBehindSlowCallsIsReadWithBackpressure() throws {
+        let harness = try ServerHarness()
+        let client = try harness.client()
+        // 20 000 calls (over 1 MiB), every 2000th answered late: the server stops reading while
+        // a message's worth waits behind an open call, and starts again once it is answered.
+        var bytes: [UInt8] = []
+        for i in 0..<20_000 {
+            if i % 2000 == 0 {
+                bytes += message(["method": "org.example.test.Delay", "parameters": ["milliseconds": 20, "tag": .string("\(i)")]])
+            } else {
+                bytes += message(["method": "org.example.test.Echo", "parameters": ["value": .string("\(i)")]])
+            }
+        }
+        XCTAssertGreaterThan(bytes.count, 1 << 20)
+        // The queue must stay responsive meanwhile (a device wake waits on it): a timer on it
+        // every 2 ms records the longest gap between its firings.
+        let gaps = GapMeter(queue: harness.queue, interval: .milliseconds(2))
+        let writer = dup(try rawDescriptor(of: client))
+        let payload = bytes
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            var offset = 0
+            while offset < payload.count {
+                var entry = pollfd(fd: writer, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&entry, 1, 5000)
+                let n = payload.withUnsafeBytes { send(writer, $0.baseAddress! + offset, payload.count - offset, Int32(MSG_NOSIGNAL)) }
+                if n > 0 { offset += n } else if errno != EAGAIN && errno != EINTR { break }
+            }
+            close(writer)
+            done.signal()
+        }
+        for i in 0..<20_000 {
+            let reply = try client.readMessage(deadline: .now + .seconds(10))
+            let expected: JSONValue = i % 2000 == 0 ? ["tag": .string("\(i)")] : ["value": .string("\(i)")]
+            guard reply["parameters"] == expected else {
+                XCTFail("reply \(i): \(reply)")
+                break
+            }
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
+        let longestGap = gaps.stop()
+        XCTAssertLessThan(longestGap, .milliseconds(100), "the server held its queue for \(longestGap)")
+        XCTAssertTrue(harness.onQueue { harness.recorder.events.allSatisfy { if case .disconnected = $0 { false } else { true } } })
+    }
+
     func testHalfClosedClientStillGetsItsAnswers() throws {
         let harness = try ServerHarness()
         let client = try harness.client()
@@ -247,6 +292,18 @@ final class VarlinkServerTests: XCTestCase {
         _ = first
     }
 
+    func testPerUserLimitRefusesTheExtraClient() throws {
+        var limits = VarlinkServer.Limits()
+        limits.maxConnectionsPerUser = 1
+        let harness = try ServerHarness(limits: limits)
+        let first = try harness.client()
+        XCTAssertEqual(try first.call("org.example.test.Echo", ["value": "1"]), ["value": "1"])
+        XCTAssertThrowsError(try harness.client().call("org.example.test.Echo", ["value": "2"], timeout: .seconds(5))) {
+            XCTAssertEqual(($0 as? VarlinkClientError)?.code, .disconnected)
+        }
+        XCTAssertEqual(try first.call("org.example.test.Echo", ["value": "3"]), ["value": "3"])
+    }
+
     func testClientThatNeverReadsIsDroppedAndOthersStayServed() throws {
         var limits = VarlinkServer.Limits()
         limits.maxPendingOutputBytes = 256 * 1024
@@ -331,6 +388,26 @@ final class VarlinkServerTests: XCTestCase {
         XCTAssertEqual(st.st_mode & 0o777, 0o660)
     }
 
+    func testSocketFileGroup() throws {
+        // Root may give the socket any group; anyone else only one of their own.
+        let group: gid_t = getuid() == 0 ? 4242 : getgid()
+        let queue = DispatchQueue(label: "group")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("varlink-group-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("socket").path
+        let server = VarlinkServer(socketPath: path, mode: 0o600, group: group, queue: queue,
+                                   info: (vendor: "v", product: "p", version: "1", url: "u"), interfaces: [:]) { _, _, reply in
+            reply.send()
+        }
+        try queue.sync { try server.start() }
+        defer { queue.sync { server.stop() } }
+        var st = stat()
+        XCTAssertEqual(stat(path, &st), 0)
+        XCTAssertEqual(st.st_gid, group)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+    }
+
     func testStaleSocketIsReplacedButALiveOneIsNot() throws {
         let harness = try ServerHarness()
         // A second server on the same path while the first is alive: refused.
@@ -362,6 +439,35 @@ final class VarlinkServerTests: XCTestCase {
         try queue.sync { try third.start() }
         XCTAssertEqual(try VarlinkClient(socketPath: stalePath).call("org.varlink.service.GetInfo")["product"], "p")
         queue.sync { third.stop() }
+    }
+}
+
+/// Fires a timer on a queue and keeps the longest time between two firings.
+final class GapMeter: @unchecked Sendable {
+    private let queue: DispatchQueue
+    private let timer: any DispatchSourceTimer
+    private var last = ContinuousClock.now
+    private var longest = Duration.zero
+
+    init(queue: DispatchQueue, interval: DispatchTimeInterval) {
+        self.queue = queue
+        timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.schedule(deadline: .now() + interval, repeating: interval)
+        timer.setEventHandler { @Sendable [unowned self] in
+            let now = ContinuousClock.now
+            self.longest = max(self.longest, now - self.last)
+            self.last = now
+        }
+        queue.sync { last = .now }
+        timer.resume()
+    }
+
+    /// Stops the timer; the longest gap seen.
+    func stop() -> Duration {
+        queue.sync {
+            timer.cancel()
+            return longest
+        }
     }
 }
 
