@@ -52,6 +52,16 @@ say "Two more wakes"
 for _ in 1 2; do touch_device "$nic"; sleep 4; done
 power
 
+say "vfio-powerctl status: what each device is doing"
+run vfio-powerctl status
+
+say "vfio-powerctl wake $nic --for 5s: out of low power for maintenance, then the daemon takes it back"
+run vfio-powerctl wake "$nic" --for 5s
+power
+sleep 5.5
+power
+run vfio-powerctl show "$nic"
+
 say "systemctl status vfio-powerd"
 run systemctl status vfio-powerd --no-pager -l || true
 
