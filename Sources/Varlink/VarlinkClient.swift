@@ -67,6 +67,7 @@ public final class VarlinkClient {
     private let maxReplyBytes: Int
     private var input: [UInt8] = []
     private var inputStart = 0
+    private var scratch = [UInt8](repeating: 0, count: VarlinkClient.readChunk)
     private var usable = true
 
     /// Connects to the server's socket. Never blocks: a server whose backlog is full (hung)
@@ -207,16 +208,9 @@ public final class VarlinkClient {
                 throw VarlinkClientError(.invalidReply, detail: "reply over \(maxReplyBytes) bytes")
             }
             try wait(for: Int16(POLLIN), until: deadline)
-            let oldCount = input.count
-            input.append(contentsOf: repeatElement(0, count: Self.readChunk))
-            let result = input.withUnsafeMutableBytes {
-                Socket.receive(fd, into: UnsafeMutableRawBufferPointer(rebasing: $0[oldCount...]))
-            }
-            let received: Int
-            if case let .done(n) = result { received = n } else { received = 0 }
-            input.removeLast(Self.readChunk - received)
+            let result = scratch.withUnsafeMutableBytes { Socket.receive(fd, into: $0) }
             switch result {
-            case .done: continue
+            case let .done(n): input.append(contentsOf: scratch[..<n])
             case .wouldBlock: continue
             case .disconnected: throw VarlinkClientError(.disconnected)
             case let .failed(e): throw VarlinkClientError(.ioFailed, errno: e)

@@ -372,6 +372,49 @@ final class VarlinkServerTests: XCTestCase {
         }
     }
 
+    func testNoDescriptorLeaksWhateverWayClientsLeave() throws {
+        var limits = VarlinkServer.Limits()
+        limits.maxMessageBytes = 4096
+        limits.maxPendingOutputBytes = 64 * 1024
+        let harness = try ServerHarness(limits: limits)
+        _ = try harness.client().call("org.example.test.Echo", ["value": "warm up"])
+        XCTAssertTrue(harness.eventually { harness.server.connectionCount == 0 })
+        let before = try openDescriptors()
+        for round in 0..<20 {
+            // Answered and closed.
+            _ = try harness.client().call("org.example.test.Echo", ["value": .string("\(round)")])
+            // Gone mid-stream, and gone before a late answer.
+            let holder = try harness.client()
+            try holder.writeRaw(message(["method": "org.example.test.Hold", "more": true]))
+            _ = try holder.readMessage(deadline: .now + .seconds(5))
+            holder.close()
+            let late = try harness.client()
+            try late.writeRaw(message(["method": "org.example.test.Delay", "parameters": ["milliseconds": 5, "tag": "x"]]))
+            late.close()
+            // Garbage, oversized, and never reading.
+            let garbage = try harness.client()
+            try garbage.writeRaw(Array("nonsense".utf8) + [0])
+            _ = try garbage.messagesUntilClose()
+            let huge = try harness.client()
+            try? huge.writeRaw([UInt8](repeating: UInt8(ascii: "a"), count: 8192))
+            _ = try huge.messagesUntilClose()
+            let sleeper = try harness.client()
+            try sleeper.writeRaw(message(["method": "org.example.test.Flood", "parameters": ["count": 64, "size": 4096], "more": true]))
+            XCTAssertTrue(harness.eventually { harness.recorder.cancelled.filter { $0 == "Flood" }.count == round + 1 })
+            sleeper.close()
+        }
+        XCTAssertTrue(harness.eventually { harness.server.connectionCount == 0 })
+        XCTAssertTrue(harness.eventually { harness.recorder.held.isEmpty })
+        // Descriptors close when the last Dispatch source of a connection is gone; give the
+        // cancel handlers a moment, then count.
+        var after = try openDescriptors()
+        for _ in 0..<100 where after > before {
+            usleep(10_000)
+            after = try openDescriptors()
+        }
+        XCTAssertEqual(after, before)
+    }
+
     // MARK: The socket
 
     func testPeerCredentialsAreTheCaller() throws {
@@ -475,4 +518,9 @@ final class GapMeter: @unchecked Sendable {
 func rawDescriptor(of client: VarlinkClient) throws -> Int32 {
     let mirror = Mirror(reflecting: client)
     return try XCTUnwrap(mirror.children.first { $0.label == "fd" }?.value as? Int32)
+}
+
+/// How many descriptors this process has open.
+func openDescriptors() throws -> Int {
+    try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count
 }
