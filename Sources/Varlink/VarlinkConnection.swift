@@ -9,8 +9,13 @@ import Dispatch
 /// arrive, so an oversized one is caught before it is buffered whole. Calls are handled one at
 /// a time, in order: the next message is parsed only once the current call is answered, which
 /// keeps replies in call order without a queue of parsed calls. While a call is open, reading
-/// goes on (to notice a client that leaves) until a message's worth of input is buffered; then
-/// the read source is suspended and the kernel's socket buffer holds the client back.
+/// goes on (so a client that leaves is noticed at once and its call cancelled) until a
+/// message's worth of input waits behind it; then the read source is suspended and the
+/// kernel's socket buffer holds the client back. While suspended, a departure is noticed only
+/// when the next reply fails to send (EPIPE).
+///
+/// EOF with POLLHUP means the client is gone: close now. EOF alone means it shut down only its
+/// writing half: answer what it sent, then close.
 ///
 /// Output: replies go straight to the socket; what it does not take waits in `output`, and a
 /// client whose backlog passes `maxPendingOutputBytes` is dropped.
@@ -69,8 +74,6 @@ final class VarlinkConnection: @unchecked Sendable {
         self.queue = queue
         self.limits = limits
     }
-
-    var isClosed: Bool { state == .closed }
 
     func start() {
         let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
