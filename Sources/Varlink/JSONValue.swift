@@ -112,29 +112,54 @@ extension JSONValue: ExpressibleByNilLiteral, ExpressibleByBooleanLiteral, Expre
 // MARK: Text
 
 extension JSONValue {
-    /// Parses one JSON text (RFC 8259, UTF-8). Nesting deeper than `maxDepth` is refused, so a
-    /// hostile `[[[[…` cannot exhaust the stack.
+    /// Parses one JSON text (RFC 8259, UTF-8) with Foundation's JSONDecoder, which keeps
+    /// integers exact (all 64 bits) and refuses invalid UTF-8. Nesting deeper than `maxDepth`
+    /// is refused too: a peer's `[[[[…` is bounded by the message size and the decoder's own
+    /// limit, and then by ours.
     public init(parsing bytes: some Collection<UInt8>, maxDepth: Int = 64) throws(JSONParseError) {
-        let contiguous = Array(bytes)
-        self = try contiguous.withUnsafeBufferPointer { buffer throws(JSONParseError) in
-            var parser = JSONParser(buffer, maxDepth: maxDepth)
-            return try parser.parseDocument()
+        let value: JSONValue
+        do {
+            value = try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+        } catch {
+            throw JSONParseError(reason: Self.reason(error))
         }
+        guard value.depth <= maxDepth else {
+            throw JSONParseError(reason: "nested deeper than \(maxDepth) levels")
+        }
+        self = value
     }
 
     public init(parsing text: String, maxDepth: Int = 64) throws(JSONParseError) {
         try self.init(parsing: Array(text.utf8), maxDepth: maxDepth)
     }
 
-    /// Compact JSON text (object keys sorted, so the output is stable) as UTF-8 bytes.
+    /// Compact JSON text (object keys sorted, so the output is stable) as UTF-8 bytes, written
+    /// by JSONEncoder. A raw NUL never appears: JSON escapes control characters.
     public var jsonBytes: [UInt8] {
-        var out: [UInt8] = []
-        JSONWriter.write(self, into: &out)
-        return out
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        // Only a non-finite double cannot be written; no parsed value holds one.
+        return (try? Array(encoder.encode(self))) ?? Array("null".utf8)
     }
 
     /// Compact JSON text, object keys sorted.
     public var jsonString: String { String(decoding: jsonBytes, as: UTF8.self) }
+
+    /// Levels of arrays and objects: 0 for a scalar.
+    var depth: Int {
+        switch self {
+        case .array(let items): 1 + (items.lazy.map(\.depth).max() ?? 0)
+        case .object(let members): 1 + (members.values.lazy.map(\.depth).max() ?? 0)
+        default: 0
+        }
+    }
+
+    private static func reason(_ error: any Error) -> String {
+        if case DecodingError.dataCorrupted(let context) = error {
+            return context.underlyingError.map { "\(context.debugDescription) (\($0))" } ?? context.debugDescription
+        }
+        return "\(error)"
+    }
 }
 
 extension JSONValue: CustomStringConvertible {
@@ -192,10 +217,9 @@ extension JSONValue: Codable {
     }
 }
 
-/// Why a JSON text was refused, with the byte offset where the parser stopped.
+/// Why a JSON text was refused, in the decoder's words.
 public struct JSONParseError: Error, Equatable, CustomStringConvertible {
-    public let offset: Int
     public let reason: String
 
-    public var description: String { "invalid JSON at byte \(offset): \(reason)" }
+    public var description: String { "invalid JSON: \(reason)" }
 }
