@@ -3,6 +3,8 @@
 public enum ControlClientError: Error, Equatable, CustomStringConvertible {
     /// No socket, or nobody listening: the daemon is not running.
     case daemonNotRunning(socket: String)
+    /// Connected, then the daemon closed the connection before answering.
+    case disconnected(socket: String)
     /// The socket exists but this user may not connect (its mode is 0660).
     case cannotConnect(socket: String, group: String?)
     /// The daemon refused a change: root or admin_group only.
@@ -18,6 +20,8 @@ public enum ControlClientError: Error, Equatable, CustomStringConvertible {
         switch self {
         case .daemonNotRunning(let socket):
             return "vfio-powerd is not running (nothing listens on \(socket)). Start it with `systemctl start vfio-powerd`; `journalctl -u vfio-powerd` says why it stopped"
+        case .disconnected(let socket):
+            return "vfio-powerd closed the connection on \(socket) before answering: it is stopping or restarting, or it refused this client (at most 32 connections per user, 64 in all)"
         case .cannotConnect(let socket, let group):
             let who = group.map { "root and members of group \"\($0)\" (the daemon's socket_group)" } ?? "root"
             return "permission denied connecting to \(socket): only \(who) may. \(group.map { "Join it with `usermod -aG \($0) $USER` and log in again" } ?? "Set socket_group in /etc/vfio-powerd/vfio-powerd.conf to let a group read it")"
@@ -38,7 +42,7 @@ public enum ControlClientError: Error, Equatable, CustomStringConvertible {
     /// have, 64 EX_USAGE for a bad parameter, 70 EX_SOFTWARE otherwise.
     public var exitStatus: Int32 {
         switch self {
-        case .daemonNotRunning: 69
+        case .daemonNotRunning, .disconnected: 69
         case .cannotConnect, .permissionDenied: 77
         case .configRejected: 78
         case .noSuchDevice: 1

@@ -113,7 +113,7 @@ public final class ManagerClient {
             }
         }
         if let error = error as? VarlinkClientError {
-            if error.code == .disconnected { return .daemonNotRunning(socket: socketPath) }
+            if error.code == .disconnected { return .disconnected(socket: socketPath) }
             return .failed("\(socketPath): \(error)")
         }
         return .failed("\(error)")
