@@ -39,10 +39,14 @@ final class DeviceController: @unchecked Sendable {
     private var wakeupSource: DispatchSourceRead?
     private var removalSource: DispatchSourceRead?
     private var timer: DispatchSourceTimer?
+    /// Whether the timer is scheduled (a fired or cancelled one waits at distantFuture).
+    private var timerArmed = false
     /// The most recent VFIO error, whose words are more precise than an errno.
     private var lastError: VFIOError?
     /// When the daemon began managing this entry (for the share of time in low power).
     let managedSince: MonotonicInstant
+    /// What this device last added to the manager's STATUS tally (the manager's field).
+    var tallied: StatusTally.Contribution?
 
     /// What the reporter may add to a policy event's words.
     struct Context {
@@ -211,7 +215,9 @@ final class DeviceController: @unchecked Sendable {
     /// Cancels the sources, then closes the device; the kernel exits low power on close
     /// (without signalling) and can finish an unbind that was waiting for us.
     private func close() {
-        cancelTimer()
+        timer?.cancel()
+        timer = nil
+        timerArmed = false
         wakeupSource?.cancel()
         wakeupSource = nil
         removalSource?.cancel()
@@ -246,25 +252,35 @@ final class DeviceController: @unchecked Sendable {
 
     // MARK: The one timer
 
+    /// Schedules the device's one timer, replacing a running one. The source is created
+    /// once and rescheduled: a wake should not cost a new kernel timer registration.
     private func startTimer(_ delay: Duration) {
-        cancelTimer()
-        let timer = DispatchSource.makeTimerSource(queue: queue)
+        let timer = self.timer ?? makeTimer()
         let nanoseconds = delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000
-        // Leeway lets the kernel batch wake-ups; a re-arm a few ms late costs nothing.
-        timer.schedule(deadline: .now() + .nanoseconds(Int(clamping: nanoseconds)), leeway: .milliseconds(10))
+        // Leeway lets the kernel batch wake-ups (a re-arm a few ms late costs nothing), but
+        // never more than a tenth of the delay: a 0 s re-arm delay means at once.
+        let leeway = min(10_000_000, nanoseconds / 10)
+        timer.schedule(deadline: .now() + .nanoseconds(Int(clamping: nanoseconds)), leeway: .nanoseconds(Int(clamping: leeway)))
+        timerArmed = true
+    }
+
+    /// Stops the timer without destroying it: it waits, unscheduled, for the next start.
+    private func cancelTimer() {
+        guard timerArmed else { return }
+        timerArmed = false
+        timer?.schedule(deadline: .distantFuture)
+    }
+
+    private func makeTimer() -> DispatchSourceTimer {
+        let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.setEventHandler { [weak self] in
-            guard let self else { return }
-            self.timer?.cancel()
-            self.timer = nil
+            guard let self, self.timerArmed else { return }
+            self.timerArmed = false
             self.run { $0.timerFired(now: $1) }
         }
         timer.activate()
         self.timer = timer
-    }
-
-    private func cancelTimer() {
-        timer?.cancel()
-        timer = nil
+        return timer
     }
 
     // MARK: Errors

@@ -36,6 +36,8 @@ public final class Manager: @unchecked Sendable {
     private var rescanTimer: DispatchSourceTimer?
     private var watchdogTimer: DispatchSourceTimer?
     private var lastStatus: String?
+    private var tally = StatusTally()
+    private var statusUpdatePending = false
     /// Called on the queue after any device's phase or counters changed (the control
     /// interface's Monitor).
     public var onDeviceChange: ((DeviceSnapshot) -> Void)?
@@ -119,6 +121,7 @@ public final class Manager: @unchecked Sendable {
             var released = controller.policy
             released.enabled = false
             controller.policyChanged(released, origin: "removed from the configuration")
+            tally.replace(controller.tallied, with: nil)
             controllers[address] = nil
             removed += 1
         }
@@ -194,33 +197,7 @@ public final class Manager: @unchecked Sendable {
     // MARK: Status
 
     /// One line that tells the truth at a glance, for STATUS= and `systemctl status`.
-    public func summary() -> String {
-        let managed = controllers.values.filter { $0.phase != .disabled }
-        if managed.isEmpty { return controllers.isEmpty ? "no devices configured" : "no devices managed (\(controllers.count) disabled)" }
-        var lowPower = 0, awake = 0, missing = 0, failing = 0, flapping = 0, stopped = 0
-        var wakes: UInt64 = 0
-        for controller in managed {
-            wakes += controller.machine.statistics.wakes
-            if controller.machine.isFlapping { flapping += 1 }
-            switch controller.phase {
-            case .lowPower: lowPower += 1
-            case .opening, .arming, .exiting, .waitingToRearm, .backingOff, .heldAwake: awake += 1
-            case .gone: missing += 1
-            case .failed, .unsupported: failing += 1
-            case .stopped: stopped += 1
-            case .disabled, .unconfigured: break
-            }
-        }
-        var parts = ["\(lowPower) in low power"]
-        if awake > 0 { parts.append("\(awake) awake") }
-        if missing > 0 { parts.append("\(missing) missing") }
-        if failing > 0 { parts.append("\(failing) failing") }
-        if stopped > 0 { parts.append("\(stopped) stopped") }
-        var line = "\(managed.count) device\(managed.count == 1 ? "" : "s"): " + parts.joined(separator: ", ")
-        line += "; \(wakes) wake\(wakes == 1 ? "" : "s")"
-        if flapping > 0 { line += "; \(flapping) flapping" }
-        return line
-    }
+    public func summary() -> String { tally.line }
 
     /// A snapshot of every device, for tests and the control interface.
     public func devices() -> [DeviceSnapshot] {
@@ -240,12 +217,33 @@ public final class Manager: @unchecked Sendable {
                        managedFor: now - controller.managedSince)
     }
 
+    /// Sends STATUS= now if the line changed.
     private func updateStatus() {
         guard isStarted else { return }
         let line = summary()
         guard line != lastStatus else { return }
         lastStatus = line
         notifier.status(line)
+    }
+
+    /// Sends STATUS= once the events already queued have been handled: a storm of wakes
+    /// costs one datagram, not two per wake.
+    private func scheduleStatusUpdate() {
+        guard !statusUpdatePending else { return }
+        statusUpdatePending = true
+        queue.async { [weak self] in
+            self?.statusUpdatePending = false
+            self?.updateStatus()
+        }
+    }
+
+    /// Moves one device's contribution in the tally to what it is now.
+    private func account(_ controller: DeviceController) {
+        let now = StatusTally.Contribution(phase: controller.phase, flapping: controller.machine.isFlapping,
+                                           wakes: controller.machine.statistics.wakes)
+        guard now != controller.tallied else { return }
+        tally.replace(controller.tallied, with: now)
+        controller.tallied = now
     }
 
     // MARK: Devices
@@ -285,7 +283,7 @@ public final class Manager: @unchecked Sendable {
     /// Missing devices (gone, not yet bound) are looked for on a timer that runs only while
     /// there is such a device.
     private func updateRescanTimer() {
-        let needed = !isStopping && controllers.values.contains { needsRescan($0) }
+        let needed = !isStopping && tally.count(.missing) > 0
         if !needed {
             rescanTimer?.cancel()
             rescanTimer = nil
@@ -345,8 +343,9 @@ extension Manager: DeviceControllerDelegate {
     }
 
     func deviceDidChange(_ controller: DeviceController) {
+        account(controller)
         updateRescanTimer()
-        updateStatus()
+        scheduleStatusUpdate()
         if let onDeviceChange { onDeviceChange(snapshot(controller, now: clock.now())) }
     }
 }
