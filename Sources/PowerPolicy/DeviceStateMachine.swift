@@ -301,18 +301,22 @@ public struct DeviceStateMachine: Sendable {
             episode.level += 1
             episode.suppressedWakes += count
             flap.episode = episode
-            let backoff = exponentialBackoff(base: policy.rearmDelay, exponent: episode.level, cap: policy.flapGuard.backoffCap)
+            let backoff = exponentialBackoff(base: backoffBase, exponent: episode.level, cap: policy.flapGuard.backoffCap)
             state = .backingOff(until: now + backoff, wokeAt: now)
             return [.startTimer(backoff)]   // replaces the quiet-check timer
         }
         if flap.recentWakes.count > policy.flapGuard.maxWakes {
             flap.episode = .init(startedAt: now, level: 1, suppressedWakes: 0)
             statistics.flapEpisodes += 1
-            let backoff = exponentialBackoff(base: policy.rearmDelay, exponent: 1, cap: policy.flapGuard.backoffCap)
+            let backoff = exponentialBackoff(base: backoffBase, exponent: 1, cap: policy.flapGuard.backoffCap)
             state = .backingOff(until: now + backoff, wokeAt: now)
             return [.log(.woke(count: count, inLowPowerFor: inLowPowerFor)),
                     .log(.flappingStarted(wakes: flap.recentWakes.count, window: policy.flapGuard.window, backoff: backoff)),
                     .startTimer(backoff)]
+        }
+        if policy.rearmDelay == .zero {
+            // No quiet period asked for: arm again at once, without a trip through a timer.
+            return [.log(.woke(count: count, inLowPowerFor: inLowPowerFor))] + beginArming(.oneShot, reason: .rearm(wokeAt: now))
         }
         state = .waitingToRearm(until: now + policy.rearmDelay, wokeAt: now)
         return [.log(.woke(count: count, inLowPowerFor: inLowPowerFor)), .startTimer(policy.rearmDelay)]
@@ -530,6 +534,11 @@ public struct DeviceStateMachine: Sendable {
     // MARK: Helpers
 
     private var armMode: ArmMode { policy.mode == .reentrant ? .reentrant : .oneShot }
+
+    /// Flapping backs off from the re-arm delay, but never from less than a second: with
+    /// `rearm_delay = "0s"` doubling nothing would leave the flap guard without teeth.
+    static let minimumBackoffBase: Duration = .seconds(1)
+    private var backoffBase: Duration { max(policy.rearmDelay, Self.minimumBackoffBase) }
 
     private mutating func holdAwake(until: MonotonicInstant?, now: MonotonicInstant) -> [DeviceAction] {
         state = .heldAwake(until: until)

@@ -299,3 +299,31 @@ let operatorTransitions: [Row] = [
         #expect(machine.statistics.timeInLowPower(asOf: at(160)) == .seconds(98), "2..100 counted, 100..160 held awake")
     }
 }
+
+@Suite struct ZeroRearmDelay {
+    let immediate = DevicePolicy(rearmDelay: .zero, flapGuard: .init(maxWakes: 2, window: .seconds(600), backoffCap: .seconds(60)))
+
+    @Test func aWakeIsReArmedAtOnceWithoutATimer() {
+        var machine = DeviceStateMachine(policy: immediate)
+        _ = machine.configured(now: at(0))
+        _ = machine.opened(now: at(1))
+        _ = machine.armed(now: at(2))
+        #expect(machine.woke(count: 1, now: at(10)) == [.log(.woke(count: 1, inLowPowerFor: .seconds(8))), .arm(.oneShot)])
+        #expect(machine.phase == .arming)
+        #expect(machine.armed(now: at(10)) == [.log(.rearmed(.oneShot, quietFor: .zero))])
+    }
+
+    @Test func flappingStillBacksOffFromAtLeastASecond() {
+        var machine = DeviceStateMachine(policy: immediate)
+        _ = machine.configured(now: at(0))
+        _ = machine.opened(now: at(1))
+        _ = machine.armed(now: at(1))
+        for second in [2, 3] {
+            _ = machine.woke(count: 1, now: at(second))
+            _ = machine.armed(now: at(second))
+        }
+        let actions = machine.woke(count: 1, now: at(4))
+        #expect(actions.contains(.startTimer(.seconds(2))), "the third wake in the window: 1 s base, doubled once")
+        #expect(machine.phase == .backingOff(until: at(6)))
+    }
+}
