@@ -24,7 +24,7 @@ LAB_KERNELS ?= 6.1 newest
 KERNEL_TESTS := KernelTests.DeviceLifecycleKernelTests,KernelTests.LowPowerKernelTests
 HOST_PACKAGES := libsystemd-dev pkg-config scdoc
 
-.PHONY: all deps build build-tests check unit-tests kernel-tests daemon-tests demo probe-demo man install clean
+.PHONY: all deps build build-tests check unit-tests kernel-tests daemon-tests demo probe-demo bench man install clean
 
 all: build
 
@@ -75,6 +75,12 @@ demo: build
 probe-demo: build
 	LAB_KERNEL=$(firstword $(LAB_KERNELS)) lab/lab.sh run --timeout 300 -- \
 		sh -c 'for d in $$LAB_VFIO_DEVICES; do $(BUILD)/vfio-powerctl probe --cycle $$d || exit $$?; echo; done'
+
+# Benchmarks (issue 6): the daemon's real loop with N simulated devices against a C epoll
+# baseline, N = 1, 64, 1024, 4096, in release; results in bench/results/, docs/BENCHMARKS.md.
+bench: deps
+	@dpkg -s python3-matplotlib >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-matplotlib; }
+	SWIFT=$(SWIFT) bench/run.sh
 
 man: deps
 	@mkdir -p .build/man

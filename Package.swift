@@ -71,6 +71,12 @@ let package = Package(
             "PowerDaemon", "PowerConfig",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // The benchmark harness (make bench): the real Manager with simulated devices, in release.
+        .executableTarget(name: "vfio-powerd-bench", dependencies: [
+            "PowerDaemon", "PowerConfig", "PowerPolicy", "VFIO", "VFIOSimulator",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ], path: "bench/Sources/vfio-powerd-bench"),
         .executableTarget(name: "vfio-powerctl", dependencies: [
             "VFIO", "PowerConfig", "PowerPolicy", "PowerCtlKit", "Varlink",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -31,6 +31,16 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
     private var closed = false
     private var injected: [Operation: Errno] = [:]
     private var _calls: [Operation: Int] = [:]
+    private var _armObserver: (@Sendable (PCIAddress) -> Void)?
+    private var _wakeObserver: (@Sendable (PCIAddress) -> Void)?
+
+    /// Called (on the caller's thread, outside the device's lock) after every successful arm:
+    /// the moment the daemon has issued its (re-)arm. For the benchmarks (bench/); nil by
+    /// default, and it changes nothing about the device's behaviour.
+    public var armObserver: (@Sendable (PCIAddress) -> Void)? {
+        get { lock.withLock { _armObserver } }
+        set { lock.withLock { _armObserver = newValue } }
+    }
 
     private enum Engaged {
         case none
@@ -70,6 +80,7 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
             }
         }
         try result.get()
+        armObserver?(address)
     }
 
     public func exitLowPower() throws(VFIOError) {
@@ -83,7 +94,14 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
         try result.get()
     }
 
-    public func noteWoke() {}
+    public func noteWoke() { wakeObserver?(address) }
+
+    /// Called (on the caller's thread) when the daemon notes that it read a wake of this device
+    /// (`noteWoke`), before it decides what to do. For the benchmarks; nil by default.
+    public var wakeObserver: (@Sendable (PCIAddress) -> Void)? {
+        get { lock.withLock { _wakeObserver } }
+        set { lock.withLock { _wakeObserver = newValue } }
+    }
 
     public func close() {
         lock.withLock {
@@ -182,13 +200,31 @@ public final class SimulatedDeviceSource: DeviceSource, @unchecked Sendable {
     private var openErrors: [PCIAddress: VFIOError] = [:]
     private var d3coldWrites: [PCIAddress: [Bool]] = [:]
     private var _opens: [PCIAddress: Int] = [:]
+    private var _armObserver: (@Sendable (PCIAddress) -> Void)?
+    private var _wakeObserver: (@Sendable (PCIAddress) -> Void)?
 
     public init() {}
+
+    /// Given to every device this source plugs or opens from now on (see
+    /// `SimulatedDevice.wakeObserver`); for the benchmarks, nil by default.
+    public var wakeObserver: (@Sendable (PCIAddress) -> Void)? {
+        get { lock.withLock { _wakeObserver } }
+        set { lock.withLock { _wakeObserver = newValue } }
+    }
+
+    /// Given to every device this source plugs or opens from now on (see
+    /// `SimulatedDevice.armObserver`); for the benchmarks, nil by default.
+    public var armObserver: (@Sendable (PCIAddress) -> Void)? {
+        get { lock.withLock { _armObserver } }
+        set { lock.withLock { _armObserver = newValue } }
+    }
 
     /// Plugs a device in (bound to vfio-pci); returns it so the test can act on it.
     @discardableResult
     public func plug(_ address: PCIAddress, support: LowPowerSupport = LowPowerSupport(refusals: [:])) -> SimulatedDevice {
         let device = SimulatedDevice(address: address, support: support)
+        device.armObserver = armObserver
+        device.wakeObserver = wakeObserver
         lock.withLock {
             devices[address] = device
             openErrors[address] = nil
@@ -221,6 +257,8 @@ public final class SimulatedDeviceSource: DeviceSource, @unchecked Sendable {
             }
             // A reopened device is a new open file: nothing engaged, nothing suspended.
             let fresh = SimulatedDevice(address: address, support: device.lowPowerSupport)
+            fresh.armObserver = _armObserver
+            fresh.wakeObserver = _wakeObserver
             devices[address] = fresh
             return .success(fresh)
         }
