@@ -88,10 +88,12 @@ for n in ns:
     w(f"| latency p50 <= 1.5x baseline | {n} | {fmt(d['p50'])} µs vs {fmt(b['p50'])} µs = {ratio(d['p50'], b['p50'])} | {mark(d['p50'] <= 1.5 * b['p50'])} |")
 for n in ns:
     d, b = daemon[n]["latencyMicroseconds"], base[n]["latencyMicroseconds"]
-    w(f"| latency p99 <= 2x baseline | {n} | {fmt(d['p99'])} µs vs {fmt(b['p99'])} µs = {ratio(d['p99'], b['p99'])} | {mark(d['p99'] <= 2 * b['p99'])} |")
+    noisy = " (the baseline's tail was disturbed in this run, p99 > 10x its p50: not a fair verdict)" if b["p99"] > 10 * b["p50"] else ""
+    w(f"| latency p99 <= 2x baseline | {n} | {fmt(d['p99'])} µs vs {fmt(b['p99'])} µs = {ratio(d['p99'], b['p99'])}{noisy} | {mark(d['p99'] <= 2 * b['p99'])} |")
 for n in ns:
     d, b = daemon[n]["storm"]["wakesPerSecond"], base[n]["storm"]["wakesPerSecond"]
-    w(f"| storm throughput >= 0.5x baseline | {n} | {fmt(d)} vs {fmt(b)} wakes/s = {d / b:.3f}x | {mark(d >= 0.5 * b)} |")
+    one = " (one device: a round is one wake, so this is latency-bound on both sides)" if n == 1 else ""
+    w(f"| storm throughput >= 0.5x baseline | {n} | {fmt(d)} vs {fmt(b)} wakes/s = {d / b:.3f}x{one} | {mark(d >= 0.5 * b)} |")
 for n in ns:
     c = daemon[n]["idle"]["cpuPercentOfCore"]
     w(f"| idle CPU <= 0.1% of a core | {n} | {max(c, 0):.4f}% | {mark(c <= 0.1)} |")
