@@ -246,7 +246,7 @@ final class DeviceController: @unchecked Sendable {
     }
 
     private func removalRequested() {
-        _ = try? removalSource.flatMap { _ in try device?.removalRequest?.read() }
+        _ = try? device?.removalRequest?.read()  // reset the counter; the kernel asks again every 10 s
         run { $0.removed(now: $1) }
     }
 

@@ -47,7 +47,6 @@ public final class ControlService: @unchecked Sendable {
             handler: { [weak self] call, peer, reply in self?.handle(call, peer: peer, reply: reply) })
         try server.start()
         self.server = server
-        manager.onDeviceChange = { [weak self] device in self?.publish(device) }
     }
 
     public func stop() {
@@ -113,14 +112,21 @@ public final class ControlService: @unchecked Sendable {
         }
         let key = ObjectIdentifier(reply)
         monitors[key] = reply
-        reply.onCancel = { [weak self] in self?.monitors[key] = nil }
+        reply.onCancel = { [weak self] in self?.forget(key) }
+        // Snapshots of every change are built only while someone is monitoring.
+        manager.onDeviceChange = { [weak self] device in self?.publish(device) }
     }
 
     private func publish(_ device: DeviceSnapshot) {
         let message: JSONValue = ["device": record(device)]
         for (key, reply) in monitors where !reply.send(message, continues: true) {
-            monitors[key] = nil
+            forget(key)
         }
+    }
+
+    private func forget(_ key: ObjectIdentifier) {
+        monitors[key] = nil
+        if monitors.isEmpty { manager.onDeviceChange = nil }
     }
 
     // MARK: Parameters and permission
@@ -228,28 +234,22 @@ public final class ControlService: @unchecked Sendable {
     }
 
     private func statistics() -> JSONValue {
-        var lowPower = 0, awake = 0, missing = 0, failing = 0, flapping = 0
-        var wakes: UInt64 = 0, selfWakes: UInt64 = 0, arms: UInt64 = 0
+        // The same categories as the STATUS line, counted by the same tally.
+        var tally = StatusTally()
+        var selfWakes: UInt64 = 0, arms: UInt64 = 0
         let devices = manager.devices()
         for device in devices {
-            wakes += device.statistics.wakes
+            tally.replace(nil, with: .init(phase: device.phase, flapping: device.isFlapping, wakes: device.statistics.wakes))
             selfWakes += device.statistics.selfWakes
             arms += device.statistics.arms
-            if device.isFlapping { flapping += 1 }
-            switch device.phase {
-            case .lowPower: lowPower += 1
-            case .opening, .arming, .exiting, .waitingToRearm, .backingOff, .heldAwake: awake += 1
-            case .gone: missing += 1
-            case .failed, .unsupported: failing += 1
-            case .disabled, .unconfigured, .stopped: break
-            }
         }
         let uptime = manager.startedAt.map { (manager.now() - $0).components.seconds } ?? 0
         return [
-            "devices": .integer(Int64(devices.count)), "lowPower": .integer(Int64(lowPower)), "awake": .integer(Int64(awake)),
-            "missing": .integer(Int64(missing)), "failing": .integer(Int64(failing)),
-            "wakes": .integer(Int64(clamping: wakes)), "selfWakes": .integer(Int64(clamping: selfWakes)),
-            "arms": .integer(Int64(clamping: arms)), "flapping": .integer(Int64(flapping)),
+            "devices": .integer(Int64(devices.count)), "lowPower": .integer(Int64(tally.count(.lowPower))),
+            "awake": .integer(Int64(tally.count(.awake))), "missing": .integer(Int64(tally.count(.missing))),
+            "failing": .integer(Int64(tally.count(.failing))),
+            "wakes": .integer(Int64(clamping: tally.wakes)), "selfWakes": .integer(Int64(clamping: selfWakes)),
+            "arms": .integer(Int64(clamping: arms)), "flapping": .integer(Int64(tally.flapping)),
             "status": .string(manager.summary()), "uptimeSeconds": .integer(uptime),
         ]
     }
