@@ -90,9 +90,10 @@ man: deps
 	done
 
 install: man
-	$(SWIFT) build -c release
-	install -Dm755 .build/release/vfio-powerd $(DESTDIR)$(SBINDIR)/vfio-powerd
-	install -Dm755 .build/release/vfio-powerctl $(DESTDIR)$(BINDIR)/vfio-powerctl
+	@# The Swift runtime is linked in: an operator's host has glibc, libstdc++ and libsystemd, not a toolchain.
+	$(SWIFT) build -c release --static-swift-stdlib
+	install -Dm755 -s .build/release/vfio-powerd $(DESTDIR)$(SBINDIR)/vfio-powerd
+	install -Dm755 -s .build/release/vfio-powerctl $(DESTDIR)$(BINDIR)/vfio-powerctl
 	install -Dm644 systemd/vfio-powerd.service $(DESTDIR)$(UNITDIR)/vfio-powerd.service
 	install -Dm644 systemd/vfio-powerd.catalog $(DESTDIR)$(CATALOGDIR)/vfio-powerd.catalog
 	install -Dm644 config/vfio-powerd.conf $(DESTDIR)$(PREFIX)/share/doc/vfio-powerd/examples/vfio-powerd.conf

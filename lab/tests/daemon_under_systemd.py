@@ -123,15 +123,19 @@ check("journalctl -x explains the armed message from the catalog", "Documentatio
 
 # --- a wake, then re-arm after rearm_delay -----------------------------------------------
 access(NIC)
+# Read at once: under TCG on a loaded host the journal can take longer than rearm_delay.
+status_after_access = runtime_status(NIC)
 check("an access wakes nic: journal has woke with VFIO_WAKES=1",
       wait(lambda: count("woke", NIC) == 1) and journal("woke", NIC)[0].get("VFIO_WAKES") == "1",
       json.dumps(journal("woke", NIC)))
 low_power_usec = journal("woke", NIC)[0].get("VFIO_LOW_POWER_USEC", "0")
 check("woke carries VFIO_LOW_POWER_USEC > 0", int(low_power_usec) > 0, low_power_usec)
-check("nic stays awake during the re-arm delay", runtime_status(NIC) == "active", runtime_status(NIC))
+check("the access left nic awake (a one-shot wake disarms)", status_after_access == "active", status_after_access)
 check("disk was not disturbed", runtime_status(DISK) == "suspended", runtime_status(DISK))
 check("STATUS shows the wake", wait(lambda: show("StatusText").endswith("; 1 wake")), show("StatusText"))
 check("nic is re-armed after rearm_delay", wait(lambda: count("rearmed", NIC) == 1, timeout=10))
+quiet_usec = (int(journal("rearmed", NIC)[0]["__MONOTONIC_TIMESTAMP"]) - int(journal("woke", NIC)[0]["__MONOTONIC_TIMESTAMP"]))
+check("it stayed awake for the whole re-arm delay (journal: woke to re-armed >= 2s)", quiet_usec >= 2_000_000, f"{quiet_usec} us")
 check("nic suspends again", wait(lambda: runtime_status(NIC) == "suspended"), runtime_status(NIC))
 check("STATUS: both in low power again, 1 wake",
       wait(lambda: show("StatusText") == "2 devices: 2 in low power; 1 wake"), show("StatusText"))
@@ -236,9 +240,11 @@ check("disk suspends again", wait(lambda: runtime_status(DISK) == "suspended"), 
 
 # --- a stuck daemon is restarted by the watchdog ----------------------------------------
 pid = show("MainPID")
+check("no restart so far: one 'started' entry and a running main process", count("started") == 1 and pid != "0",
+      f"{count('started')} started, MainPID {pid}")
 run("systemctl", "kill", "-s", "SIGSTOP", UNIT)
 check("the watchdog restarts a stopped daemon",
-      wait(lambda: show("MainPID") not in (pid, "0") and show("ActiveState") == "active", timeout=30),
+      wait(lambda: show("MainPID") not in (pid, "0") and show("ActiveState") == "active", timeout=60),
       f"MainPID {pid} -> {show('MainPID')}, {show('ActiveState')}")
 check("journal: systemd saw the watchdog timeout",
       "Watchdog timeout" in run("journalctl", "-u", UNIT, "--no-pager").stdout)
