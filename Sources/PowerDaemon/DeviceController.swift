@@ -16,8 +16,8 @@ protocol DeviceControllerDelegate: AnyObject {
     func deviceDidChange(_ controller: DeviceController)
 }
 
-/// One managed device: its state machine, its open file, and the Dispatch sources that
-/// watch it (wakeup eventfd, removal request, one timer). It carries out the machine's
+/// One managed device: its state machine, its open file, its eventfds (wakeup and removal
+/// request, watched in the manager's `EventFDWatcher`) and one Dispatch timer. It carries out the machine's
 /// actions in order and feeds each outcome back as the next event (the protocol in
 /// `DeviceStateMachine`).
 ///
@@ -31,13 +31,14 @@ final class DeviceController: @unchecked Sendable {
 
     private let source: any DeviceSource
     private let queue: DispatchQueue
+    private let watcher: EventFDWatcher
     private let clock: any DaemonClock
     weak var delegate: (any DeviceControllerDelegate)?
 
     private var device: (any LowPowerDevice)?
     private var wakeup: EventFD?
-    private var wakeupSource: DispatchSourceRead?
-    private var removalSource: DispatchSourceRead?
+    private var wakeupWatch: EventFDWatcher.Token?
+    private var removalWatch: EventFDWatcher.Token?
     private var timer: DispatchSourceTimer?
     /// Whether the timer is scheduled (a fired or cancelled one waits at distantFuture).
     private var timerArmed = false
@@ -59,12 +60,13 @@ final class DeviceController: @unchecked Sendable {
     }
 
     init(address: PCIAddress, policy: DevicePolicy, origin: String, source: any DeviceSource,
-         queue: DispatchQueue, clock: any DaemonClock) {
+         queue: DispatchQueue, watcher: EventFDWatcher, clock: any DaemonClock) {
         self.address = address
         self.machine = DeviceStateMachine(policy: policy)
         self.origin = origin
         self.source = source
         self.queue = queue
+        self.watcher = watcher
         self.clock = clock
         self.managedSince = clock.now()
     }
@@ -202,51 +204,48 @@ final class DeviceController: @unchecked Sendable {
             opened.close()
             return Outcome(event: { $0.openFailed(ErrorNumber(error.rawValue), now: $1) })
         }
+        do {
+            wakeupWatch = try watcher.watch(wakeup) { [weak self] in self?.wakeupFired($0) }
+            if let request = opened.removalRequest {
+                removalWatch = try watcher.watch(request) { [weak self] _ in self?.removalRequested() }
+            }
+        } catch {
+            // epoll refused (max_user_watches, memory): without a watch a wake would go unseen.
+            wakeupWatch.map(watcher.unwatch)
+            wakeupWatch = nil
+            opened.close()
+            return Outcome(event: { $0.openFailed(ErrorNumber(error.rawValue), now: $1) })
+        }
         device = opened
         self.wakeup = wakeup
         lastError = nil
-        wakeupSource = watch(wakeup) { [weak self] in self?.wakeupFired() }
-        if let request = opened.removalRequest {
-            removalSource = watch(request) { [weak self] in self?.removalRequested() }
-        }
         return Outcome(event: { $0.opened(now: $1) })
     }
 
-    /// Cancels the sources, then closes the device; the kernel exits low power on close
-    /// (without signalling) and can finish an unbind that was waiting for us.
+    /// Stops watching its eventfds, then closes the device; the kernel exits low power on
+    /// close (without signalling) and can finish an unbind that was waiting for us.
     private func close() {
         timer?.cancel()
         timer = nil
         timerArmed = false
-        wakeupSource?.cancel()
-        wakeupSource = nil
-        removalSource?.cancel()
-        removalSource = nil
+        wakeupWatch.map(watcher.unwatch)
+        wakeupWatch = nil
+        removalWatch.map(watcher.unwatch)
+        removalWatch = nil
         device?.close()
         device = nil
         wakeup = nil
     }
 
-    /// A read source on an eventfd. Its cancel handler holds the eventfd, so the fd is closed
-    /// only after Dispatch has stopped watching it.
-    private func watch(_ eventfd: EventFD, _ handler: @escaping () -> Void) -> DispatchSourceRead {
-        let source = DispatchSource.makeReadSource(fileDescriptor: eventfd.descriptor.rawValue, queue: queue)
-        source.setEventHandler(handler: handler)
-        source.setCancelHandler { _ = eventfd }
-        source.activate()
-        return source
-    }
+    // MARK: Eventfd handlers (the watcher has read and reset the counter)
 
-    // MARK: Source handlers
-
-    private func wakeupFired() {
-        guard let wakeup, let count = (try? wakeup.read()) ?? nil, count > 0 else { return }
+    private func wakeupFired(_ count: UInt64) {
         device?.noteWoke()
         run { $0.woke(count: count, now: $1) }
     }
 
+    /// The kernel asks for the device back (it asks again every 10 s until it is closed).
     private func removalRequested() {
-        _ = try? device?.removalRequest?.read()  // reset the counter; the kernel asks again every 10 s
         run { $0.removed(now: $1) }
     }
 

@@ -32,6 +32,8 @@ public final class Manager: @unchecked Sendable {
     private let clock: any DaemonClock
 
     private var controllers: [PCIAddress: DeviceController] = [:]
+    /// Every device's eventfds, behind one Dispatch source; made by start().
+    private var watcher: EventFDWatcher?
     private var daemonSettings = DaemonSettings()
     private var rescanTimer: DispatchSourceTimer?
     private var watchdogTimer: DispatchSourceTimer?
@@ -63,6 +65,8 @@ public final class Manager: @unchecked Sendable {
     public enum StartError: Error, Equatable {
         /// The configuration has errors; every problem has been logged.
         case configRejected(errors: Int)
+        /// The kernel refused the epoll set that watches the devices' eventfds (logged).
+        case eventLoopUnavailable(Errno)
     }
 
     /// Loads and validates the configuration, opens and arms every device it selects, then
@@ -79,6 +83,12 @@ public final class Manager: @unchecked Sendable {
             throw .configRejected(errors: errors.count)
         }
         daemonSettings = loaded.configuration.daemon
+        do {
+            watcher = try EventFDWatcher(queue: queue)
+        } catch {
+            logger.critical("cannot watch the devices' eventfds: epoll_create1: \(error) (\(error.symbolicName)); nothing was opened")
+            throw .eventLoopUnavailable(error)
+        }
         for device in resolution.devices {
             addController(device)
         }
@@ -100,7 +110,7 @@ public final class Manager: @unchecked Sendable {
     @discardableResult
     public func reload() -> [ConfigProblem] {
         dispatchPrecondition(condition: .onQueue(queue))
-        guard !isStopping else { return [] }
+        guard isStarted, !isStopping else { return [] }
         notifier.reloading(monotonicUsec: MonotonicClock.nowMicroseconds())
         defer {
             notifier.ready()
@@ -192,6 +202,7 @@ public final class Manager: @unchecked Sendable {
         rescanTimer = nil
         watchdogTimer?.cancel()
         watchdogTimer = nil
+        watcher?.cancel()
     }
 
     // MARK: Status
@@ -249,8 +260,9 @@ public final class Manager: @unchecked Sendable {
     // MARK: Devices
 
     private func addController(_ device: ResolvedDevice) {
+        guard let watcher else { preconditionFailure("devices are added only after start() made the watcher") }
         let controller = DeviceController(address: device.address, policy: device.policy, origin: origin(of: device),
-                                          source: source, queue: queue, clock: clock)
+                                          source: source, queue: queue, watcher: watcher, clock: clock)
         controller.delegate = self
         controllers[device.address] = controller
         controller.start()

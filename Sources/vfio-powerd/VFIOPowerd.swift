@@ -67,12 +67,18 @@ struct VFIOPowerd: ParsableCommand {
         let control = ControlService(manager: manager, socketPath: controlSocket)
         let signals = SignalSources(queue: manager.queue)
         manager.queue.async {
-            do {
+            do throws(Manager.StartError) {
                 try manager.start()
             } catch {
                 // Every problem is already in the journal (and on stderr when run by hand).
-                SystemdNotifier().errno(EINVAL)
-                Glibc.exit(ConfigCheck.exitConfigError)
+                switch error {
+                case .configRejected:
+                    SystemdNotifier().errno(EINVAL)
+                    Glibc.exit(ConfigCheck.exitConfigError)
+                case .eventLoopUnavailable(let errno):
+                    SystemdNotifier().errno(errno.rawValue)
+                    Glibc.exit(EXIT_FAILURE)
+                }
             }
             do {
                 try control.start()

@@ -3,7 +3,9 @@
 // Function-like macros (_IO, VFIO_DEVICE_FEATURE, ...) never import into Swift, and the
 // variadic ioctl(2) does not either. This header re-exports every request number, flag and
 // struct the project needs from <linux/vfio.h> and <sys/eventfd.h>, so no number is ever
-// copied by hand, plus three non-variadic ioctl entry points. Nothing else lives here.
+// copied by hand, plus three non-variadic ioctl entry points, and the few epoll calls the
+// daemon's wakeup set needs (struct epoll_event is packed on x86-64: it stays on this side).
+// Nothing else lives here.
 #pragma once
 
 #include <stddef.h>
@@ -12,6 +14,7 @@
 #include <errno.h>
 #include <sys/ioctl.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <linux/vfio.h>
 
 // MARK: - Container and group (the group path, every kernel)
@@ -132,4 +135,33 @@ cvfio_low_power_wakeup_payload(int32_t wakeup_eventfd) {
     memset(&payload, 0, sizeof(payload));
     payload.wakeup_eventfd = wakeup_eventfd;
     return payload;
+}
+
+// MARK: - epoll (every device's eventfds in one set, watched by one Dispatch source)
+
+/// epoll_create1(EPOLL_CLOEXEC).
+static inline int cvfio_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+/// Watches `fd` for readability, level-triggered, with `token` as the event's data.
+static inline int cvfio_epoll_add(int epfd, int fd, uint64_t token) {
+    struct epoll_event event;
+    memset(&event, 0, sizeof(event));
+    event.events = EPOLLIN;
+    event.data.u64 = token;
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event);
+}
+
+/// Stops watching `fd`.
+static inline int cvfio_epoll_remove(int epfd, int fd) {
+    return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+/// The tokens of up to `max` (at most 256) ready descriptors, without waiting. Returns how
+/// many were written to `tokens`, or -1 with errno set.
+static inline int cvfio_epoll_ready(int epfd, uint64_t *tokens, int max) {
+    struct epoll_event events[256];
+    if (max > 256) max = 256;
+    int count = epoll_wait(epfd, events, max, 0);
+    for (int i = 0; i < count; i++) tokens[i] = events[i].data.u64;
+    return count;
 }
