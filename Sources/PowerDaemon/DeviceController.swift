@@ -57,7 +57,38 @@ final class DeviceController: @unchecked Sendable {
         let error: VFIOError?
         let statistics: DeviceStatistics
         let now: MonotonicInstant
+        /// "0000:01:00.0" and "0000:01:00.0 (gpu)", which every entry of the device repeats.
+        let addressText: String
+        let label: String
+
+        init(address: PCIAddress, name: String?, mode: DevicePolicy.Mode, error: VFIOError?,
+             statistics: DeviceStatistics, now: MonotonicInstant, names: Names? = nil) {
+            self.address = address
+            self.name = name
+            self.mode = mode
+            self.error = error
+            self.statistics = statistics
+            self.now = now
+            let names = names ?? Names(address: address, name: name)
+            self.addressText = names.addressText
+            self.label = names.label
+        }
     }
+
+    /// The device's words for log entries, formatted once per name rather than per entry.
+    struct Names {
+        let name: String?
+        let addressText: String
+        let label: String
+
+        init(address: PCIAddress, name: String?) {
+            self.name = name
+            addressText = address.description
+            label = name.map { "\(address) (\($0))" } ?? addressText
+        }
+    }
+
+    private var names: Names
 
     init(address: PCIAddress, policy: DevicePolicy, origin: String, source: any DeviceSource,
          queue: DispatchQueue, watcher: EventFDWatcher, clock: any DaemonClock) {
@@ -69,6 +100,7 @@ final class DeviceController: @unchecked Sendable {
         self.watcher = watcher
         self.clock = clock
         self.managedSince = clock.now()
+        self.names = Names(address: address, name: policy.name)
     }
 
     var phase: DevicePhase { machine.phase }
@@ -172,8 +204,9 @@ final class DeviceController: @unchecked Sendable {
     }
 
     func context(_ now: MonotonicInstant) -> Context {
-        Context(address: address, name: policy.name, mode: policy.mode, error: lastError,
-                statistics: machine.statistics, now: now)
+        if names.name != policy.name { names = Names(address: address, name: policy.name) }
+        return Context(address: address, name: policy.name, mode: policy.mode, error: lastError,
+                       statistics: machine.statistics, now: now, names: names)
     }
 
     // MARK: Opening and closing

@@ -350,6 +350,8 @@ public final class Manager: @unchecked Sendable {
 
 extension Manager: DeviceControllerDelegate {
     func device(_ controller: DeviceController, reported event: PolicyEvent, context: DeviceController.Context) {
+        // Words and fields are built only for entries the logger keeps.
+        guard logger.logLevel <= EventReporter.classify(event, context).level else { return }
         let entry = EventReporter.entry(for: event, context)
         log(entry.event, entry.message, entry.fields, level: entry.level)
     }

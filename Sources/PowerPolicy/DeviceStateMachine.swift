@@ -292,7 +292,14 @@ public struct DeviceStateMachine: Sendable {
         endLowPowerPeriod(now: now)
         let inLowPowerFor = now - lowPower.since
 
-        flap.recentWakes.removeAll { $0 <= now - policy.flapGuard.window }
+        // recentWakes is in time order: drop the prefix that left the window (one cutoff,
+        // computed once; the list holds up to flap_max_wakes + 1 instants).
+        let cutoff = now - policy.flapGuard.window
+        if let firstKept = flap.recentWakes.firstIndex(where: { $0 > cutoff }) {
+            flap.recentWakes.removeFirst(firstKept)
+        } else {
+            flap.recentWakes.removeAll(keepingCapacity: true)
+        }
         let keep = policy.flapGuard.maxWakes + 1
         for _ in 0..<min(count, UInt64(keep)) { flap.recentWakes.append(now) }
         if flap.recentWakes.count > keep { flap.recentWakes.removeFirst(flap.recentWakes.count - keep) }

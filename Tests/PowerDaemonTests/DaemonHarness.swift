@@ -19,6 +19,8 @@ final class DaemonHarness {
     let listener: NotifySocketListener
     let logs = LogCapture()
     private(set) var manager: Manager!
+    /// The logger's level (`vfio-powerd --log-level`); every entry by default.
+    var logLevel: Logger.Level = .trace
 
     init(mainConfig: String = "", devices: [String: String] = [:]) throws {
         tree = try FakeSysfsTree()
@@ -63,7 +65,7 @@ final class DaemonHarness {
         manager = Manager(
             options: DaemonOptions(config: .init(configRoot: .init(configRoot.path), allowInsecurePermissions: true),
                                    sysfsRoot: .init(tree.path)),
-            source: source, logger: Logger(label: "test") { _ in self.logs.handler() })
+            source: source, logger: Logger(label: "test") { _ in self.logs.handler(level: self.logLevel) })
         try manager.queue.sync { try manager.start() }
     }
 
@@ -126,14 +128,14 @@ final class LogCapture: @unchecked Sendable {
         entries.filter { $0.messageID == event.messageID && (device == nil || $0.metadata["VFIO_DEVICE"] == device!.description) }
     }
 
-    func handler() -> some LogHandler { Handler(capture: self) }
+    func handler(level: Logger.Level = .trace) -> some LogHandler { Handler(capture: self, logLevel: level) }
 
     fileprivate func append(_ entry: Entry) { lock.withLock { _entries.append(entry) } }
 
     private struct Handler: LogHandler {
         let capture: LogCapture
+        var logLevel: Logger.Level
         var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
         subscript(metadataKey key: String) -> Logger.Metadata.Value? {
             get { metadata[key] }
             set { metadata[key] = newValue }

@@ -38,6 +38,21 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(daemon.logs.entries(.started).map(\.message), ["started: 2 devices: 2 in low power; 0 wakes"])
     }
 
+    func testAtNoticeLevelWakesAreHandledWithoutEntries() throws {
+        // `--log-level notice`: wakes are handled and no info entry is written. (The manager
+        // skips building such entries at all; bench/ measures what that saves.)
+        let daemon = try harness(main: "[defaults]\nrearm_delay = \"0s\"\n")
+        daemon.logLevel = .notice
+        let a = try daemon.plug(nic)
+        try daemon.plug(nvme)
+        try daemon.start()
+        daemon.device(a).access()
+        XCTAssertTrue(daemon.waitUntil { daemon.device(a).calls(.arm) == 2 && daemon.device(a).engagement == .oneShot }, "re-armed")
+        XCTAssertEqual(daemon.onQueue { $0.device(a)?.statistics.wakes }, 1)
+        XCTAssertEqual(daemon.logs.entries.filter { $0.level < .notice }.map(\.message), [])
+        XCTAssertEqual(daemon.logs.entries(.started).count, 1, "notice entries are still written")
+    }
+
     func testAWakeIsReArmedAfterTheDelayAndTheOtherDeviceIsUntouched() throws {
         let daemon = try harness()
         let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
