@@ -4,7 +4,7 @@
 // power state through the kernel's VFIO_DEVICE_FEATURE_LOW_POWER_* ioctls.
 //
 // Modules, from the kernel up:
-//   CVFIO          C shim: <linux/vfio.h> and <sys/eventfd.h> facts as constants (no magic numbers)
+//   CVFIO          C shim: <linux/vfio.h> and <sys/eventfd.h> facts as constants (no magic numbers), epoll, malloc_trim
 //   CSystemd       libsystemd (sd_notify, sd_journal_sendv), found through pkg-config
 //   VFIO           typed Linux layer: PCI addresses, the group path, low-power ioctls, eventfd, sysfs
 //   PowerPolicy    pure core: policy model and the per-device state machine (no I/O, no clock, no logs)
@@ -52,7 +52,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "PowerDaemon", dependencies: [
-            "VFIO", "PowerPolicy", "PowerConfig", "Systemd", "Varlink",
+            "VFIO", "CVFIO", "PowerPolicy", "PowerConfig", "Systemd", "Varlink",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ], resources: [

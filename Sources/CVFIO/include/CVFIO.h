@@ -3,9 +3,9 @@
 // Function-like macros (_IO, VFIO_DEVICE_FEATURE, ...) never import into Swift, and the
 // variadic ioctl(2) does not either. This header re-exports every request number, flag and
 // struct the project needs from <linux/vfio.h> and <sys/eventfd.h>, so no number is ever
-// copied by hand, plus three non-variadic ioctl entry points, and the few epoll calls the
-// daemon's wakeup set needs (struct epoll_event is packed on x86-64: it stays on this side).
-// Nothing else lives here.
+// copied by hand, plus three non-variadic ioctl entry points, the few epoll calls the
+// daemon's wakeup set needs (struct epoll_event is packed on x86-64: it stays on this side),
+// and glibc's malloc_trim, which Swift's Glibc module does not import. Nothing else lives here.
 #pragma once
 
 #include <stddef.h>
@@ -15,6 +15,7 @@
 #include <sys/ioctl.h>
 #include <sys/eventfd.h>
 #include <sys/epoll.h>
+#include <malloc.h>
 #include <linux/vfio.h>
 
 // MARK: - Container and group (the group path, every kernel)
@@ -165,3 +166,8 @@ static inline int cvfio_epoll_ready(int epfd, uint64_t *tokens, int max) {
     for (int i = 0; i < count; i++) tokens[i] = events[i].data.u64;
     return count;
 }
+
+// MARK: - glibc's heap
+
+/// malloc_trim(0): returns freed heap memory to the kernel. 1 if any was returned.
+static inline int cvfio_malloc_trim(void) { return malloc_trim(0); }
