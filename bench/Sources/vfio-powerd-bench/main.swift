@@ -88,6 +88,13 @@ struct Usage: Codable {
     }
 }
 
+/// VmRSS now (getrusage only has the peak), from /proc/self/status.
+func currentRSSKilobytes() -> Int64 {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+    return Int64(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
+}
+
 func maxRSSKilobytes() -> Int64 {
     var r = rusage()
     getrusage(0, &r)  // RUSAGE_SELF
@@ -203,6 +210,14 @@ struct Results: Codable {
     var reload = Reload()
     var maxRSSKilobytes: Int64 = 0
     var rssAfterStartKilobytes: Int64 = 0
+    /// The harness's own share: VmRSS and peak just before the daemon's Manager is created
+    /// (the simulated devices, the fake sysfs tree's bookkeeping, the configuration text).
+    var harnessRSSKilobytes: Int64 = 0
+    var harnessMaxRSSKilobytes: Int64 = 0
+    /// VmRSS (not the peak) after start, after the reloads, and at the end.
+    var currentRSSAfterStartKilobytes: Int64 = 0
+    var currentRSSAfterReloadKilobytes: Int64 = 0
+    var currentRSSAtEndKilobytes: Int64 = 0
     var flapEpisodes: UInt64 = 0
     var notifyMessages: [String: Int] = [:]
     var config: [String: String] = [:]
@@ -296,6 +311,8 @@ func runBench() throws {
     }
     notify.start()
     
+    results.harnessRSSKilobytes = currentRSSKilobytes()
+    results.harnessMaxRSSKilobytes = maxRSSKilobytes()
     let logger = Logger(label: "vfio-powerd") { _ in DiscardingLogHandler() }
     let manager = Manager(options: DaemonOptions(config: .init(configRoot: .init(configRoot.path), allowInsecurePermissions: true),
                                                  sysfsRoot: .init(tree.path)),
@@ -314,6 +331,7 @@ func runBench() throws {
         exit(1)
     }
     results.rssAfterStartKilobytes = maxRSSKilobytes()
+    results.currentRSSAfterStartKilobytes = currentRSSKilobytes()
     
     // The devices the daemon holds (the source hands out a new one per open).
     var held = addresses.map { source.device($0)! }
@@ -337,7 +355,7 @@ func runBench() throws {
         results.idle.process = process1 - process0
         results.idle.daemonThreads = (process1 - process0) - (main1 - main0) - (notify1 - notify0)
         let cpu = results.idle.daemonThreads.userUsec + results.idle.daemonThreads.systemUsec
-        results.idle.cpuPercentOfCore = Double(cpu) / (arguments.idleSeconds * 1e6) * 100
+        results.idle.cpuPercentOfCore = arguments.idleSeconds > 0 ? Double(cpu) / (arguments.idleSeconds * 1e6) * 100 : 0
         results.idle.watchdogPings = pings1 - pings0
     }
     
@@ -368,6 +386,7 @@ func runBench() throws {
         results.reload.changedBackMilliseconds = timedReload()
         held = addresses.map { source.device($0)! }
         results.rssAfterReloadKilobytes = maxRSSKilobytes()
+        results.currentRSSAfterReloadKilobytes = currentRSSKilobytes()
         precondition(lowPowerCount() == n, "after the reloads not every device is in low power")
     }
     
@@ -448,6 +467,7 @@ func runBench() throws {
     precondition(lowPowerCount() == n, "after the storm not every device is in low power")
     manager.queue.sync { manager.stop() }
     results.maxRSSKilobytes = maxRSSKilobytes()
+    results.currentRSSAtEndKilobytes = currentRSSKilobytes()
     results.notifyMessages = notify.messages
     
     let encoder = JSONEncoder()
