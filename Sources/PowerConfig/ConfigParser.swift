@@ -10,22 +10,23 @@ import VFIO
 struct ConfigFileParser {
     let file: String
     private let positions: TOMLPositionIndex
-    private let root: TOMLTable?
+    private let document: ParsedDocument?
+    private var root: TOMLTable? { document?.root }
     private(set) var problems: [ConfigProblem] = []
 
     /// Parses the text; a syntax error becomes the file's only problem (toml++ stops at the first).
     init(file: String, text: String) {
         self.file = file
         do {
-            root = try TOMLTable(string: text)
+            document = ParsedDocument(try TOMLTable(string: text))
             positions = TOMLPositionIndex(text: text)
         } catch let error as TOMLParseError {
-            root = nil
+            document = nil
             positions = TOMLPositionIndex(text: "")
             problems.append(ConfigProblem(file: file, line: error.source.begin.line, column: error.source.begin.column,
                                           message: "TOML syntax error: \(error.description)"))
         } catch {
-            root = nil
+            document = nil
             positions = TOMLPositionIndex(text: "")
             problems.append(ConfigProblem(file: file, message: "cannot parse: \(error)"))
         }
@@ -151,7 +152,8 @@ struct ConfigFileParser {
         var address: (PCIAddress, ConfigLocation)?
         var rule: (MatchRule, ConfigLocation)?
         var selectorBroken = false
-        for key in orderedKeys(table, path: path) where !Self.policyKeyNames.contains(key) {
+        let keys = orderedKeys(table, path: path)
+        for key in keys where PolicyKey(rawValue: key) == nil {
             let keyPath = path + [key]
             let value = table[key]!
             switch key {
@@ -184,7 +186,7 @@ struct ConfigFileParser {
                 unknownKey(keyPath, candidates: Self.deviceKeys)
             }
         }
-        let settings = readPolicy(table, path: path, extraKeys: Self.deviceKeys)
+        let settings = readPolicy(table, keys: keys, path: path, extraKeys: Self.deviceKeys)
         let effective = settings.applied(over: defaults)
         checkConflicts(effective, written: settings, path: path, table: table)
 
@@ -256,9 +258,9 @@ struct ConfigFileParser {
 
     // MARK: Policy keys
 
-    private mutating func readPolicy(_ table: TOMLTable, path: [String], extraKeys: [String]) -> PolicySettings {
+    private mutating func readPolicy(_ table: TOMLTable, keys: [String]? = nil, path: [String], extraKeys: [String]) -> PolicySettings {
         var settings = PolicySettings()
-        for key in orderedKeys(table, path: path) {
+        for key in keys ?? orderedKeys(table, path: path) {
             let keyPath = path + [key]
             let value = table[key]!
             guard let policyKey = PolicyKey(rawValue: key) else {
@@ -455,11 +457,26 @@ struct ConfigFileParser {
     // MARK: Positions
 
     /// A table's keys in the order they appear in the file (toml++ keeps them sorted).
+    ///
+    /// The names come from the position index when it holds exactly the table's keys (it
+    /// always does for text toml++ accepted, unless a quoted key defeats it), else from
+    /// TOMLKit's `keys`, which leaks a copy of every key on each call.
     private func orderedKeys(_ table: TOMLTable, path: [String]) -> [String] {
-        table.keys.sorted { a, b in
-            let pa = positions.bestKeyPosition(path + [a]), pb = positions.bestKeyPosition(path + [b])
-            return (pa.line, pa.column, a) < (pb.line, pb.column, b)
+        let names: [String]
+        if let indexed = positions.childNames(path), indexed.count == table.count,
+           indexed.allSatisfy({ table.contains(key: $0) }) {
+            names = indexed
+        } else {
+            names = table.keys
         }
+        var childPath = path
+        childPath.append("")
+        let placed = names.map { name -> (line: Int, column: Int, name: String) in
+            childPath[childPath.count - 1] = name
+            let position = positions.bestKeyPosition(childPath)
+            return (position.line, position.column, name)
+        }
+        return placed.sorted { ($0.line, $0.column, $0.name) < ($1.line, $1.column, $1.name) }.map(\.name)
     }
 
     private func location(_ position: TOMLPositionIndex.Position) -> ConfigLocation {
@@ -493,4 +510,13 @@ struct ConfigFileParser {
         case .date, .time, .dateTime: "a date or time"
         }
     }
+}
+
+/// A parsed document that frees its tree when the parser is done with it: TOMLKit 0.6.0
+/// never deletes the toml++ table it parses (TOMLTable has no deinit), so without this every
+/// load would leak the whole tree (about 3 MB for 4096 device entries).
+private final class ParsedDocument {
+    let root: TOMLTable
+    init(_ root: TOMLTable) { self.root = root }
+    deinit { root.clear() }
 }
