@@ -38,7 +38,8 @@ enum EventReporter {
 
     static func entry(for event: PolicyEvent, _ context: DeviceController.Context) -> Entry {
         let (kind, level) = classify(event, context)
-        var fields = [JournalField.device: context.addressText]
+        var fields = [String: String](minimumCapacity: 4)
+        fields[JournalField.device] = context.addressText
         if let name = context.name { fields["VFIO_NAME"] = name }
         func make(_ text: String) -> Entry {
             Entry(event: kind, level: level, message: "\(context.label): \(text)", fields: fields)

@@ -340,7 +340,9 @@ public final class Manager: @unchecked Sendable {
     // MARK: Logging: the one place the daemon logs
 
     func log(_ event: DaemonEvent, _ message: String, _ fields: [String: String], level: Logger.Level? = nil) {
-        var metadata = event.metadata()
+        // Sized once: a wake writes two of these, so rehashing shows in a storm.
+        var metadata = Logger.Metadata(minimumCapacity: fields.count + 1)
+        metadata[JournalField.messageID] = .string(event.messageID)
         for (key, value) in fields { metadata[key] = .string(value) }
         logger.log(level: level ?? event.defaultPriority, "\(message)", metadata: metadata)
     }

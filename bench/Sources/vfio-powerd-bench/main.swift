@@ -33,6 +33,8 @@ struct Arguments {
     var idleSeconds = 30.0
     var watchdogUsec = 30_000_000  // WatchdogSec=30s, as systemd/vfio-powerd.service sets it
     var out = "-"
+    /// The daemon logger's level: info (the shipped default) builds every wake's two entries.
+    var logLevel = Logger.Level.info
 
     init() {
         var args = CommandLine.arguments.dropFirst().makeIterator()
@@ -48,6 +50,7 @@ struct Arguments {
             case "--idle-seconds": idleSeconds = Double(value)!
             case "--watchdog-usec": watchdogUsec = Int(value)!
             case "--out": out = value
+            case "--log-level": logLevel = Logger.Level(rawValue: value)!
             default: fatalError("unknown option \(flag)")
             }
         }
@@ -271,7 +274,7 @@ func runBench() throws {
     ].joined(separator: "\n")
     try mainConfig.write(to: etc.appendingPathComponent("vfio-powerd.conf"), atomically: true, encoding: .utf8)
     results.config = ["rearm_delay": "0s", "flap_max_wakes": "1000", "flap_window": "1s", "flap_backoff_max": "1s",
-                      "log": "messages built, then discarded (no journal write)"]
+                      "log": "messages built, then discarded (no journal write)", "log_level": arguments.logLevel.rawValue]
     
     let source = SimulatedDeviceSource()
     var addresses: [PCIAddress] = []
@@ -313,7 +316,7 @@ func runBench() throws {
     
     results.harnessRSSKilobytes = currentRSSKilobytes()
     results.harnessMaxRSSKilobytes = maxRSSKilobytes()
-    let logger = Logger(label: "vfio-powerd") { _ in DiscardingLogHandler() }
+    let logger = Logger(label: "vfio-powerd") { _ in DiscardingLogHandler(logLevel: arguments.logLevel) }
     let manager = Manager(options: DaemonOptions(config: .init(configRoot: .init(configRoot.path), allowInsecurePermissions: true),
                                                  sysfsRoot: .init(tree.path)),
                           source: source, logger: logger)
