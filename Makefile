@@ -48,8 +48,13 @@ build-tests: deps
 check: unit-tests kernel-tests daemon-tests
 
 # Host tests. KernelTests need /dev/vfio and run in the lab instead (kernel-tests).
+# XCTest's failures scroll by long before the run ends: on failure they are repeated last,
+# where a CI log's tail shows them.
 unit-tests: build-tests
-	$(SWIFT) test --skip KernelTests
+	@set -o pipefail; $(SWIFT) test --skip KernelTests 2>&1 | tee .build/unit-tests.log || { \
+		status=$$?; echo "== unit tests failed; the failures, repeated:"; \
+		grep -E "error: |: error -|failed \(|✘|Fatal error|crashed" .build/unit-tests.log | grep -v " started" | tail -40; \
+		exit $$status; }
 
 # The real-kernel tests, inside the VM lab, on each kernel of LAB_KERNELS.
 kernel-tests: build-tests
