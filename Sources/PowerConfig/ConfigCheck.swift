@@ -18,7 +18,7 @@ public enum ConfigCheck {
 
     public static func run(_ options: ConfigLoadOptions, sysfsRoot: FilePath = "/sys") -> Outcome {
         let loaded = ConfigLoader.load(options)
-        let resolution = DeviceResolver.resolve(loaded.configuration, sysfsRoot: sysfsRoot)
+        let resolution = DeviceResolver.resolve(loaded.configuration, sysfsRoot: sysfsRoot, reads: .ofSelectedDevices)
         return report(loaded, resolution)
     }
 
@@ -67,6 +67,8 @@ public enum ConfigCheck {
                 if identity.driver != MatchRule.defaultDriver {
                     header += " (not vfio-pci: the daemon waits until it is bound to vfio-pci)"
                 }
+            } else if device.isPresent {
+                header += ": present (identity not read)"
             } else {
                 header += ": not present (the daemon waits for it)"
             }

@@ -233,7 +233,13 @@ public struct Configuration: Hashable, Sendable {
 
     /// The effective policy of one entry: built-in, then `[defaults]`, then the entry.
     public func effectivePolicy(of entry: DeviceEntry) -> EffectivePolicy {
-        var effective = entry.settings.applied(over: effectiveDefaults)
+        effectivePolicy(of: entry, defaults: effectiveDefaults)
+    }
+
+    /// The same with `effectiveDefaults` computed once by the caller: entries that write no
+    /// policy key then share one `sources` dictionary instead of each building its own.
+    func effectivePolicy(of entry: DeviceEntry, defaults: EffectivePolicy) -> EffectivePolicy {
+        var effective = entry.settings.applied(over: defaults)
         effective.policy.name = entry.name
         effective.policy.enabled = entry.enabled.value
         return effective

@@ -1,4 +1,9 @@
 import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// What sysfs says about one PCI device, read without waking it.
 ///
@@ -12,10 +17,14 @@ import SystemPackage
 public struct SysfsPCIDevice: Sendable {
     public let address: PCIAddress
     public let sysfsRoot: FilePath
+    /// `directory` spelled once: the reads append "/" and an attribute's name to it instead
+    /// of building a FilePath per read (a resolve at 4096 devices reads thousands).
+    private let directoryPath: String
 
     public init(address: PCIAddress, sysfsRoot: FilePath = "/sys") {
         self.address = address
         self.sysfsRoot = sysfsRoot
+        directoryPath = sysfsRoot.appending("bus/pci/devices").appending(address.description).string
     }
 
     /// /sys/bus/pci/devices/DDDD:BB:DD.F
@@ -23,7 +32,7 @@ public struct SysfsPCIDevice: Sendable {
         sysfsRoot.appending("bus/pci/devices").appending(address.description)
     }
 
-    public var exists: Bool { Syscalls.exists(directory) }
+    public var exists: Bool { directoryPath.withCString { access($0, F_OK) } == 0 }
 
     // MARK: Identity
 
@@ -116,10 +125,31 @@ public struct SysfsPCIDevice: Sendable {
     // MARK: Reading attributes
 
     private func read(_ attribute: String) throws(SysfsError) -> String {
-        let path = directory.appending(attribute)
-        switch Syscalls.readSmallFile(path) {
+        switch readSmallFile(directoryPath + "/" + attribute) {
         case .success(let text): return text.trimmingTrailingWhitespace()
-        case .failure(let errno): throw SysfsError(path: path, errno: errno)
+        case .failure(let errno): throw SysfsError(path: directory.appending(attribute), errno: errno)
+        }
+    }
+
+    /// Reads an attribute whole (sysfs attributes are at most a page): open, read, close,
+    /// retrying reads interrupted by a signal, as `Syscalls.readSmallFile`.
+    private func readSmallFile(_ path: String) -> Result<String, Errno> {
+        let fd = path.withCString { open($0, O_RDONLY | O_CLOEXEC) }
+        guard fd >= 0 else { return .failure(Errno(rawValue: errno)) }
+        defer { close(fd) }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { chunk -> Result<String, Errno> in
+            var bytes: [UInt8] = []
+            while true {
+                let count = Glibc.read(fd, chunk.baseAddress, chunk.count)
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    return .failure(Errno(rawValue: errno))
+                }
+                if count == 0 { break }
+                bytes.append(contentsOf: chunk[..<count])
+                if bytes.count > 1 << 20 { break }  // a sysfs attribute is never this large
+            }
+            return .success(String(decoding: bytes, as: UTF8.self))
         }
     }
 
@@ -140,9 +170,19 @@ public struct SysfsPCIDevice: Sendable {
         return value
     }
 
+    /// The last component of a symlink's target ("vfio-pci" for ../../../bus/pci/drivers/vfio-pci).
     private func linkName(_ link: String) -> String? {
-        guard case .success(let target) = Syscalls.readlink(directory.appending(link)) else { return nil }
-        return FilePath(target).lastComponent?.string
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: 4096) { buffer -> String? in
+            let count = (directoryPath + "/" + link).withCString { readlink($0, buffer.baseAddress!, buffer.count - 1) }
+            guard count > 0 else { return nil }
+            let target = UnsafeRawBufferPointer(start: buffer.baseAddress, count: count).bindMemory(to: UInt8.self)
+            var end = target.count
+            while end > 0, target[end - 1] == UInt8(ascii: "/") { end -= 1 }
+            var start = end
+            while start > 0, target[start - 1] != UInt8(ascii: "/") { start -= 1 }
+            guard start < end else { return nil }
+            return String(decoding: UnsafeBufferPointer(rebasing: target[start..<end]), as: UTF8.self)
+        }
     }
 }
 

@@ -180,6 +180,43 @@ import VFIOSimulator
             "etc/vfio-powerd/vfio-powerd.conf:2:1: daemon.max_devices: the configuration selects 2 devices, more than max_devices = 1; raise the limit or narrow the match rules")
     }
 
+    /// The daemon resolves thousands of entries by address on every reload: it must not read
+    /// their IDs, and a match rule reads the IDs only of devices bound to its driver. The IDs
+    /// removed here would make any such read fail.
+    @Test func onlyTheReadsSelectionNeedsAreMade() throws {
+        let tree = try tree(); defer { tree.remove() }
+        for name in ["0000:01:00.0", "0000:00:02.0"] {
+            for attribute in ["vendor", "device", "class"] {
+                try FileManager.default.removeItem(at: tree.root.appendingPathComponent("devices/pci0000:00/\(name)/\(attribute)"))
+            }
+        }
+        let (_, config) = try load("""
+            [[device]]
+            address = "01:00.0"
+
+            [[device]]
+            address = "0000:09:00.0"
+
+            [[device]]
+            match = { class = "0x03" }
+            """)
+        // 00:02.0 (i915) is a display controller with unreadable IDs: the rule never reads them.
+        let resolution = DeviceResolver.resolve(config, sysfsRoot: .init(tree.path))
+        #expect(resolution.problems == [])
+        #expect(resolution.devices.map(\.address.description) == ["0000:01:00.0", "0000:09:00.0"])
+        #expect(resolution.devices.map(\.isPresent) == [true, false])
+        #expect(resolution.devices.map(\.identity) == [nil, nil])
+        #expect(resolution.unmatchedRules.count == 1)
+
+        // check-config reads the identity of every selected device, as before.
+        let checked = DeviceResolver.resolve(config, sysfsRoot: .init(tree.path), reads: .ofSelectedDevices)
+        #expect(checked.devices.map(\.isPresent) == [false, false])
+        try tree.add(.init(PCIAddress("04:00.0")!, vendor: 0x10de, device: 0x2204, classCode: 0x030000, driver: "vfio-pci"))
+        let (_, byAddress) = try load("[[device]]\naddress = \"04:00.0\"\n")
+        #expect(DeviceResolver.resolve(byAddress, sysfsRoot: .init(tree.path), reads: .ofSelectedDevices).devices.first?.identity
+            == DeviceIdentity(vendor: 0x10de, device: 0x2204, classCode: 0x030000, driver: "vfio-pci"))
+    }
+
     @Test func classPatterns() {
         #expect(ClassMatch("0x03")!.description == "0x03xxxx")
         #expect(ClassMatch("0300")!.matches(0x030000) && !ClassMatch("0300")!.matches(0x030200))
