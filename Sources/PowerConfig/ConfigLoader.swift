@@ -1,6 +1,7 @@
 import Foundation
 import PowerPolicy
 import SystemPackage
+import VFIO
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -115,20 +116,25 @@ public enum ConfigLoader {
     /// rules and addresses depend on sysfs: the resolver reports those.
     static func checkAcrossEntries(_ configuration: Configuration) -> [ConfigProblem] {
         var problems: [ConfigProblem] = []
-        var addresses: [String: DeviceEntry] = [:]
-        var names: [String: DeviceEntry] = [:]
-        for entry in configuration.devices {
+        // The first entry of each address and name, by index: a dictionary of whole entries
+        // was several megabytes at 4096 entries.
+        var addresses: [PCIAddress: Int] = [:]
+        var names: [String: Int] = [:]
+        addresses.reserveCapacity(configuration.devices.count)
+        names.reserveCapacity(configuration.devices.count)
+        let entries = configuration.devices
+        for (index, entry) in entries.enumerated() {
             if case .address(let address) = entry.selector {
-                if let first = addresses[address.description] {
+                if let first = addresses[address] {
                     problems.append(ConfigProblem(at: entry.selectorLocation, key: "device.address", message:
-                        "device \(address) is already selected by the entry at \(first.selectorLocation); keep one of the two entries"))
-                } else { addresses[address.description] = entry }
+                        "device \(address) is already selected by the entry at \(entries[first].selectorLocation); keep one of the two entries"))
+                } else { addresses[address] = index }
             }
             if let name = entry.name {
                 if let first = names[name] {
                     problems.append(ConfigProblem(at: entry.location, key: "device.name", message:
-                        "name \"\(name)\" is already used by the entry at \(first.location.fileAndLine); names must be unique (they label logs and status)"))
-                } else { names[name] = entry }
+                        "name \"\(name)\" is already used by the entry at \(entries[first].location.fileAndLine); names must be unique (they label logs and status)"))
+                } else { names[name] = index }
             }
         }
         return problems
