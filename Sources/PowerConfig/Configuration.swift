@@ -118,8 +118,8 @@ public struct DaemonSettings: Hashable, Sendable {
     /// How often to look for devices that are configured but missing. The timer runs only
     /// while at least one is missing.
     public var rescanInterval: Sourced<Duration> = .init(.seconds(30), .builtInDefault)
-    /// The most devices the daemon manages at once (a resource limit: every device costs two
-    /// fds and a read source).
+    /// The most devices the daemon manages at once (a resource limit: every device costs its
+    /// device fd, one or two eventfds in the daemon's epoll set, and memory).
     public var maxDevices: Sourced<Int> = .init(256, .builtInDefault)
     /// The group that owns the control socket (mode 0660): its members may read
     /// (vfio-powerctl status, show, monitor). Nil: root only.
