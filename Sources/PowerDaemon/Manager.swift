@@ -213,6 +213,20 @@ public final class Manager: @unchecked Sendable {
     /// One line that tells the truth at a glance, for STATUS= and `systemctl status`.
     public func summary() -> String { tally.line }
 
+    /// The daemon's totals, from the STATUS tally and each device's counters: no snapshot
+    /// and no sysfs read, so asking costs little at thousands of devices.
+    public func statistics() -> ManagerStatistics {
+        var statistics = ManagerStatistics(
+            devices: tally.devices, lowPower: tally.count(.lowPower), awake: tally.count(.awake),
+            missing: tally.count(.missing), failing: tally.count(.failing), flapping: tally.flapping, wakes: tally.wakes)
+        for controller in controllers.values {
+            statistics.selfWakes += controller.machine.statistics.selfWakes
+            statistics.arms += controller.machine.statistics.arms
+            statistics.flapEpisodes += controller.machine.statistics.flapEpisodes
+        }
+        return statistics
+    }
+
     /// A snapshot of every device, for tests and the control interface.
     public func devices() -> [DeviceSnapshot] {
         let now = clock.now()
@@ -375,6 +389,21 @@ extension Manager: DeviceControllerDelegate {
         scheduleStatusUpdate()
         if let onDeviceChange { onDeviceChange(snapshot(controller, now: clock.now())) }
     }
+}
+
+/// The daemon's totals (GetStatistics).
+public struct ManagerStatistics: Sendable, Equatable {
+    public var devices = 0
+    public var lowPower = 0
+    public var awake = 0
+    public var missing = 0
+    public var failing = 0
+    public var flapping = 0
+    /// Wakes of the devices managed now (a device's counters go with it).
+    public var wakes: UInt64 = 0
+    public var selfWakes: UInt64 = 0
+    public var arms: UInt64 = 0
+    public var flapEpisodes: UInt64 = 0
 }
 
 /// What one device is doing, for status output.

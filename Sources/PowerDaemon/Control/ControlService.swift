@@ -235,21 +235,14 @@ public final class ControlService: @unchecked Sendable {
 
     private func statistics() -> JSONValue {
         // The same categories as the STATUS line, counted by the same tally.
-        var tally = StatusTally()
-        var selfWakes: UInt64 = 0, arms: UInt64 = 0
-        let devices = manager.devices()
-        for device in devices {
-            tally.replace(nil, with: .init(phase: device.phase, flapping: device.isFlapping, wakes: device.statistics.wakes))
-            selfWakes += device.statistics.selfWakes
-            arms += device.statistics.arms
-        }
+        let totals = manager.statistics()
         let uptime = manager.startedAt.map { (manager.now() - $0).components.seconds } ?? 0
         return [
-            "devices": .integer(Int64(devices.count)), "lowPower": .integer(Int64(tally.count(.lowPower))),
-            "awake": .integer(Int64(tally.count(.awake))), "missing": .integer(Int64(tally.count(.missing))),
-            "failing": .integer(Int64(tally.count(.failing))),
-            "wakes": .integer(Int64(clamping: tally.wakes)), "selfWakes": .integer(Int64(clamping: selfWakes)),
-            "arms": .integer(Int64(clamping: arms)), "flapping": .integer(Int64(tally.flapping)),
+            "devices": .integer(Int64(totals.devices)), "lowPower": .integer(Int64(totals.lowPower)),
+            "awake": .integer(Int64(totals.awake)), "missing": .integer(Int64(totals.missing)),
+            "failing": .integer(Int64(totals.failing)),
+            "wakes": .integer(Int64(clamping: totals.wakes)), "selfWakes": .integer(Int64(clamping: totals.selfWakes)),
+            "arms": .integer(Int64(clamping: totals.arms)), "flapping": .integer(Int64(totals.flapping)),
             "status": .string(manager.summary()), "uptimeSeconds": .integer(uptime),
         ]
     }
