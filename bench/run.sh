@@ -52,6 +52,12 @@ for n in $DEVICES; do
     echo "== N=$n: daemon"
     timeout 1200 "$SCRATCH/release/vfio-powerd-bench" "${args[@]}" --out "$RESULTS/daemon-$n.json"
 done
+# The loop's own cost without its journal entries: the largest N again with the daemon's logger
+# at notice (`vfio-powerd --log-level notice`), which skips the two info entries of every wake.
+largest=${DEVICES##* }
+echo "== N=$largest: daemon, log level notice"
+timeout 1200 "$SCRATCH/release/vfio-powerd-bench" --devices "$largest" --samples "$SAMPLES" --idle-seconds 0 \
+	--rounds $(( largest >= 4096 ? 3 : 0 )) --log-level notice --out "$RESULTS/daemon-$largest-notice.json"
 "$PYTHON" - "$RESULTS/machine.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1])); m["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
