@@ -10,7 +10,29 @@ enum EventReporter {
         var event: DaemonEvent
         var level: Logger.Level
         var message: String
-        var fields: [String: String]
+        /// The journal fields, MESSAGE_ID included: handed to the logger as they are, so an
+        /// entry is one dictionary, built once.
+        var metadata: Logger.Metadata
+
+        init(event: DaemonEvent, level: Logger.Level, message: String, metadata: Logger.Metadata) {
+            self.event = event
+            self.level = level
+            self.message = message
+            self.metadata = metadata
+        }
+
+        /// An entry with `fields` and the event's MESSAGE_ID (how the tests spell the expected one).
+        init(event: DaemonEvent, level: Logger.Level, message: String, fields: [String: String]) {
+            self.init(event: event, level: level, message: message,
+                      metadata: event.metadata(fields.mapValues { .string($0) }))
+        }
+
+        /// The fields other than MESSAGE_ID, as text.
+        var fields: [String: String] {
+            var fields: [String: String] = [:]
+            for (key, value) in metadata where key != JournalField.messageID { fields[key] = "\(value)" }
+            return fields
+        }
     }
 
     /// Which kind of entry an event makes, and at what priority: cheap, so the manager can skip
@@ -38,16 +60,17 @@ enum EventReporter {
 
     static func entry(for event: PolicyEvent, _ context: DeviceController.Context) -> Entry {
         let (kind, level) = classify(event, context)
-        var fields = [String: String](minimumCapacity: 4)
-        fields[JournalField.device] = context.addressText
-        if let name = context.name { fields["VFIO_NAME"] = name }
+        var fields = Logger.Metadata(minimumCapacity: 5)
+        fields[JournalField.messageID] = .string(kind.messageID)
+        fields[JournalField.device] = .string(context.addressText)
+        if let name = context.name { fields["VFIO_NAME"] = .string(name) }
         func make(_ text: String) -> Entry {
-            Entry(event: kind, level: level, message: "\(context.label): \(text)", fields: fields)
+            Entry(event: kind, level: level, message: context.label + ": " + text, metadata: fields)
         }
         /// The daemon's own error words when it has them (they name the holder of a busy
         /// group, the driver a device is bound to, ...), else the state machine's.
         func because(_ errno: ErrorNumber?, _ explanation: String) -> String {
-            if let errno { fields[JournalField.errno] = "\(errno.rawValue)" }
+            if let errno { fields[JournalField.errno] = .string("\(errno.rawValue)") }
             if let error = context.error {
                 return "\(error.explanation)\(error.errno.map { " (\($0.symbolicName))" } ?? "")\(error.advice.map { ". \($0)" } ?? "")"
             }
@@ -56,24 +79,24 @@ enum EventReporter {
 
         switch event {
         case .armed(let mode):
-            fields[JournalField.mode] = mode.rawValue
+            fields[JournalField.mode] = .string(mode.rawValue)
             return make("armed \(mode) low power")
         case .woke(let count, let inLowPowerFor):
-            fields[JournalField.wakes] = "\(count)"
-            fields[JournalField.lowPowerUsec] = "\(inLowPowerFor.microseconds)"
+            fields[JournalField.wakes] = .string("\(count)")
+            fields[JournalField.lowPowerUsec] = .string("\(inLowPowerFor.microseconds)")
             let times = count == 1 ? "" : " (\(count) wakes coalesced)"
             return make("woke after \(DurationText.format(inLowPowerFor)) in low power\(times)")
         case .rearmed(let mode, let quietFor):
-            fields[JournalField.mode] = mode.rawValue
+            fields[JournalField.mode] = .string(mode.rawValue)
             return make("re-armed \(mode) low power after \(DurationText.format(quietFor)) awake")
         case .flappingStarted(let wakes, let window, let backoff):
-            fields[JournalField.wakes] = "\(wakes)"
+            fields[JournalField.wakes] = .string("\(wakes)")
             return make("flapping: \(wakes) wakes within \(DurationText.format(window)); re-arming only after \(DurationText.format(backoff)), doubling with each further wake; wakes are summarised until it is quiet again")
         case .flappingEnded(let suppressedWakes, let lasted):
-            fields[JournalField.wakes] = "\(suppressedWakes)"
+            fields[JournalField.wakes] = .string("\(suppressedWakes)")
             return make("quiet again after \(DurationText.format(lasted)) of flapping (\(suppressedWakes) wakes summarised); normal re-arming resumes")
         case .alreadyEngaged(let mode):
-            fields[JournalField.mode] = mode.rawValue
+            fields[JournalField.mode] = .string(mode.rawValue)
             return make("already in low power (a previous holder of the device left it engaged); exiting low power and arming \(mode) again")
         case .armFailed(let errno, let explanation):
             return make("cannot arm: \(because(errno, explanation))")
@@ -91,7 +114,7 @@ enum EventReporter {
             return make("not available: \(error.explanation)\(error.advice.map { ". \($0)" } ?? ""); managed as soon as it is (looked for every rescan_interval and on reload)")
         case .deviceGone(let errno):
             let why = context.error.map { ": \($0.explanation)" } ?? (errno.map { " (\($0.name))" } ?? " (removed or unbound)")
-            if let errno { fields[JournalField.errno] = "\(errno.rawValue)" }
+            if let errno { fields[JournalField.errno] = .string("\(errno.rawValue)") }
             return make("gone\(why); closed so the kernel can finish removing it; it is managed again when it returns")
         case .deviceBack:
             return make("back; managing it again")

@@ -358,8 +358,11 @@ public final class Manager: @unchecked Sendable {
         var metadata = Logger.Metadata(minimumCapacity: fields.count + 1)
         metadata[JournalField.messageID] = .string(event.messageID)
         for (key, value) in fields { metadata[key] = .string(value) }
-        logger.log(level: level ?? event.defaultPriority, "\(message)", metadata: metadata)
+        logger.log(level: level ?? event.defaultPriority, Logger.Message(stringLiteral: message), metadata: metadata, source: Self.logSource)
     }
+
+    /// swift-log's `source`, given so it is not worked out from #fileID for every entry.
+    private static let logSource = "PowerDaemon"
 
     private func logWarnings(_ problems: [ConfigProblem]) {
         for problem in problems where !problem.isError {
@@ -380,7 +383,7 @@ extension Manager: DeviceControllerDelegate {
         // Words and fields are built only for entries the logger keeps.
         guard logger.logLevel <= EventReporter.classify(event, context).level else { return }
         let entry = EventReporter.entry(for: event, context)
-        log(entry.event, entry.message, entry.fields, level: entry.level)
+        logger.log(level: entry.level, Logger.Message(stringLiteral: entry.message), metadata: entry.metadata, source: Self.logSource)
     }
 
     func deviceDidChange(_ controller: DeviceController) {
