@@ -17,9 +17,9 @@ protocol DeviceControllerDelegate: AnyObject {
 }
 
 /// One managed device: its state machine, its open file, its eventfds (wakeup and removal
-/// request, watched in the manager's `EventFDWatcher`) and one Dispatch timer. It carries out the machine's
-/// actions in order and feeds each outcome back as the next event (the protocol in
-/// `DeviceStateMachine`).
+/// request, watched in the manager's `EventFDWatcher`) and one Dispatch timer. It carries
+/// out the machine's actions in order and feeds each outcome back as the next event (the
+/// protocol in `DeviceStateMachine`).
 ///
 /// Confined to the daemon's serial queue: every method runs there, and so does every
 /// source handler. That is the whole of its thread-safety.
