@@ -128,8 +128,9 @@ public final class Manager: @unchecked Sendable {
         }
         daemonSettings = loaded.configuration.daemon
         var added = 0, changed = 0, unchanged = 0, removed = 0
-        let wanted = Dictionary(resolution.devices.map { ($0.address, $0) }, uniquingKeysWith: { first, _ in first })
-        for (address, controller) in controllers.sorted(by: { $0.key < $1.key }) where wanted[address] == nil {
+        // Addresses only: a second copy of every resolved device would add to a reload's peak.
+        let wanted = Set(resolution.devices.lazy.map(\.address))
+        for (address, controller) in controllers.sorted(by: { $0.key < $1.key }) where !wanted.contains(address) {
             // No longer configured: leave it awake and closed, whatever on_stop says.
             var released = controller.policy
             released.enabled = false
