@@ -120,31 +120,18 @@ final class CatalogTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: catalogDirectory, withIntermediateDirectories: true)
         try FileManager.default.copyItem(atPath: Self.catalogPath, toPath: catalogDirectory + "/vfio-powerd.catalog")
 
-        let update = try run(journalctl, ["--root=\(root)", "--update-catalog"])
+        let update = try runProcess(journalctl, ["--root=\(root)", "--update-catalog"])
         XCTAssertEqual(update.status, 0, update.output)
         XCTAssertTrue(FileManager.default.fileExists(atPath: root + "/var/lib/systemd/catalog/database"))
 
-        let list = try run(journalctl, ["--root=\(root)", "--list-catalog"])
+        let list = try runProcess(journalctl, ["--root=\(root)", "--list-catalog"])
         XCTAssertEqual(list.status, 0, list.output)
         let listed = list.output.split(separator: "\n").filter { $0.contains("vfio-powerd") }
         XCTAssertEqual(listed.count, 17, list.output)
         XCTAssertTrue(list.output.contains("f0d77591cc6e4f6c84ae6fca434db188 vfio-powerd: Device @VFIO_DEVICE@ was put into low power"), list.output)
 
-        let dump = try run(journalctl, ["--root=\(root)", "--dump-catalog", "8387996d5f3942dc995eec09ee2d7b54"])
+        let dump = try runProcess(journalctl, ["--root=\(root)", "--dump-catalog", "8387996d5f3942dc995eec09ee2d7b54"])
         XCTAssertEqual(dump.status, 0, dump.output)
         XCTAssertTrue(dump.output.contains("Subject: Device @VFIO_DEVICE@ could not be put into low power"), dump.output)
-    }
-
-    private func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 }

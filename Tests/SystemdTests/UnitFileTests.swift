@@ -14,16 +14,7 @@ final class UnitFileTests: XCTestCase {
     private func systemdAnalyze(_ arguments: [String]) throws -> (status: Int32, output: String) {
         let path = "/usr/bin/systemd-analyze"
         guard FileManager.default.isExecutableFile(atPath: path) else { throw XCTSkip("no systemd-analyze on this host") }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        return try runProcess(path, arguments)
     }
 
     func testExposureIsAtMostTwo() throws {
