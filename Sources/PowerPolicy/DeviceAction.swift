@@ -25,13 +25,23 @@ public enum DeviceAction: Hashable, Sendable {
     /// `exitFailed(errno)`. Draining right after the EXIT is what lets the core tell the wake
     /// EXIT itself causes (on a suspended one-shot device) from the device's own wakes.
     case exitLowPower
+    /// `vmm` devices: find the process that holds the device's group and, if it may be
+    /// adopted, duplicate its device file (pidfd_getfd) and create the wakeup eventfd; watch
+    /// the holder's pidfd either way. Never opens the device and makes no ioctl.
+    /// Outcome: `adopted(_:method:)`, `adoptionRefused(_:_:)` or `noVMM`.
+    case adopt
+    /// `vmm` devices: read `power_state` and `power/runtime_status` (files that never wake the
+    /// device) and check that the VMM still holds its device file. Outcome: `sampled(_:)`.
+    case sampleGuest
     /// (Re)schedule the device's one timer to fire once after the duration; a running timer
     /// is replaced. Outcome: `timerFired` when it expires.
     case startTimer(Duration)
     /// Stop the device's timer if it runs. No outcome.
     case cancelTimer
     /// Close the device fd (the kernel then exits low power, resets the device and lets the
-    /// unbind of a removed device finish). Never fails; no outcome.
+    /// unbind of a removed device finish). For a `vmm` device: close the duplicate and stop
+    /// watching the holder; the VMM's own file keeps the device (and its low power) as it is.
+    /// Never fails; no outcome.
     case close
     /// Tell the operator. The daemon maps these to journal messages; the core never logs.
     case log(PolicyEvent)
@@ -71,4 +81,12 @@ public enum PolicyEvent: Hashable, Sendable {
     /// The operator woke the device; it is kept out of low power for `for` (nil: until the
     /// operator arms it again).
     case heldAwake(for: Duration?)
+    /// `vmm`: the daemon holds a duplicate of the VMM's device file now.
+    case adopted(VMMHolder, AdoptionMethod)
+    /// `vmm`: a process holds the device, and the daemon leaves it alone (until it exits).
+    case adoptionRefused(VMMHolder, AdoptionRefusal)
+    /// `vmm`: the duplicate was closed, so the next VM can start on the device.
+    case vmmReleased(VMMHolder, ReleaseReason)
+    /// `vmm`: armed (one-shot) because the guest has put the device into D3hot.
+    case armedInGuestD3
 }

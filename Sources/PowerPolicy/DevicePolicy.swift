@@ -8,6 +8,8 @@ public struct DevicePolicy: Equatable, Hashable, Sendable {
     /// picks it up) without touching the device. Differs from `mode = off` only in intent:
     /// `enabled = false` is "temporarily out of service", `off` is "never power-manage this".
     public var enabled: Bool
+    /// Where the daemon gets the device's fd from (PRODUCT.md, "device source").
+    public var source: Source
     public var mode: Mode
     public var trigger: Trigger
     /// How long a one-shot device must stay quiet (awake, untouched by us) after a wake
@@ -17,17 +19,38 @@ public struct DevicePolicy: Equatable, Hashable, Sendable {
     public var d3cold: D3cold
     public var onStop: OnStop
 
-    public init(name: String? = nil, enabled: Bool = true, mode: Mode = .oneShot,
-                trigger: Trigger = .immediate, rearmDelay: Duration = .seconds(30),
-                flapGuard: FlapGuard = FlapGuard(), d3cold: D3cold = .allow, onStop: OnStop = .exit) {
+    /// `trigger` and `onStop` default to what `source` calls for (`Source.defaultTrigger`,
+    /// `Source.defaultOnStop`).
+    public init(name: String? = nil, enabled: Bool = true, source: Source = .vmm, mode: Mode = .oneShot,
+                trigger: Trigger? = nil, rearmDelay: Duration = .seconds(30),
+                flapGuard: FlapGuard = FlapGuard(), d3cold: D3cold = .allow, onStop: OnStop? = nil) {
         self.name = name
         self.enabled = enabled
+        self.source = source
         self.mode = mode
-        self.trigger = trigger
+        self.trigger = trigger ?? source.defaultTrigger
         self.rearmDelay = rearmDelay
         self.flapGuard = flapGuard
         self.d3cold = d3cold
-        self.onStop = onStop
+        self.onStop = onStop ?? source.defaultOnStop
+    }
+
+    /// How the daemon gets hold of the device.
+    public enum Source: String, CaseIterable, Hashable, Sendable, CustomStringConvertible {
+        /// The device belongs to VMs. The daemon never opens it: it adopts the open file of the
+        /// VMM that holds it (pidfd_getfd(2)) and releases it the moment the VMM exits, so the
+        /// next VM can start.
+        case vmm = "vmm"
+        /// The daemon opens the device itself (the group path). While it holds the device no
+        /// VM can use it: for devices the host keeps for itself.
+        case own = "own"
+        public var description: String { rawValue }
+
+        /// `vmm` devices arm only while their guest has them in D3hot; `own` devices at once.
+        public var defaultTrigger: Trigger { self == .vmm ? .guestD3 : .immediate }
+        /// A `vmm` device is left as its guest put it (asleep stays asleep: the guest's next D0
+        /// write wakes it); an `own` device is handed back awake.
+        public var defaultOnStop: OnStop { self == .vmm ? .keep : .exit }
     }
 
     /// Which low-power entry the daemon asks for.
@@ -43,10 +66,17 @@ public struct DevicePolicy: Equatable, Hashable, Sendable {
         public var description: String { rawValue }
     }
 
-    /// What makes the daemon arm. Only `immediate` exists today; `guest-d3` (arm when the guest
-    /// has put the device into D3hot) will be a second case.
+    /// What makes the daemon arm.
     public enum Trigger: String, CaseIterable, Hashable, Sendable, CustomStringConvertible {
+        /// `own` devices: arm when managed, and after each wake once the re-arm delay has
+        /// passed quietly.
         case immediate = "immediate"
+        /// `vmm` devices (the only trigger they allow): arm while the guest has put the device
+        /// into D3hot (sysfs `power_state`, sampled while the device is awake). In D3hot the
+        /// guest cannot reach the BARs anyway, so arming adds no risk it did not take itself;
+        /// arming a device the guest uses (D0) would kill its VM with SIGBUS at the next BAR
+        /// access. After a wake (the guest's D0 write), wait for the next D3hot.
+        case guestD3 = "guest-d3"
         public var description: String { rawValue }
     }
 
@@ -65,9 +95,9 @@ public struct DevicePolicy: Equatable, Hashable, Sendable {
     public enum OnStop: String, CaseIterable, Hashable, Sendable, CustomStringConvertible {
         /// Exit low power, then close: the device is left awake and usable.
         case exit = "exit"
-        /// Close without the explicit exit. Today this ends the same way, because the kernel
-        /// exits low power itself when the last fd of the device closes; it starts to matter
-        /// once the daemon hands its fds to systemd's fd store across restarts.
+        /// Close without the explicit exit. For a `vmm` device (its default) the VMM still holds
+        /// the device, so it stays in low power and the guest's next D0 write wakes it. For an
+        /// `own` device the kernel exits low power itself when the last fd closes.
         case keep = "keep"
         public var description: String { rawValue }
     }
@@ -95,6 +125,7 @@ public struct DevicePolicy: Equatable, Hashable, Sendable {
     /// on-stop, flap-guard numbers). Used by the daemon's reload to skip unchanged devices and
     /// by the state machine to decide between "no action" and an exit/arm cycle.
     func affectsDevice(comparedTo other: DevicePolicy) -> Bool {
-        isManaged != other.isManaged || (isManaged && (mode != other.mode || trigger != other.trigger || d3cold != other.d3cold))
+        isManaged != other.isManaged
+            || (isManaged && (source != other.source || mode != other.mode || trigger != other.trigger || d3cold != other.d3cold))
     }
 }

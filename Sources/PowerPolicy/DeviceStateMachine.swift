@@ -29,9 +29,19 @@ public struct DeviceStateMachine: Sendable {
     /// What the daemon last wrote to `d3cold_allowed` for this device (nil: never, or the
     /// device has been re-added since, so the kernel's default is back).
     private var d3coldWritten: Bool?
+    /// `vmm`: the process whose device file the daemon holds (or that it leaves alone).
+    public private(set) var holder: VMMHolder?
+    /// `vmm`: how often an adopted, awake device's guest power state is sampled (the daemon's
+    /// `guest_d3_interval`); used from the next sample on.
+    public var guestD3Interval: Duration
 
-    public init(policy: DevicePolicy) {
+    /// A VMM that has opened the group but has no device file yet is asked again after this
+    /// long (QEMU opens the group, then the container, then the device).
+    public static let deviceFileRetryDelay: Duration = .milliseconds(250)
+
+    public init(policy: DevicePolicy, guestD3Interval: Duration = .seconds(1)) {
         self.policy = policy
+        self.guestD3Interval = guestD3Interval
     }
 
     // MARK: State
@@ -59,6 +69,18 @@ public struct DeviceStateMachine: Sendable {
         /// No low-power feature; closed; never retried.
         case unsupported
         case stopped
+        /// `vmm`: no VMM holds the device (the kernel keeps it suspended by itself); nothing
+        /// open, nothing sampled. Left by `vmmMayHaveOpened`.
+        case idle
+        /// `vmm`: outcome of `adopt` pending.
+        case adopting
+        /// `vmm`: a process holds the device and the daemon leaves it alone until it exits
+        /// (`holder`); for `noDeviceFile` the timer asks again.
+        case notAdopted(AdoptionRefusal)
+        /// `vmm`: adopted, awake, the guest uses it; the timer samples its power state.
+        case guestActive
+        /// `vmm`: outcome of `sampleGuest` pending.
+        case sampling
     }
 
     private struct Arming: Sendable {
@@ -74,6 +96,8 @@ public struct DeviceStateMachine: Sendable {
         case operatorRequest
         /// After EINVAL "already engaged" and an EXIT: a second EINVAL means give up.
         case afterTakeover
+        /// `vmm`: a sample found the guest had put the device into D3hot.
+        case guestD3
     }
 
     private struct LowPower: Sendable {
@@ -117,6 +141,10 @@ public struct DeviceStateMachine: Sendable {
         case .gone: .gone
         case .unsupported: .unsupported
         case .stopped: .stopped
+        case .idle: .idle
+        case .adopting: .adopting
+        case .notAdopted(let refusal): .notAdopted(holder, refusal)
+        case .guestActive, .sampling: .guestActive
         }
     }
 
@@ -134,8 +162,19 @@ public struct DeviceStateMachine: Sendable {
             state = .disabled
             return []
         }
-        state = .opening
-        return [.open]
+        return startManaging()
+    }
+
+    /// `own`: open. `vmm`: look for a VMM that holds the device already.
+    private mutating func startManaging() -> [DeviceAction] {
+        switch policy.source {
+        case .own:
+            state = .opening
+            return [.open]
+        case .vmm:
+            state = .adopting
+            return [.adopt]
+        }
     }
 
     /// The device is open, its eventfd exists, and the low-power feature probed fine.
@@ -173,6 +212,9 @@ public struct DeviceStateMachine: Sendable {
         switch arming.reason {
         case .initial, .policyChange, .afterTakeover, .operatorRequest:
             actions.append(.log(.armed(arming.mode)))
+        case .guestD3:
+            // A flapping guest is summarised, like a flapping device.
+            if flap.episode == nil { actions.append(.log(.armedInGuestD3)) }
         case .rearm(let wokeAt):
             // A flapping device is summarised, not logged per re-arm.
             if flap.episode == nil { actions.append(.log(.rearmed(arming.mode, quietFor: now - wokeAt))) }
@@ -266,6 +308,100 @@ public struct DeviceStateMachine: Sendable {
         return [.close, .log(.d3coldWriteFailed(errno, explanation: "could not forbid D3cold, so the device is not armed (its policy says it may not resume from D3cold)"))]
     }
 
+    // MARK: vmm events
+
+    /// `vmm`: a process may have opened the device's group (inotify saw an open of the group
+    /// node, the fallback scan found a VMM, or the operator said `vfio-powerctl adopt`).
+    /// Looked into only where no VMM is known: an adopted device is not adopted twice.
+    public mutating func vmmMayHaveOpened(now: MonotonicInstant) -> [DeviceAction] {
+        guard policy.source == .vmm, policy.isManaged else { return [] }
+        switch state {
+        case .idle, .failed:
+            state = .adopting
+            return [.adopt]
+        case .notAdopted(.noDeviceFile):
+            state = .adopting
+            return [.cancelTimer, .adopt]
+        default:
+            return []
+        }
+    }
+
+    /// `adopt` found the VMM and holds a duplicate of its device file (and a wakeup eventfd).
+    public mutating func adopted(_ holder: VMMHolder, method: AdoptionMethod, now: MonotonicInstant) -> [DeviceAction] {
+        guard case .adopting = state else { preconditionFailure("adopted without an adopt action in \(phase.name)") }
+        self.holder = holder
+        flap = FlapState()
+        state = .sampling
+        return [.log(.adopted(holder, method)), .sampleGuest]
+    }
+
+    /// `adopt` found a holder that the daemon leaves alone (it watches the holder's exit).
+    public mutating func adoptionRefused(_ holder: VMMHolder, _ refusal: AdoptionRefusal, now: MonotonicInstant) -> [DeviceAction] {
+        guard case .adopting = state else { preconditionFailure("adoptionRefused without an adopt action in \(phase.name)") }
+        // A VMM that is still starting is asked again quietly; the rest is said once per holder.
+        let alreadySaid = self.holder == holder
+        self.holder = holder
+        state = .notAdopted(refusal)
+        if refusal == .noDeviceFile {
+            return [.startTimer(Self.deviceFileRetryDelay)]
+        }
+        if case .notPermitted(let errno) = refusal {
+            statistics.lastError = DeviceFailure(operation: .adopt, errno: errno, at: now)
+        }
+        return alreadySaid ? [] : [.log(.adoptionRefused(holder, refusal))]
+    }
+
+    /// `adopt` found no process holding the group.
+    public mutating func noVMM(now: MonotonicInstant) -> [DeviceAction] {
+        guard case .adopting = state else { preconditionFailure("noVMM without an adopt action in \(phase.name)") }
+        holder = nil
+        state = .idle
+        return []
+    }
+
+    /// `vmm`: the holder exited (its pidfd became readable). The duplicate is closed at once:
+    /// while it is open, the next VM cannot start on the device.
+    public mutating func vmmExited(now: MonotonicInstant) -> [DeviceAction] {
+        release(.vmmExited, now: now)
+    }
+
+    /// `sampleGuest` read the device's power state.
+    public mutating func sampled(_ sample: GuestPowerSample, now: MonotonicInstant) -> [DeviceAction] {
+        guard case .sampling = state else { preconditionFailure("sampled without a sampleGuest action in \(phase.name)") }
+        state = .guestActive
+        guard sample.vmmHoldsDevice else { return release(.vmmClosedDevice, now: now) }
+        if sample.isGuestD3 {
+            return beginArming(.oneShot, reason: .guestD3)
+        }
+        // In D0 the guest may touch the BARs at any moment: arming would kill its VM. Suspended
+        // already (armed by someone else, such as a daemon run that was killed): arming would
+        // wake it. Either way, look again later.
+        return [.startTimer(guestD3Interval)]
+    }
+
+    /// Closes the duplicate of a `vmm` device whose VMM is gone or let go of the device, and
+    /// waits for the next VMM.
+    private mutating func release(_ reason: ReleaseReason, now: MonotonicInstant) -> [DeviceAction] {
+        guard policy.source == .vmm, let holder else { return [] }
+        switch state {
+        case .lowPower, .guestActive, .waitingToRearm, .backingOff, .heldAwake:
+            endLowPowerPeriod(now: now)
+            self.holder = nil
+            state = .idle
+            return [.cancelTimer, .close, .log(.vmmReleased(holder, reason))]
+        case .notAdopted, .failed:
+            // Nothing duplicated: stop watching the holder.
+            self.holder = nil
+            state = .idle
+            return [.cancelTimer, .close]
+        case .opening, .arming, .exiting, .adopting, .sampling:
+            preconditionFailure("vmm release while the outcome of the last action is pending in \(phase.name); report it first")
+        case .unconfigured, .disabled, .gone, .unsupported, .stopped, .idle:
+            return []
+        }
+    }
+
     /// The wakeup eventfd was read: `count` signals coalesced since the last read.
     public mutating func woke(count: UInt64, now: MonotonicInstant) -> [DeviceAction] {
         guard count > 0 else {
@@ -323,7 +459,7 @@ public struct DeviceStateMachine: Sendable {
         }
         if policy.rearmDelay == .zero {
             // No quiet period asked for: arm again at once, without a trip through a timer.
-            return [.log(.woke(count: count, inLowPowerFor: inLowPowerFor))] + beginArming(.oneShot, reason: .rearm(wokeAt: now))
+            return [.log(.woke(count: count, inLowPowerFor: inLowPowerFor))] + quietPeriodOver(wokeAt: now)
         }
         state = .waitingToRearm(until: now + policy.rearmDelay, wokeAt: now)
         return [.log(.woke(count: count, inLowPowerFor: inLowPowerFor)), .startTimer(policy.rearmDelay)]
@@ -335,16 +471,23 @@ public struct DeviceStateMachine: Sendable {
             // An expiry before the deadline belongs to a timer that was replaced (the re-arm
             // delay changed): the replacement fires later.
             guard now >= until else { return [] }
-            return beginArming(.oneShot, reason: .rearm(wokeAt: wokeAt))
+            return quietPeriodOver(wokeAt: wokeAt)
         case .heldAwake(let until):
             guard let until, now >= until else { return [] }
+            if policy.source == .vmm { return sampleGuest() }
             return beginArming(armMode, reason: .operatorRequest)
+        case .guestActive:
+            return sampleGuest()
+        case .notAdopted(.noDeviceFile):
+            state = .adopting
+            return [.adopt]
         case .lowPower(var lowPower):
             guard let quietCheckAt = lowPower.quietCheckAt, now >= quietCheckAt else { return [] }
             lowPower.quietCheckAt = nil
             state = .lowPower(lowPower)
             return [endFlapping(now: now)]
-        case .unconfigured, .disabled, .opening, .arming, .exiting, .failed, .gone, .unsupported, .stopped:
+        case .unconfigured, .disabled, .opening, .arming, .exiting, .failed, .gone, .unsupported, .stopped,
+             .idle, .adopting, .notAdopted, .sampling:
             // A timer that was cancelled after its expiry was already queued.
             return []
         }
@@ -355,20 +498,27 @@ public struct DeviceStateMachine: Sendable {
         switch state {
         case .lowPower(let lowPower):
             endLowPowerPeriod(now: now)
+            holder = nil
             state = .gone
             return (lowPower.quietCheckAt == nil ? [] : [.cancelTimer]) + [.close, .log(.deviceGone(nil))]
-        case .waitingToRearm, .backingOff, .heldAwake:
+        case .waitingToRearm, .backingOff, .heldAwake, .guestActive:
+            holder = nil
             state = .gone
             return [.cancelTimer, .close, .log(.deviceGone(nil))]
-        case .failed:
-            // Already closed; from gone, `returned` reopens it.
+        case .notAdopted:
+            // Nothing duplicated; stop watching the holder.
+            holder = nil
+            state = .gone
+            return [.cancelTimer, .close]
+        case .failed, .idle:
+            // Nothing open; from gone, `returned` takes it up again.
             state = .gone
             return []
         case .unconfigured, .disabled, .gone, .unsupported, .stopped:
             // Nothing open: nothing to release (a second notice of the same removal, or a
             // device the daemon does not manage).
             return []
-        case .opening, .arming, .exiting:
+        case .opening, .arming, .exiting, .adopting, .sampling:
             preconditionFailure("removed(now:) while the outcome of the last action is pending in \(phase.name); report it first")
         }
     }
@@ -382,8 +532,7 @@ public struct DeviceStateMachine: Sendable {
                 state = .disabled
                 return [.log(.deviceBack)]
             }
-            state = .opening
-            return [.log(.deviceBack), .open]
+            return [.log(.deviceBack)] + startManaging()
         default:
             // Present all along, or a repeated notice: nothing to do.
             return []
@@ -394,6 +543,9 @@ public struct DeviceStateMachine: Sendable {
     /// the daemon relies on it to leave unchanged devices untouched (any ioctl wakes them).
     public mutating func policyChanged(_ newPolicy: DevicePolicy, now: MonotonicInstant) -> [DeviceAction] {
         guard newPolicy != policy else { return [] }
+        // The daemon manages a device under a new source with a new machine (how it holds the
+        // device changes completely).
+        precondition(newPolicy.source == policy.source, "policyChanged across device sources; make a new DeviceStateMachine")
         let old = policy
         policy = newPolicy
         switch state {
@@ -402,18 +554,37 @@ public struct DeviceStateMachine: Sendable {
             return []
         case .disabled:
             guard newPolicy.isManaged else { return [] }
-            state = .opening
-            return [.open]
+            return startManaging()
         case .failed:
             guard newPolicy.affectsDevice(comparedTo: old) else { return [] }
             guard newPolicy.isManaged else {
                 state = .disabled
                 return []
             }
-            state = .opening
-            return [.open]
-        case .opening, .arming, .exiting:
+            return startManaging()
+        case .opening, .arming, .exiting, .adopting, .sampling:
             preconditionFailure("policyChanged while the outcome of the last action is pending in \(phase.name); report it first")
+        case .idle:
+            if !newPolicy.isManaged { state = .disabled }
+            return []
+        case .notAdopted:
+            guard !newPolicy.isManaged else { return [] }
+            holder = nil
+            state = .disabled
+            return [.cancelTimer, .close]
+        case .guestActive:
+            guard !newPolicy.isManaged else { return [] }
+            holder = nil
+            state = .disabled
+            return [.cancelTimer, .close, .log(.released)]
+        case .lowPower(let lowPower) where policy.source == .vmm:
+            // The VMM holds the device: closing the duplicate leaves it asleep, and the guest's
+            // next D0 write wakes it. Other changes apply from the next decision on.
+            guard !newPolicy.isManaged else { return [] }
+            endLowPowerPeriod(now: now)
+            holder = nil
+            state = .disabled
+            return (lowPower.quietCheckAt == nil ? [] : [.cancelTimer]) + [.close, .log(.released)]
         case .lowPower(let lowPower):
             let cancel: [DeviceAction] = lowPower.quietCheckAt == nil ? [] : [.cancelTimer]
             if !newPolicy.isManaged {
@@ -433,6 +604,7 @@ public struct DeviceStateMachine: Sendable {
         case .waitingToRearm(let until, let wokeAt), .backingOff(let until, let wokeAt):
             let isBackingOff = if case .backingOff = state { true } else { false }
             if !newPolicy.isManaged {
+                holder = nil
                 state = .disabled
                 return [.cancelTimer, .close, .log(.released)]
             }
@@ -445,7 +617,7 @@ public struct DeviceStateMachine: Sendable {
             if !isBackingOff && newPolicy.rearmDelay != old.rearmDelay {
                 let newUntil = wokeAt + newPolicy.rearmDelay
                 if newUntil <= now {
-                    return [.cancelTimer] + beginArming(.oneShot, reason: .rearm(wokeAt: wokeAt))
+                    return [.cancelTimer] + quietPeriodOver(wokeAt: wokeAt)
                 }
                 state = .waitingToRearm(until: newUntil, wokeAt: wokeAt)
                 return [.startTimer(newUntil - now)]
@@ -455,6 +627,7 @@ public struct DeviceStateMachine: Sendable {
             return []
         case .heldAwake:
             if !newPolicy.isManaged {
+                holder = nil
                 state = .disabled
                 return [.cancelTimer, .close, .log(.released)]
             }
@@ -474,19 +647,19 @@ public struct DeviceStateMachine: Sendable {
                 state = .exiting(then: .closeAndStop)
                 return cancel + [.exitLowPower]
             case .keep:
-                // The kernel exits low power itself when the last fd closes; `keep` only
-                // keeps the device asleep once the daemon parks its fds in systemd's fd store.
+                // `vmm`: the VMM's own file keeps the device in low power until the guest's
+                // next D0 write. `own`: the kernel exits low power itself when the fd closes.
                 state = .stopped
                 return cancel + [.close]
             }
-        case .waitingToRearm, .backingOff, .heldAwake:
-            // Disarmed and awake already: no exit needed.
+        case .waitingToRearm, .backingOff, .heldAwake, .guestActive, .notAdopted:
+            // Disarmed and awake already (or nothing duplicated): no exit needed.
             state = .stopped
             return [.cancelTimer, .close]
-        case .unconfigured, .disabled, .failed, .gone, .unsupported, .stopped:
+        case .unconfigured, .disabled, .failed, .gone, .unsupported, .stopped, .idle:
             state = .stopped
             return []
-        case .opening, .arming, .exiting:
+        case .opening, .arming, .exiting, .adopting, .sampling:
             preconditionFailure("stopRequested while the outcome of the last action is pending in \(phase.name); report it first")
         }
     }
@@ -499,12 +672,12 @@ public struct DeviceStateMachine: Sendable {
             endLowPowerPeriod(now: now)
             state = .exiting(then: .holdAwake(until: until))
             return (lowPower.quietCheckAt == nil ? [] : [.cancelTimer]) + [.exitLowPower]
-        case .waitingToRearm, .backingOff, .heldAwake:
+        case .waitingToRearm, .backingOff, .heldAwake, .guestActive:
             // Already awake and disarmed: only the deadline changes.
             return [.cancelTimer] + holdAwake(until: until, now: now)
-        case .unconfigured, .disabled, .failed, .gone, .unsupported, .stopped:
+        case .unconfigured, .disabled, .failed, .gone, .unsupported, .stopped, .idle, .notAdopted:
             return []
-        case .opening, .arming, .exiting:
+        case .opening, .arming, .exiting, .adopting, .sampling:
             preconditionFailure("wakeRequested while the outcome of the last action is pending in \(phase.name); report it first")
         }
     }
@@ -512,35 +685,46 @@ public struct DeviceStateMachine: Sendable {
     /// The operator asked to arm the device now: a device held awake, or waiting to re-arm,
     /// is armed at once; a failed or missing one is opened again. Already in low power, or
     /// not managed: nothing to do.
+    ///
+    /// `vmm` devices are never armed on request while their guest may use them: the request
+    /// ends a hold or a wait and samples at once, and the device is armed only if the guest
+    /// has it in D3hot. An idle `vmm` device is looked at for a VMM (`vfio-powerctl adopt`).
     public mutating func armRequested(now: MonotonicInstant) -> [DeviceAction] {
         switch state {
-        case .heldAwake, .waitingToRearm, .backingOff:
+        case .heldAwake, .waitingToRearm, .backingOff, .guestActive:
             var actions: [DeviceAction] = [.cancelTimer]
             if flap.episode != nil { actions.append(endFlapping(now: now)) }
+            if policy.source == .vmm { return actions + sampleGuest() }
             return actions + beginArming(armMode, reason: .operatorRequest)
         case .failed, .gone:
             guard policy.isManaged else { return [] }
             d3coldWritten = nil
-            state = .opening
-            return [.open]
+            return startManaging()
+        case .idle, .notAdopted:
+            return vmmMayHaveOpened(now: now)
         case .unconfigured, .disabled, .lowPower, .unsupported, .stopped:
             return []
-        case .opening, .arming, .exiting:
+        case .opening, .arming, .exiting, .adopting, .sampling:
             preconditionFailure("armRequested while the outcome of the last action is pending in \(phase.name); report it first")
-        }
-    }
-
-    /// The guest put the device into D3hot (sysfs `power_state`). Room for the `guest-d3`
-    /// trigger; with `immediate`, the only trigger today, it changes nothing.
-    public mutating func guestD3Observed(now: MonotonicInstant) -> [DeviceAction] {
-        switch policy.trigger {
-        case .immediate: return []
         }
     }
 
     // MARK: Helpers
 
     private var armMode: ArmMode { policy.mode == .reentrant ? .reentrant : .oneShot }
+
+    /// After a wake's quiet period: `own` arms again; `vmm` waits for the guest's next D3hot.
+    private mutating func quietPeriodOver(wokeAt: MonotonicInstant) -> [DeviceAction] {
+        switch policy.source {
+        case .own: beginArming(.oneShot, reason: .rearm(wokeAt: wokeAt))
+        case .vmm: sampleGuest()
+        }
+    }
+
+    private mutating func sampleGuest() -> [DeviceAction] {
+        state = .sampling
+        return [.sampleGuest]
+    }
 
     /// Flapping backs off from the re-arm delay, but never from less than a second: with
     /// `rearm_delay = "0s"` doubling nothing would leave the flap guard without teeth.
@@ -575,12 +759,17 @@ public struct DeviceStateMachine: Sendable {
             state = .unsupported
             return [.close, .log(.unsupported(errno, explanation: Self.noFeature))]
         }
+        // `.close` also stops watching a `vmm` device's holder.
+        holder = nil
         if errno.meansDeviceGone {
             state = .gone
             return [.close, .log(.deviceGone(errno))]
         }
         state = .failed("\(operation): \(errno.name)")
-        return [.close, .log(event(errno, "closing the device; retried when it returns, on reload, or when its policy changes"))]
+        let retried = policy.source == .vmm
+            ? "releasing the device; retried when a VMM opens it again, on reload, or when its policy changes"
+            : "closing the device; retried when it returns, on reload, or when its policy changes"
+        return [.close, .log(event(errno, retried))]
     }
 
     private mutating func endFlapping(now: MonotonicInstant) -> DeviceAction {
@@ -614,6 +803,13 @@ public enum DevicePhase: Hashable, Sendable, CustomStringConvertible {
     case gone
     case unsupported
     case stopped
+    /// `vmm`: no VMM holds the device.
+    case idle
+    case adopting
+    /// `vmm`: a process holds the device that the daemon leaves alone.
+    case notAdopted(VMMHolder?, AdoptionRefusal)
+    /// `vmm`: adopted and awake: the guest uses it (D0); its power state is sampled.
+    case guestActive
 
     /// A short name for status lines: "low power", "waiting to re-arm", "backing off", ...
     public var name: String {
@@ -631,6 +827,10 @@ public enum DevicePhase: Hashable, Sendable, CustomStringConvertible {
         case .gone: "gone"
         case .unsupported: "unsupported"
         case .stopped: "stopped"
+        case .idle: "idle"
+        case .adopting: "adopting"
+        case .notAdopted: "not adopted"
+        case .guestActive: "in use by the guest"
         }
     }
 
@@ -674,7 +874,7 @@ public struct DeviceStatistics: Hashable, Sendable {
 
 /// The last thing that went wrong with a device.
 public struct DeviceFailure: Hashable, Sendable {
-    public enum Operation: String, Hashable, Sendable { case open, arm, exit, setD3coldAllowed = "set d3cold_allowed" }
+    public enum Operation: String, Hashable, Sendable { case open, arm, exit, setD3coldAllowed = "set d3cold_allowed", adopt }
     public var operation: Operation
     public var errno: ErrorNumber
     public var at: MonotonicInstant

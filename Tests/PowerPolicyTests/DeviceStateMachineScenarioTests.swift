@@ -131,12 +131,12 @@ import Testing
     }
 
     @Test func offAndDisabledAreNeverOpened() {
-        var off = DeviceStateMachine(policy: DevicePolicy(mode: .off))
+        var off = DeviceStateMachine(policy: DevicePolicy(source: .own, mode: .off))
         #expect(off.handle(.configured, at: 0) == [])
         #expect(off.phase == .disabled)
         var lowPower = DeviceStateMachine(policy: oneShot)
         lowPower.handle(.configured, at: 0); lowPower.handle(.opened, at: 0); lowPower.handle(.armed, at: 0)
-        #expect(lowPower.handle(.policyChanged(DevicePolicy(mode: .off)), at: 5) == [.exitLowPower])
+        #expect(lowPower.handle(.policyChanged(DevicePolicy(source: .own, mode: .off)), at: 5) == [.exitLowPower])
         #expect(lowPower.handle(.exited(1), at: 5) == [.close, .log(.released)])
         #expect(lowPower.phase == .disabled)
     }

@@ -59,12 +59,12 @@ extension DeviceStateMachine {
     }
 }
 
-let oneShot = DevicePolicy()                                            // rearm 30s, 10 wakes / 10m, cap 1h
-let reentrant = DevicePolicy(mode: .reentrant)
-let forbidD3cold = DevicePolicy(d3cold: .forbid)
-let keepOnStop = DevicePolicy(onStop: .keep)
-let flappy = DevicePolicy(rearmDelay: .seconds(10), flapGuard: .init(maxWakes: 2, window: .seconds(600), backoffCap: .seconds(60)))
-let disabled = DevicePolicy(enabled: false)
+let oneShot = DevicePolicy(source: .own)                                            // rearm 30s, 10 wakes / 10m, cap 1h
+let reentrant = DevicePolicy(source: .own, mode: .reentrant)
+let forbidD3cold = DevicePolicy(source: .own, d3cold: .forbid)
+let keepOnStop = DevicePolicy(source: .own, onStop: .keep)
+let flappy = DevicePolicy(source: .own, rearmDelay: .seconds(10), flapGuard: .init(maxWakes: 2, window: .seconds(600), backoffCap: .seconds(60)))
+let disabled = DevicePolicy(enabled: false, source: .own)
 
 /// Named starting states, each reached through the real protocol from a fresh machine at t=0..
 enum Start: String, CaseIterable, Sendable {
@@ -72,7 +72,7 @@ enum Start: String, CaseIterable, Sendable {
 
     var policy: DevicePolicy {
         switch self {
-        case .disabled: DevicePolicy(enabled: false)
+        case .disabled: DevicePolicy(enabled: false, source: .own)
         case .backingOff: flappy
         default: oneShot
         }
@@ -133,7 +133,7 @@ let transitions: [Row] = operatorTransitions + [
     Row(start: .disabled, event: .timerFired, actions: [], phase: .disabled),
     Row(start: .disabled, event: .removed, actions: [], phase: .disabled),
     Row(start: .disabled, event: .returned, actions: [], phase: .disabled),
-    Row(start: .disabled, event: .policyChanged(DevicePolicy(name: "x", enabled: false)), actions: [], phase: .disabled, note: "still disabled"),
+    Row(start: .disabled, event: .policyChanged(DevicePolicy(name: "x", enabled: false, source: .own)), actions: [], phase: .disabled, note: "still disabled"),
     Row(start: .disabled, event: .policyChanged(oneShot), actions: [.open], phase: .opening, note: "enabled"),
     Row(start: .disabled, event: .stopRequested, actions: [], phase: .stopped),
     // opening
@@ -159,11 +159,11 @@ let transitions: [Row] = operatorTransitions + [
     Row(start: .lowPower, event: .removed, actions: [.close, goneLog], phase: .gone),
     Row(start: .lowPower, event: .returned, actions: [], phase: .lowPower(.oneShot, since: at(2))),
     Row(start: .lowPower, event: .policyChanged(oneShot), actions: [], phase: .lowPower(.oneShot, since: at(2)), note: "unchanged"),
-    Row(start: .lowPower, event: .policyChanged(DevicePolicy(name: "renamed")), actions: [], phase: .lowPower(.oneShot, since: at(2)), note: "label only"),
-    Row(start: .lowPower, event: .policyChanged(DevicePolicy(rearmDelay: .seconds(5))), actions: [], phase: .lowPower(.oneShot, since: at(2)), note: "delay: next time"),
+    Row(start: .lowPower, event: .policyChanged(DevicePolicy(name: "renamed", source: .own)), actions: [], phase: .lowPower(.oneShot, since: at(2)), note: "label only"),
+    Row(start: .lowPower, event: .policyChanged(DevicePolicy(source: .own, rearmDelay: .seconds(5))), actions: [], phase: .lowPower(.oneShot, since: at(2)), note: "delay: next time"),
     Row(start: .lowPower, event: .policyChanged(reentrant), actions: [.exitLowPower], phase: .exiting, note: "mode change"),
     Row(start: .lowPower, event: .policyChanged(forbidD3cold), actions: [.exitLowPower], phase: .exiting, note: "d3cold change"),
-    Row(start: .lowPower, event: .policyChanged(DevicePolicy(mode: .off)), actions: [.exitLowPower], phase: .exiting, note: "to off"),
+    Row(start: .lowPower, event: .policyChanged(DevicePolicy(source: .own, mode: .off)), actions: [.exitLowPower], phase: .exiting, note: "to off"),
     Row(start: .lowPower, event: .stopRequested, actions: [.exitLowPower], phase: .exiting),
     // waitingToRearm (woke at 100, until 130)
     Row(start: .waitingToRearm, event: .timerFired, time: 130, actions: [.arm(.oneShot)], phase: .arming),
@@ -171,8 +171,8 @@ let transitions: [Row] = operatorTransitions + [
     Row(start: .waitingToRearm, event: .woke(1), actions: [], phase: .waitingToRearm(until: at(130)), note: "disarmed: stale"),
     Row(start: .waitingToRearm, event: .removed, actions: [.cancelTimer, .close, goneLog], phase: .gone),
     Row(start: .waitingToRearm, event: .returned, actions: [], phase: .waitingToRearm(until: at(130))),
-    Row(start: .waitingToRearm, event: .policyChanged(DevicePolicy(rearmDelay: .seconds(60))), actions: [.startTimer(.seconds(50))], phase: .waitingToRearm(until: at(160)), note: "delay longer"),
-    Row(start: .waitingToRearm, event: .policyChanged(DevicePolicy(rearmDelay: .seconds(5))), actions: [.cancelTimer, .arm(.oneShot)], phase: .arming, note: "delay already over"),
+    Row(start: .waitingToRearm, event: .policyChanged(DevicePolicy(source: .own, rearmDelay: .seconds(60))), actions: [.startTimer(.seconds(50))], phase: .waitingToRearm(until: at(160)), note: "delay longer"),
+    Row(start: .waitingToRearm, event: .policyChanged(DevicePolicy(source: .own, rearmDelay: .seconds(5))), actions: [.cancelTimer, .arm(.oneShot)], phase: .arming, note: "delay already over"),
     Row(start: .waitingToRearm, event: .policyChanged(reentrant), actions: [.cancelTimer, .arm(.reentrant)], phase: .arming),
     Row(start: .waitingToRearm, event: .policyChanged(forbidD3cold), actions: [], phase: .waitingToRearm(until: at(130)), note: "written before next arm"),
     Row(start: .waitingToRearm, event: .policyChanged(disabled), actions: [.cancelTimer, .close, .log(.released)], phase: .disabled),
@@ -182,7 +182,7 @@ let transitions: [Row] = operatorTransitions + [
     Row(start: .backingOff, event: .timerFired, time: 119, actions: [], phase: .backingOff(until: at(120)), note: "early"),
     Row(start: .backingOff, event: .woke(2), actions: [], phase: .backingOff(until: at(120)), note: "stale"),
     Row(start: .backingOff, event: .removed, actions: [.cancelTimer, .close, goneLog], phase: .gone),
-    Row(start: .backingOff, event: .policyChanged(DevicePolicy(mode: .reentrant, rearmDelay: .seconds(10), flapGuard: flappy.flapGuard)),
+    Row(start: .backingOff, event: .policyChanged(DevicePolicy(source: .own, mode: .reentrant, rearmDelay: .seconds(10), flapGuard: flappy.flapGuard)),
         actions: [.cancelTimer, .log(.flappingEnded(suppressedWakes: 0, lasted: .seconds(10))), .arm(.reentrant)], phase: .arming),
     Row(start: .backingOff, event: .stopRequested, actions: [.cancelTimer, .close], phase: .stopped),
     // exiting (for stop)
@@ -194,7 +194,7 @@ let transitions: [Row] = operatorTransitions + [
     Row(start: .failed, event: .removed, actions: [], phase: .gone),
     Row(start: .failed, event: .woke(1), actions: [], phase: .failed(reason: "open: EBUSY")),
     Row(start: .failed, event: .timerFired, actions: [], phase: .failed(reason: "open: EBUSY")),
-    Row(start: .failed, event: .policyChanged(DevicePolicy(name: "x")), actions: [], phase: .failed(reason: "open: EBUSY"), note: "label only"),
+    Row(start: .failed, event: .policyChanged(DevicePolicy(name: "x", source: .own)), actions: [], phase: .failed(reason: "open: EBUSY"), note: "label only"),
     Row(start: .failed, event: .policyChanged(reentrant), actions: [.open], phase: .opening, note: "retry"),
     Row(start: .failed, event: .stopRequested, actions: [], phase: .stopped),
     // gone
@@ -269,7 +269,7 @@ let operatorTransitions: [Row] = [
     Row(start: .heldAwake, event: .returned, actions: [], phase: .heldAwake(until: nil)),
     Row(start: .heldAwake, event: .stopRequested, actions: [.cancelTimer, .close], phase: .stopped, note: "awake already: no EXIT"),
     Row(start: .heldAwake, event: .policyChanged(disabled), actions: [.cancelTimer, .close, .log(.released)], phase: .disabled),
-    Row(start: .heldAwake, event: .policyChanged(DevicePolicy(rearmDelay: .seconds(5))), actions: [], phase: .heldAwake(until: nil),
+    Row(start: .heldAwake, event: .policyChanged(DevicePolicy(source: .own, rearmDelay: .seconds(5))), actions: [], phase: .heldAwake(until: nil),
         note: "the hold stands"),
     // Arm: now, from any awake state; a failed or missing device is opened again.
     Row(start: .heldAwake, event: .armRequested, actions: [.cancelTimer, .arm(.oneShot)], phase: .arming),
@@ -301,7 +301,7 @@ let operatorTransitions: [Row] = [
 }
 
 @Suite struct ZeroRearmDelay {
-    let immediate = DevicePolicy(rearmDelay: .zero, flapGuard: .init(maxWakes: 2, window: .seconds(600), backoffCap: .seconds(60)))
+    let immediate = DevicePolicy(source: .own, rearmDelay: .zero, flapGuard: .init(maxWakes: 2, window: .seconds(600), backoffCap: .seconds(60)))
 
     @Test func aWakeIsReArmedAtOnceWithoutATimer() {
         var machine = DeviceStateMachine(policy: immediate)
