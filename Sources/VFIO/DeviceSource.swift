@@ -17,8 +17,9 @@ public protocol LowPowerDevice: AnyObject {
 
 extension VFIODevice: LowPowerDevice {}
 
-/// Where the daemon gets a device from (PRODUCT.md, "device source"). `own` opens it through
-/// VFIO; `handoff` and `adopt` will receive an fd from a VMM later.
+/// Where the daemon gets a device from (PRODUCT.md, "device source"): `own` opens it through
+/// VFIO; `vmm` adopts the open file of the VMM that holds it. The real kernel is
+/// `KernelDeviceSource`; tests and benchmarks use a simulated one.
 public protocol DeviceSource: AnyObject {
     /// Checks, opens and probes the device; nothing is armed.
     func openDevice(_ address: PCIAddress) throws(VFIOError) -> any LowPowerDevice
@@ -27,13 +28,62 @@ public protocol DeviceSource: AnyObject {
     func isAvailable(_ address: PCIAddress) -> Bool
     /// Writes d3cold_allowed (resumes the device: only before arming).
     func setD3coldAllowed(_ allowed: Bool, for address: PCIAddress) throws(SysfsError)
+
+    // MARK: vmm
+
+    /// Looks for the process that holds the device and duplicates its device file if its
+    /// executable is allowed. `candidates`: only these processes (the operator's pid, or the
+    /// fallback scan's VMMs); nil: every process.
+    func adopt(_ address: PCIAddress, candidates: [Int32]?, allowed: ExecutableAllowList) -> AdoptionOutcome
+    /// The running processes whose executable is allowed: one readlink per process, for the
+    /// fallback scan.
+    func runningVMMs(allowed: ExecutableAllowList) -> [Int32]
+    /// The device nodes whose open announces a VMM (for inotify).
+    func announcingNodes(_ address: PCIAddress) -> [FilePath]
+    /// `power_state` and `runtime_status` from sysfs (never wakes the device), and whether the
+    /// VMM still holds the adopted file. Nil when sysfs no longer has the device.
+    func sampleGuest(_ device: any LowPowerDevice) -> GuestSample?
 }
 
-/// The `own` source: the daemon opens devices itself through the group path.
-public final class OwnDeviceSource: DeviceSource, @unchecked Sendable {
-    public let session: VFIOSession
+/// One look at an adopted device, from files that never wake it.
+public struct GuestSample: Equatable, Sendable {
+    public var powerState: PCIPowerState
+    public var runtimeStatus: RuntimeStatus
+    public var vmmHoldsDevice: Bool
 
-    public init(session: VFIOSession) { self.session = session }
+    public init(powerState: PCIPowerState, runtimeStatus: RuntimeStatus, vmmHoldsDevice: Bool) {
+        self.powerState = powerState
+        self.runtimeStatus = runtimeStatus
+        self.vmmHoldsDevice = vmmHoldsDevice
+    }
+}
+
+/// The real kernel: `own` devices are opened through the group path, `vmm` devices adopted
+/// from their VMM (`VMMFinder`).
+public final class KernelDeviceSource: DeviceSource, @unchecked Sendable {
+    public let session: VFIOSession
+    public let finder: VMMFinder
+
+    public init(session: VFIOSession) {
+        self.session = session
+        self.finder = VMMFinder(sysfsRoot: session.preflight.sysfsRoot, devRoot: session.preflight.devRoot,
+                                procRoot: session.procRoot)
+    }
+
+    public func adopt(_ address: PCIAddress, candidates: [Int32]?, allowed: ExecutableAllowList) -> AdoptionOutcome {
+        finder.adopt(address, candidates: candidates, allowed: allowed)
+    }
+
+    public func runningVMMs(allowed: ExecutableAllowList) -> [Int32] { finder.runningVMMs(allowed: allowed) }
+
+    public func announcingNodes(_ address: PCIAddress) -> [FilePath] { finder.announcingNodes(address) }
+
+    public func sampleGuest(_ device: any LowPowerDevice) -> GuestSample? {
+        let sysfs = SysfsPCIDevice(address: device.address, sysfsRoot: session.preflight.sysfsRoot)
+        guard let powerState = try? sysfs.powerState(), let runtimeStatus = try? sysfs.runtimeStatus() else { return nil }
+        let holds = (device as? AdoptedDevice)?.vmmStillHoldsDevice() ?? true
+        return GuestSample(powerState: powerState, runtimeStatus: runtimeStatus, vmmHoldsDevice: holds)
+    }
 
     public func openDevice(_ address: PCIAddress) throws(VFIOError) -> any LowPowerDevice {
         try session.openDevice(address)

@@ -138,6 +138,24 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
         lock.withLock { injected[operation] = errno }
     }
 
+    /// What the guest last wrote to PMCSR (sysfs `power_state`), for `vmm` devices.
+    private var guestPowerState: PCIPowerState = .d0
+
+    /// The guest writes PMCSR through its VMM: a config access, so it resumes the device
+    /// (a one-shot entry fires and ends), and `power_state` follows the write.
+    public func guestWrites(_ state: PCIPowerState) {
+        lock.withLock {
+            guard !gone else { return }
+            resumeForCall()
+            guestPowerState = state
+        }
+    }
+
+    /// sysfs as the daemon samples it.
+    public var powerView: (powerState: PCIPowerState, runtimeStatus: RuntimeStatus) {
+        lock.withLock { (guestPowerState, suspended ? .suspended : .active) }
+    }
+
     // MARK: What a test can ask
 
     public var isSuspended: Bool { lock.withLock { suspended } }
@@ -192,11 +210,76 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
     }
 }
 
+/// A VMM process holding simulated devices, for `vmm` devices. Its "pidfd" is an eventfd that
+/// `exit()` signals: readable once it exits, as a pidfd is.
+public final class SimulatedVMM: @unchecked Sendable {
+    public let pid: Int32
+    public let executable: String
+    let exitNotifier: EventFD
+    private let lock = NSLock()
+    private var _devices: Set<PCIAddress>
+    private var _exited = false
+    /// Named device files: false plays a kernel before 6.18 with more than one device file.
+    let ambiguous: Bool
+
+    init(pid: Int32, executable: String, devices: Set<PCIAddress>, ambiguous: Bool) throws(Errno) {
+        self.pid = pid
+        self.executable = executable
+        self._devices = devices
+        self.ambiguous = ambiguous
+        self.exitNotifier = try EventFD()
+    }
+
+    public var devices: Set<PCIAddress> { lock.withLock { _devices } }
+    public var hasExited: Bool { lock.withLock { _exited } }
+
+    /// The process exits: its files close (the devices stay as they are) and its pidfd reads.
+    public func exit() {
+        lock.withLock {
+            _exited = true
+            _devices = []
+        }
+        try? exitNotifier.signal()
+    }
+
+    /// The guest unplugs a device: the VMM closes its file but runs on.
+    public func closeDevice(_ address: PCIAddress) {
+        _ = lock.withLock { _devices.remove(address) }
+    }
+}
+
+/// A duplicate of a simulated VMM's device file: the same open file, so the same low-power
+/// state; closing it leaves the VMM's file, and the device, as they are.
+final class SimulatedDuplicate: LowPowerDevice, @unchecked Sendable {
+    let device: SimulatedDevice
+    let vmm: SimulatedVMM
+    private let lock = NSLock()
+    private var closed = false
+
+    init(device: SimulatedDevice, vmm: SimulatedVMM) {
+        self.device = device
+        self.vmm = vmm
+    }
+
+    var address: PCIAddress { device.address }
+    var lowPowerSupport: LowPowerSupport { device.lowPowerSupport }
+    var removalRequest: EventFD? { nil }
+    var isClosed: Bool { lock.withLock { closed } }
+    func arm(_ entry: LowPowerEntry) throws(VFIOError) { try device.arm(entry) }
+    func exitLowPower() throws(VFIOError) { try device.exitLowPower() }
+    func noteWoke() { device.noteWoke() }
+    func close() { lock.withLock { closed = true } }
+}
+
 /// A device source over simulated devices: what the daemon's tests and the benchmarks use in
-/// place of `OwnDeviceSource`.
+/// place of `KernelDeviceSource`.
 public final class SimulatedDeviceSource: DeviceSource, @unchecked Sendable {
     private let lock = NSLock()
     private var devices: [PCIAddress: SimulatedDevice] = [:]
+    private var vmms: [SimulatedVMM] = []
+    private var duplicates: [SimulatedDuplicate] = []
+    private var nextPID: Int32 = 4000
+    private var _adoptions = 0
     private var openErrors: [PCIAddress: VFIOError] = [:]
     private var d3coldWrites: [PCIAddress: [Bool]] = [:]
     private var _opens: [PCIAddress: Int] = [:]
@@ -269,5 +352,59 @@ public final class SimulatedDeviceSource: DeviceSource, @unchecked Sendable {
 
     public func setD3coldAllowed(_ allowed: Bool, for address: PCIAddress) throws(SysfsError) {
         lock.withLock { d3coldWrites[address, default: []].append(allowed) }
+    }
+
+    // MARK: vmm
+
+    /// Starts a VMM that holds `devices` (already plugged). `ambiguous` plays a kernel without
+    /// fdinfo names and a VMM with several device files.
+    @discardableResult
+    public func startVMM(holding devices: [PCIAddress], executable: String = "/usr/bin/qemu-system-x86_64",
+                         ambiguous: Bool = false) -> SimulatedVMM {
+        lock.withLock {
+            nextPID += 1
+            let vmm = try! SimulatedVMM(pid: nextPID, executable: executable, devices: Set(devices), ambiguous: ambiguous)
+            vmms.append(vmm)
+            return vmm
+        }
+    }
+
+    /// How many duplicates the daemon holds open now for `address`.
+    public func openDuplicates(_ address: PCIAddress) -> Int {
+        lock.withLock { duplicates.filter { $0.address == address && !$0.isClosed }.count }
+    }
+
+    /// Successful adoptions so far.
+    public var adoptions: Int { lock.withLock { _adoptions } }
+
+    public func adopt(_ address: PCIAddress, candidates: [Int32]?, allowed: ExecutableAllowList) -> AdoptionOutcome {
+        lock.withLock {
+            guard let device = devices[address] else { return .noHolder }
+            guard let vmm = vmms.last(where: { vmm in
+                !vmm.hasExited && vmm.devices.contains(address) && (candidates.map { $0.contains(vmm.pid) } ?? true)
+            }) else { return .noHolder }
+            let notifier = FileDescriptor(rawValue: dup(vmm.exitNotifier.descriptor.rawValue))
+            let process = VMMProcess(pid: vmm.pid, executable: vmm.executable, exitNotifier: notifier)
+            guard allowed.allows(vmm.executable) else { return .refused(process, .executableNotAllowed) }
+            if vmm.ambiguous { return .refused(process, .ambiguous(deviceFiles: vmm.devices.count)) }
+            let duplicate = SimulatedDuplicate(device: device, vmm: vmm)
+            duplicates.removeAll { $0.isClosed }
+            duplicates.append(duplicate)
+            _adoptions += 1
+            return .adopted(duplicate, process, method: .fdinfo)
+        }
+    }
+
+    public func runningVMMs(allowed: ExecutableAllowList) -> [Int32] {
+        lock.withLock { vmms.filter { !$0.hasExited && allowed.allows($0.executable) }.map(\.pid) }
+    }
+
+    public func announcingNodes(_ address: PCIAddress) -> [FilePath] { [] }
+
+    public func sampleGuest(_ device: any LowPowerDevice) -> GuestSample? {
+        guard let duplicate = device as? SimulatedDuplicate else { return nil }
+        let view = duplicate.device.powerView
+        return GuestSample(powerState: view.powerState, runtimeStatus: view.runtimeStatus,
+                           vmmHoldsDevice: duplicate.vmm.devices.contains(duplicate.address))
     }
 }

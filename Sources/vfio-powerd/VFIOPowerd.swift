@@ -63,7 +63,7 @@ struct VFIOPowerd: ParsableCommand {
         let logger = Logger(label: "vfio-powerd")
         let session = VFIOSession(sysfsRoot: FilePath(sysfsRoot))
         let manager = Manager(options: DaemonOptions(config: loadOptions, sysfsRoot: FilePath(sysfsRoot)),
-                              source: OwnDeviceSource(session: session), logger: logger)
+                              source: KernelDeviceSource(session: session), logger: logger)
         let control = ControlService(manager: manager, socketPath: controlSocket)
         let signals = SignalSources(queue: manager.queue)
         manager.queue.async {

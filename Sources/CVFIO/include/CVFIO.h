@@ -16,6 +16,9 @@
 #include <sys/eventfd.h>
 #include <sys/epoll.h>
 #include <malloc.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sys/inotify.h>
 #include <linux/vfio.h>
 
 // MARK: - Container and group (the group path, every kernel)
@@ -165,6 +168,39 @@ static inline int cvfio_epoll_ready(int epfd, uint64_t *tokens, int max) {
     int count = epoll_wait(epfd, events, max, 0);
     for (int i = 0; i < count; i++) tokens[i] = events[i].data.u64;
     return count;
+}
+
+// MARK: - pidfd (following the VMM that holds a device)
+
+/// pidfd_open(pid, 0): a descriptor that becomes readable when the process exits. syscall(2)
+/// is variadic, so Swift reaches it through here.
+static inline int cvfio_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+/// pidfd_getfd(pidfd, targetfd, 0): a duplicate of another process's open file (needs
+/// PTRACE_MODE_ATTACH_REALCREDS over it: CAP_SYS_PTRACE). The duplicate is close-on-exec.
+static inline int cvfio_pidfd_getfd(int pidfd, int targetfd) {
+    return (int)syscall(SYS_pidfd_getfd, pidfd, targetfd, 0);
+}
+
+// MARK: - inotify (a VMM opening a device's group node)
+
+static const uint32_t CVFIO_IN_OPEN = IN_OPEN;
+static const uint32_t CVFIO_IN_IGNORED = IN_IGNORED;
+static const uint32_t CVFIO_IN_Q_OVERFLOW = IN_Q_OVERFLOW;
+static const int CVFIO_INOTIFY_EVENT_SIZE = sizeof(struct inotify_event);
+
+/// inotify_init1(IN_NONBLOCK | IN_CLOEXEC).
+static inline int cvfio_inotify_init(void) { return inotify_init1(IN_NONBLOCK | IN_CLOEXEC); }
+
+/// The watch descriptor and mask of the event at `offset` in `buffer`; returns the offset of
+/// the next event (struct inotify_event has a flexible name member: it stays on this side).
+static inline size_t cvfio_inotify_event_at(const unsigned char *buffer, size_t offset,
+                                            int32_t *wd, uint32_t *mask) {
+    struct inotify_event event;
+    memcpy(&event, buffer + offset, sizeof(event));
+    *wd = event.wd;
+    *mask = event.mask;
+    return offset + sizeof(struct inotify_event) + event.len;
 }
 
 // MARK: - glibc's heap
