@@ -69,6 +69,8 @@ daemon-tests: build
 	@set -e; for k in $(LAB_KERNELS); do \
 		echo "== vfio-powerd under systemd on LAB_KERNEL=$$k"; \
 		LAB_KERNEL=$$k lab/lab.sh systemd --timeout 600 -- lab/tests/daemon.sh; \
+		echo "== vfio-powerd with Debian's QEMU holding a device, under systemd on LAB_KERNEL=$$k"; \
+		LAB_KERNEL=$$k lab/lab.sh systemd --timeout 600 -- lab/tests/vmm.sh; \
 	done
 
 # The main job on a real kernel: vfio-powerd under systemd in the lab, waking and re-arming
@@ -104,6 +106,9 @@ install: man
 	install -Dm644 config/vfio-powerd.conf $(DESTDIR)$(PREFIX)/share/doc/vfio-powerd/examples/vfio-powerd.conf
 	@for f in config/devices.d/*.conf; do \
 		install -Dm644 $$f $(DESTDIR)$(PREFIX)/share/doc/vfio-powerd/examples/devices.d/$$(basename $$f); \
+	done
+	@for f in config/hooks/*; do \
+		install -Dm755 $$f $(DESTDIR)$(PREFIX)/share/doc/vfio-powerd/examples/hooks/$$(basename $$f); \
 	done
 	install -dm755 $(DESTDIR)$(SYSCONFDIR)/vfio-powerd/devices.d
 	@test -e $(DESTDIR)$(SYSCONFDIR)/vfio-powerd/vfio-powerd.conf || \

@@ -34,7 +34,8 @@ struct ConfigFileParser {
 
     static let policyKeyNames = PolicyKey.allCases.map(\.rawValue)
     static let mainTopKeys = ["daemon", "defaults"]
-    static let daemonKeys = ["rescan_interval", "max_devices", "socket_group", "admin_group"]
+    static let daemonKeys = ["rescan_interval", "max_devices", "socket_group", "admin_group",
+                             "vmm_executables", "guest_d3_interval", "vmm_scan_interval"]
     static let deviceKeys = ["name", "enabled", "address", "match"] + policyKeyNames
     static let matchKeys = ["vendor", "device", "class", "driver"]
 
@@ -71,6 +72,36 @@ struct ConfigFileParser {
                         if let number = readInteger(value, path: path, range: 1...4096) {
                             daemon.maxDevices = .init(number, provenance(path))
                         }
+                    case "guest_d3_interval":
+                        if let duration = readDuration(value, path: path, range: .milliseconds(100) ... .seconds(60)) {
+                            daemon.guestD3Interval = .init(duration, provenance(path))
+                        }
+                    case "vmm_scan_interval":
+                        // 0s turns the fallback off (inotify and start hooks only).
+                        if let duration = readDuration(value, path: path, range: .zero ... .seconds(3600)) {
+                            guard duration == .zero || duration >= .seconds(1) else {
+                                problems.append(problem(valuePath: path, message:
+                                    "\(duration.configText) is out of range: \"0s\" (off) or between 1s and 1h"))
+                                continue
+                            }
+                            daemon.vmmScanInterval = .init(duration, provenance(path))
+                        }
+                    case "vmm_executables":
+                        guard let array = value.array, value.type == .array else {
+                            problems.append(problem(valuePath: path, message:
+                                "expected a list of executables like [\"qemu-system-*\", \"crosvm\"], got \(describe(value))"))
+                            continue
+                        }
+                        var patterns: [String] = []
+                        for index in 0..<array.count {
+                            guard let pattern = array[index].string, array[index].type == .string, !pattern.isEmpty else {
+                                problems.append(problem(valuePath: path, message:
+                                    "entry \(index + 1) is \(describe(array[index])): each entry is an executable's name or path (glob patterns allowed), like \"qemu-system-*\""))
+                                continue
+                            }
+                            patterns.append(pattern)
+                        }
+                        daemon.vmmExecutables = .init(patterns, provenance(path))
                     case "socket_group", "admin_group":
                         guard let name = readString(value, path: path, advice: "expected a group name like \"vfio-powerd\"") else { continue }
                         guard Self.isGroupName(name) else {
@@ -269,13 +300,12 @@ struct ConfigFileParser {
             }
             let source = provenance(keyPath)
             switch policyKey {
+            case .source:
+                if let choice: DevicePolicy.Source = readChoice(value, path: keyPath) { settings.source = .init(choice, source) }
             case .mode:
                 if let mode: DevicePolicy.Mode = readChoice(value, path: keyPath) { settings.mode = .init(mode, source) }
             case .trigger:
-                if value.string == "guest-d3" {
-                    problems.append(problem(valuePath: keyPath, message:
-                        "trigger \"guest-d3\" is not supported yet; use \"immediate\""))
-                } else if let trigger: DevicePolicy.Trigger = readChoice(value, path: keyPath) {
+                if let trigger: DevicePolicy.Trigger = readChoice(value, path: keyPath) {
                     settings.trigger = .init(trigger, source)
                 }
             case .rearmDelay:
@@ -322,6 +352,24 @@ struct ConfigFileParser {
             }
         }
         let prefix = path.first ?? ""
+        // What a device source allows: a VMM's guest must never meet a BAR that low power has
+        // blocked while it uses the device (measured: SIGBUS kills its VMM).
+        switch policy.source {
+        case .vmm:
+            if policy.trigger == .immediate, let key = reportKey(.trigger, .source) {
+                problems.append(problem(keyPath: path + [key.rawValue], keyName: "\(prefix).\(key.rawValue)", message:
+                    "\(describe(.trigger)) is refused for \(describe(.source)): arming a device while its guest uses it kills the VM (SIGBUS at its next BAR access); use trigger = \"guest-d3\", or source = \"own\" for a device the host keeps"))
+            }
+            if policy.mode == .reentrant, let key = reportKey(.mode, .source) {
+                problems.append(problem(keyPath: path + [key.rawValue], keyName: "\(prefix).\(key.rawValue)", message:
+                    "\(describe(.mode)) is refused for \(describe(.source)): re-entrant low power keeps the BARs blocked after the guest's D0 write, so its next BAR access kills the VM; use mode = \"oneshot\""))
+            }
+        case .own:
+            if policy.trigger == .guestD3, let key = reportKey(.trigger, .source) {
+                problems.append(problem(keyPath: path + [key.rawValue], keyName: "\(prefix).\(key.rawValue)", message:
+                    "\(describe(.trigger)) needs a guest: it is for source = \"vmm\"; an `own` device has none, use trigger = \"immediate\""))
+            }
+        }
         if policy.mode == .oneShot {
             if policy.flapGuard.window <= policy.rearmDelay, let key = reportKey(.flapWindow, .rearmDelay) {
                 problems.append(problem(keyPath: path + [key.rawValue], keyName: "\(prefix).\(key.rawValue)", message:

@@ -4,6 +4,7 @@ import VFIO
 /// The policy keys, as spelled in the files. Each can appear in `[defaults]` of
 /// vfio-powerd.conf and in any `[[device]]` entry.
 public enum PolicyKey: String, CaseIterable, Hashable, Sendable, Comparable {
+    case source
     case mode
     case trigger
     case rearmDelay = "rearm_delay"
@@ -26,6 +27,7 @@ public enum PolicyKey: String, CaseIterable, Hashable, Sendable, Comparable {
 /// during a reload). An entry that writes none holds one nil reference.
 public struct PolicySettings: Hashable, Sendable {
     private struct Values: Hashable, Sendable {
+        var source: Sourced<DevicePolicy.Source>?
         var mode: Sourced<DevicePolicy.Mode>?
         var trigger: Sourced<DevicePolicy.Trigger>?
         var rearmDelay: Sourced<Duration>?
@@ -49,6 +51,7 @@ public struct PolicySettings: Hashable, Sendable {
         set { box = newValue == Values() ? nil : Box(newValue) }
     }
 
+    public var source: Sourced<DevicePolicy.Source>? { get { values.source } set { values.source = newValue } }
     public var mode: Sourced<DevicePolicy.Mode>? { get { values.mode } set { values.mode = newValue } }
     public var trigger: Sourced<DevicePolicy.Trigger>? { get { values.trigger } set { values.trigger = newValue } }
     public var rearmDelay: Sourced<Duration>? { get { values.rearmDelay } set { values.rearmDelay = newValue } }
@@ -72,6 +75,7 @@ public struct PolicySettings: Hashable, Sendable {
             assign(&result.policy, setting.value)
             result.sources[key] = setting.source
         }
+        take(source, .source) { $0.source = $1 }
         take(mode, .mode) { $0.mode = $1 }
         take(trigger, .trigger) { $0.trigger = $1 }
         take(rearmDelay, .rearmDelay) { $0.rearmDelay = $1 }
@@ -80,6 +84,7 @@ public struct PolicySettings: Hashable, Sendable {
         take(flapBackoffMax, .flapBackoffMax) { $0.flapGuard.backoffCap = $1 }
         take(d3cold, .d3cold) { $0.d3cold = $1 }
         take(onStop, .onStop) { $0.onStop = $1 }
+        result.applySourceDefaults()
         return result
     }
 
@@ -98,9 +103,17 @@ public struct EffectivePolicy: Hashable, Sendable {
 
     public func source(of key: PolicyKey) -> Provenance { sources[key] ?? .builtInDefault }
 
+    /// `trigger` and `on_stop` that nobody wrote follow the device source: `guest-d3` and
+    /// `keep` for `vmm`, `immediate` and `exit` for `own`.
+    mutating func applySourceDefaults() {
+        if source(of: .trigger) == .builtInDefault { policy.trigger = policy.source.defaultTrigger }
+        if source(of: .onStop) == .builtInDefault { policy.onStop = policy.source.defaultOnStop }
+    }
+
     /// The value of `key` as the configuration spells it ("oneshot", "30s", "10").
     public func text(of key: PolicyKey) -> String {
         switch key {
+        case .source: policy.source.rawValue
         case .mode: policy.mode.rawValue
         case .trigger: policy.trigger.rawValue
         case .rearmDelay: policy.rearmDelay.configText
@@ -127,6 +140,15 @@ public struct DaemonSettings: Hashable, Sendable {
     /// The group whose members may also change things (Arm, Wake, Reload); root always may.
     /// Nil: root only.
     public var adminGroup: Sourced<String>? = nil
+    /// `vmm` devices: the executables (fnmatch patterns over the file name, or the whole path
+    /// when the pattern has a '/') whose device files the daemon adopts.
+    public var vmmExecutables: Sourced<[String]> = .init(ExecutableAllowList.defaultPatterns, .builtInDefault)
+    /// `vmm` devices: how often an adopted, awake device's `power_state` is sampled for the
+    /// guest's D3hot (it cannot be waited on).
+    public var guestD3Interval: Sourced<Duration> = .init(.seconds(1), .builtInDefault)
+    /// `vmm` devices: how often /proc is looked through for a VMM holding an idle device, for
+    /// VMMs whose open the daemon cannot see (libvirt's private /dev). Zero: never.
+    public var vmmScanInterval: Sourced<Duration> = .init(.seconds(5), .builtInDefault)
     public init() {}
 }
 

@@ -50,6 +50,12 @@ public final class ManagerClient {
         return try decode(call("Wake", .object(parameters)), "device")
     }
 
+    public func adopt(_ address: String, pid: Int32?) throws(ControlClientError) -> DeviceRecord {
+        var parameters: [String: JSONValue] = ["address": .string(address)]
+        if let pid { parameters["pid"] = .integer(Int64(pid)) }
+        return try decode(call("Adopt", .object(parameters)), "device")
+    }
+
     public func reload() throws(ControlClientError) {
         _ = try call("Reload")
     }

@@ -4,6 +4,13 @@ public struct DeviceRecord: Codable, Equatable, Sendable {
     public var name: String?
     public var driver: String?
     public var source: String
+    /// vmm: the process holding the device (adopted from, or left alone).
+    public var holderPid: Int64?
+    public var holderExecutable: String?
+    /// sysfs as the kernel had it: power_state, power/runtime_status, runtime_suspended_time.
+    public var powerState: String?
+    public var runtimeStatus: String?
+    public var runtimeSuspendedMs: Int64?
     public var mode: String
     public var state: String
     public var wakes: Int64

@@ -3,16 +3,17 @@
 public enum Rendering {
     /// `vfio-powerctl status`: the STATUS line, then one row per device.
     public static func statusTable(_ devices: [DeviceRecord], status: String, nowRealtimeUsec: Int64) -> String {
-        let header = ["DEVICE", "NAME", "DRIVER", "MODE", "STATE", "WAKES", "LAST WAKE", "LOW POWER"]
+        let header = ["DEVICE", "NAME", "SOURCE", "MODE", "STATE", "HOLDER", "WAKES", "LAST WAKE", "LOW POWER"]
         let rows = devices.map { device in
-            [device.address, device.name ?? "-", device.driver ?? "-", device.mode,
+            [device.address, device.name ?? "-", device.source, device.mode,
              device.state + (device.flapping && device.state != "backing off" ? " (flapping)" : ""),
+             holder(device) ?? "-",
              String(device.wakes),
              device.lastWakeRealtimeUsec.map { ago($0, now: nowRealtimeUsec) } ?? "-",
              device.lowPowerShare.map { percent($0) } ?? "-"]
         }
         // Numbers right-aligned, words left-aligned.
-        let rightAligned: Set<Int> = [5, 6, 7]
+        let rightAligned: Set<Int> = [6, 7, 8]
         var widths = header.map(\.count)
         for row in rows { for (index, cell) in row.enumerated() { widths[index] = max(widths[index], cell.count) } }
         func line(_ cells: [String]) -> String {
@@ -37,6 +38,11 @@ public enum Rendering {
             ("Mode", device.mode),
             ("State", device.state),
         ]
+        if let holder = holder(device) { lines.append(("Held by", holder)) }
+        if device.powerState != nil || device.runtimeStatus != nil {
+            lines.append(("Kernel", "power_state \(device.powerState ?? "?"), runtime_status \(device.runtimeStatus ?? "?")"
+                          + (device.runtimeSuspendedMs.map { ", suspended for \(duration($0 * 1000)) in all" } ?? "")))
+        }
         if let next = device.nextArmRealtimeUsec {
             lines.append(("Next arm", next > nowRealtimeUsec ? "in " + duration(next - nowRealtimeUsec) : "due"))
         }
@@ -63,6 +69,13 @@ public enum Rendering {
         if device.flapping { text += "; flapping" }
         if let error = device.lastError, ["failed", "gone", "unsupported"].contains(device.state) { text += "; \(error)" }
         return text
+    }
+
+    /// "qemu-system-x86_64 (pid 4242)"
+    static func holder(_ device: DeviceRecord) -> String? {
+        guard let pid = device.holderPid else { return nil }
+        let name = device.holderExecutable.map { $0.split(separator: "/").last.map(String.init) ?? $0 } ?? "?"
+        return "\(name) (pid \(pid))"
     }
 
     /// "3s ago", "5m ago", "2h ago", "3d ago".

@@ -49,6 +49,16 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
     case heldAwake
     /// A control client was refused a call that changes something (Arm, Wake, Reload).
     case controlRefused
+    /// A `vmm` device: the daemon duplicated the device file of the VMM that holds it.
+    case adopted
+    /// A `vmm` device: the duplicate was closed because the VMM exited or let go of the
+    /// device, so the next VM can start on it.
+    case vmmReleased
+    /// A `vmm` device: a process holds it that the daemon leaves alone (not an allowed VMM,
+    /// its device file cannot be told apart, or ptrace rights were refused).
+    case adoptionRefused
+    /// A `vmm` device: armed because its guest put it into D3hot.
+    case armedInGuestD3
 
     /// The journal MESSAGE_ID: 32 lowercase hex digits.
     public var messageID: String {
@@ -70,15 +80,19 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
         case .deviceReleased: return "12c86ff8cc4a4e28bc22e158ba399180"
         case .heldAwake: return "eaa63e2528604a3a9ab8067fce24a31c"
         case .controlRefused: return "d9ab805be9504611a34d8953c1ad03cf"
+        case .adopted: return "4bd9bcb50b4e4965ae021860a1a02ff6"
+        case .vmmReleased: return "2b2c4b5ee835458292ac55e78211c69c"
+        case .adoptionRefused: return "328d7da0c5e94e239e77ee26ae650300"
+        case .armedInGuestD3: return "ddb52301f2e44aa4bc327743d4f353e7"
         }
     }
 
     /// The level the daemon logs this event at (the journal's PRIORITY follows from it).
     public var defaultPriority: Logger.Level {
         switch self {
-        case .armed, .woke, .rearmed, .deviceReleased: return .info
-        case .started, .stopping, .reloaded, .flappingEnded, .deviceBack, .heldAwake: return .notice
-        case .flappingStarted, .deviceSkipped, .deviceGone, .controlRefused: return .warning
+        case .armed, .woke, .rearmed, .deviceReleased, .armedInGuestD3: return .info
+        case .started, .stopping, .reloaded, .flappingEnded, .deviceBack, .heldAwake, .adopted, .vmmReleased: return .notice
+        case .flappingStarted, .deviceSkipped, .deviceGone, .controlRefused, .adoptionRefused: return .warning
         case .configRejected, .armFailed, .wakeFailed: return .error
         }
     }
@@ -107,4 +121,9 @@ public enum JournalField {
     public static let lowPowerUsec = "VFIO_LOW_POWER_USEC"
     /// The errno of a failure, decimal (the journal's own well-known field name).
     public static let errno = "ERRNO"
+    /// How the daemon holds the device: `vmm` or `own`.
+    public static let source = "VFIO_SOURCE"
+    /// The VMM (or other process) holding a `vmm` device: its pid and executable.
+    public static let vmmPID = "VFIO_VMM_PID"
+    public static let vmmExecutable = "VFIO_VMM_EXE"
 }

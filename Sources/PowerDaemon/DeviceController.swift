@@ -44,6 +44,15 @@ final class DeviceController: @unchecked Sendable {
     private var timerArmed = false
     /// The most recent VFIO error, whose words are more precise than an errno.
     private var lastError: VFIOError?
+    /// `vmm`: the process that holds the device (adopted from or left alone), and the watch on
+    /// its pidfd.
+    private var vmm: VMMProcess?
+    private var vmmExitWatch: EventFDWatcher.Token?
+    /// `vmm`: which processes may be adopted from (the daemon's `vmm_executables`).
+    var allowedExecutables = ExecutableAllowList()
+    /// `vmm`: the processes the next look is limited to (the operator's pid, the fallback
+    /// scan's VMMs); nil: every process.
+    private var candidates: [Int32]?
     /// When the daemon began managing this entry (for the share of time in low power).
     let managedSince: MonotonicInstant
     /// What this device last added to the manager's STATUS tally (the manager's field).
@@ -54,6 +63,7 @@ final class DeviceController: @unchecked Sendable {
         let address: PCIAddress
         let name: String?
         let mode: DevicePolicy.Mode
+        let source: DevicePolicy.Source
         let error: VFIOError?
         let statistics: DeviceStatistics
         let now: MonotonicInstant
@@ -61,11 +71,12 @@ final class DeviceController: @unchecked Sendable {
         let addressText: String
         let label: String
 
-        init(address: PCIAddress, name: String?, mode: DevicePolicy.Mode, error: VFIOError?,
-             statistics: DeviceStatistics, now: MonotonicInstant, names: Names? = nil) {
+        init(address: PCIAddress, name: String?, mode: DevicePolicy.Mode, source: DevicePolicy.Source = .own,
+             error: VFIOError?, statistics: DeviceStatistics, now: MonotonicInstant, names: Names? = nil) {
             self.address = address
             self.name = name
             self.mode = mode
+            self.source = source
             self.error = error
             self.statistics = statistics
             self.now = now
@@ -122,6 +133,16 @@ final class DeviceController: @unchecked Sendable {
     func wake(for duration: Duration?) { run { machine, now in machine.wakeRequested(until: duration.map { now + $0 }, now: now) } }
     /// The operator's Arm.
     func arm() { run { $0.armRequested(now: $1) } }
+    /// `vmm`: a process may have opened the device (inotify, the fallback scan, the operator).
+    func vmmMayHaveOpened(candidates: [Int32]? = nil) {
+        self.candidates = candidates
+        run { $0.vmmMayHaveOpened(now: $1) }
+        self.candidates = nil
+    }
+    /// `vmm`: how often the guest's power state is sampled.
+    func setGuestD3Interval(_ interval: Duration) { machine.guestD3Interval = interval }
+    /// `vmm`: the VMM that holds the device, if one is known.
+    var vmmProcess: VMMProcess? { vmm }
 
     /// Feeds one event to the machine and carries out what it returns.
     private func run(_ event: (inout DeviceStateMachine, MonotonicInstant) -> [DeviceAction]) {
@@ -197,6 +218,21 @@ final class DeviceController: @unchecked Sendable {
         case .close:
             close()
             return nil
+        case .adopt:
+            return adopt()
+        case .sampleGuest:
+            guard let device, let sample = source.sampleGuest(device) else {
+                // sysfs no longer has the device: the VMM's file is all that is left of it.
+                return Outcome(event: { $0.sampled(GuestPowerSample(powerState: .other, runtimeSuspended: false, vmmHoldsDevice: false), now: $1) })
+            }
+            let powerState: GuestPowerSample.PowerState = switch sample.powerState {
+            case .d0: .d0
+            case .d3hot: .d3hot
+            default: .other
+            }
+            let guestSample = GuestPowerSample(powerState: powerState, runtimeSuspended: sample.runtimeStatus == .suspended,
+                                               vmmHoldsDevice: sample.vmmHoldsDevice)
+            return Outcome(event: { $0.sampled(guestSample, now: $1) })
         case .log(let event):
             delegate?.device(self, reported: event, context: context(clock.now()))
             return nil
@@ -205,8 +241,66 @@ final class DeviceController: @unchecked Sendable {
 
     func context(_ now: MonotonicInstant) -> Context {
         if names.name != policy.name { names = Names(address: address, name: policy.name) }
-        return Context(address: address, name: policy.name, mode: policy.mode, error: lastError,
+        return Context(address: address, name: policy.name, mode: policy.mode, source: policy.source, error: lastError,
                        statistics: machine.statistics, now: now, names: names)
+    }
+
+    // MARK: Adopting from a VMM
+
+    private func adopt() -> Outcome {
+        let outcome = source.adopt(address, candidates: candidates, allowed: allowedExecutables)
+        switch outcome {
+        case .noHolder:
+            return Outcome(event: { $0.noVMM(now: $1) })
+        case .failed(let error):
+            lastError = error
+            return Outcome(event: { $0.noVMM(now: $1) })
+        case .refused(let process, let problem):
+            follow(process)
+            let holder = VMMHolder(pid: process.pid, executable: process.executable)
+            let refusal: AdoptionRefusal = switch problem {
+            case .executableNotAllowed: .executableNotAllowed
+            case .ambiguous(let files): .ambiguous(deviceFiles: files)
+            case .noDeviceFile: .noDeviceFile
+            case .notPermitted(let errno): .notPermitted(ErrorNumber(errno.rawValue))
+            }
+            return Outcome(event: { $0.adoptionRefused(holder, refusal, now: $1) })
+        case .adopted(let adopted, let process, let basis):
+            let wakeup: EventFD
+            do {
+                wakeup = try EventFD()
+                wakeupWatch = try watcher.watch(wakeup) { [weak self] in self?.wakeupFired($0) }
+            } catch {
+                adopted.close()
+                follow(process)
+                let holder = VMMHolder(pid: process.pid, executable: process.executable)
+                return Outcome(event: { $0.adoptionRefused(holder, .notPermitted(ErrorNumber(error.rawValue)), now: $1) })
+            }
+            follow(process)
+            device = adopted
+            self.wakeup = wakeup
+            lastError = nil
+            let holder = VMMHolder(pid: process.pid, executable: process.executable)
+            let method: AdoptionMethod = basis == .fdinfo ? .fdinfo : .unambiguous
+            return Outcome(event: { $0.adopted(holder, method: method, now: $1) })
+        }
+    }
+
+    /// Watches the holder's pidfd: its exit releases the device.
+    private func follow(_ process: VMMProcess) {
+        if vmm === process { return }
+        stopFollowing()
+        vmm = process
+        vmmExitWatch = try? watcher.watchExit(process.exitNotifier, owner: process) { [weak self] in
+            self?.vmmExitWatch = nil
+            self?.run { $0.vmmExited(now: $1) }
+        }
+    }
+
+    private func stopFollowing() {
+        vmmExitWatch.map(watcher.unwatch)
+        vmmExitWatch = nil
+        vmm = nil
     }
 
     // MARK: Opening and closing
@@ -268,6 +362,7 @@ final class DeviceController: @unchecked Sendable {
         device?.close()
         device = nil
         wakeup = nil
+        stopFollowing()
     }
 
     // MARK: Eventfd handlers (the watcher has read and reset the counter)

@@ -24,9 +24,20 @@ final class EventFDWatcher: @unchecked Sendable {
     }
 
     private struct Member {
-        /// Kept here so the descriptor stays open until it has left the set.
-        let eventfd: EventFD
-        let handler: (UInt64) -> Void
+        enum Kind {
+            /// Read on every readiness; the handler gets the counter.
+            case eventfd(EventFD, (UInt64) -> Void)
+            /// Readable once and for good (a pidfd of an exited process): leaves the set and
+            /// calls the handler once. `owner` keeps the descriptor open until then.
+            case exit(FileDescriptor, owner: AnyObject, () -> Void)
+        }
+        let kind: Kind
+        var descriptor: FileDescriptor {
+            switch kind {
+            case .eventfd(let eventfd, _): eventfd.descriptor
+            case .exit(let descriptor, _, _): descriptor
+            }
+        }
     }
 
     private let set: EpollSet
@@ -67,7 +78,19 @@ final class EventFDWatcher: @unchecked Sendable {
         let token = nextToken
         nextToken += 1
         try set.add(eventfd.descriptor, token: token)
-        members[token] = Member(eventfd: eventfd, handler: handler)
+        members[token] = Member(kind: .eventfd(eventfd, handler))
+        return Token(value: token)
+    }
+
+    /// Calls `handler` on the queue once `descriptor` becomes readable, then stops watching
+    /// it: for a pidfd, which is readable from its process's exit on. `owner` owns the
+    /// descriptor and is kept alive while it is watched.
+    func watchExit(_ descriptor: FileDescriptor, owner: AnyObject, _ handler: @escaping () -> Void) throws(Errno) -> Token {
+        dispatchPrecondition(condition: .onQueue(queue))
+        let token = nextToken
+        nextToken += 1
+        try set.add(descriptor, token: token)
+        members[token] = Member(kind: .exit(descriptor, owner: owner, handler))
         return Token(value: token)
     }
 
@@ -76,7 +99,7 @@ final class EventFDWatcher: @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         guard let member = members.removeValue(forKey: token.value) else { return }
         // Fails only if the descriptor is no longer in the set, which is what we want.
-        try? set.remove(member.eventfd.descriptor)
+        try? set.remove(member.descriptor)
     }
 
     /// Stops the source; every member must have been unwatched (or the daemon is exiting).
@@ -92,9 +115,16 @@ final class EventFDWatcher: @unchecked Sendable {
             for index in 0..<count {
                 // A handler may have unwatched a later member of this batch (its device closed).
                 guard let member = members[ready[index]] else { continue }
+                guard case .eventfd(let eventfd, let handler) = member.kind else {
+                    if case .exit(_, _, let handler) = member.kind {
+                        unwatch(Token(value: ready[index]))
+                        handler()
+                    }
+                    continue
+                }
                 let signals: UInt64?
                 do {
-                    signals = try member.eventfd.read()
+                    signals = try eventfd.read()
                 } catch {
                     // An eventfd read fails only with EAGAIN, which read() turns into nil. Were it
                     // ever to fail otherwise, leave the set rather than spin on a ready descriptor.
@@ -102,7 +132,7 @@ final class EventFDWatcher: @unchecked Sendable {
                     continue
                 }
                 guard let signals, signals > 0 else { continue }
-                member.handler(signals)
+                handler(signals)
             }
             handled += count
             if count < ready.count { return }

@@ -54,6 +54,10 @@ enum EventReporter {
         case .deviceBack: kind = .deviceBack
         case .released: kind = .deviceReleased
         case .heldAwake: kind = .heldAwake
+        case .adopted: kind = .adopted
+        case .adoptionRefused: kind = .adoptionRefused
+        case .vmmReleased: kind = .vmmReleased
+        case .armedInGuestD3: kind = .armedInGuestD3
         }
         return (kind, kind.defaultPriority)
     }
@@ -63,6 +67,8 @@ enum EventReporter {
         var fields = Logger.Metadata(minimumCapacity: 5)
         fields[JournalField.messageID] = .string(kind.messageID)
         fields[JournalField.device] = .string(context.addressText)
+        // Only `vmm` devices carry it: an `own` device's entries stay as they have always been.
+        if context.source == .vmm { fields[JournalField.source] = .string(context.source.rawValue) }
         if let name = context.name { fields["VFIO_NAME"] = .string(name) }
         func make(_ text: String) -> Entry {
             Entry(event: kind, level: level, message: context.label + ": " + text, metadata: fields)
@@ -118,11 +124,48 @@ enum EventReporter {
             return make("gone\(why); closed so the kernel can finish removing it; it is managed again when it returns")
         case .deviceBack:
             return make("back; managing it again")
+        case .released where context.source == .vmm:
+            return make("no longer managed; the daemon's copy of the VMM's device file is closed and the device left as its guest has it")
         case .released:
             return make("no longer managed; left awake")
         case .heldAwake(let duration):
             let until = duration.map { "for \(DurationText.format($0))" } ?? "until `vfio-powerctl arm`"
             return make("woken by the operator; kept out of low power \(until)")
+        case .adopted(let holder, let method):
+            holderFields(holder)
+            let how = switch method {
+            case .fdinfo: "the kernel names the device in its fdinfo"
+            case .unambiguous: "its only VFIO device file, of a group with this one device"
+            }
+            return make("adopted from \(holder) (\(how)); armed whenever its guest puts the device into D3hot")
+        case .adoptionRefused(let holder, let refusal):
+            holderFields(holder)
+            switch refusal {
+            case .executableNotAllowed:
+                return make("held by \(holder.executable) (pid \(holder.pid)), which is not in vmm_executables; left alone. If it is a VMM, add it to vmm_executables in vfio-powerd.conf")
+            case .ambiguous(let files):
+                return make("held by \(holder), but this kernel does not name the device of a VFIO file (before Linux 6.18) and the VMM has \(files) device files or the group has several devices, so the daemon will not guess; left alone. Hand the device over with `vfio-powerctl adopt` from a start hook on one device per VMM, or use Linux 6.18 or later")
+            case .noDeviceFile:
+                return make("held by \(holder), which has not opened the device yet; asking again shortly")
+            case .notPermitted(let errno):
+                fields[JournalField.errno] = .string("\(errno.rawValue)")
+                return make("held by \(holder), but duplicating its device file was refused (\(errno.name)); the daemon needs CAP_SYS_PTRACE and pidfd_getfd (see the unit), and Yama's ptrace_scope must be below 3")
+            }
+        case .vmmReleased(let holder, let reason):
+            holderFields(holder)
+            let why = switch reason {
+            case .vmmExited: "exited"
+            case .vmmClosedDevice: "closed the device (unplugged from its guest)"
+            }
+            return make("released: \(holder) \(why); the device is free for the next VM")
+        case .armedInGuestD3:
+            fields[JournalField.mode] = .string(ArmMode.oneShot.rawValue)
+            return make("armed one-shot low power: the guest put the device into D3hot")
+        }
+
+        func holderFields(_ holder: VMMHolder) {
+            fields[JournalField.vmmPID] = .string("\(holder.pid)")
+            fields[JournalField.vmmExecutable] = .string(holder.executable)
         }
     }
 }

@@ -37,6 +37,12 @@ public final class Manager: @unchecked Sendable {
     private var watcher: EventFDWatcher?
     private var daemonSettings = DaemonSettings()
     private var rescanTimer: DispatchSourceTimer?
+    /// `vmm` devices: opens of their group nodes (nil if inotify was refused: then only the
+    /// fallback scan and `adopt` find VMMs).
+    private var openWatcher: OpenWatcher?
+    /// `vmm` devices: the fallback scan for VMMs whose opens are not seen; runs only while a
+    /// `vmm` device is idle.
+    private var vmmScanTimer: DispatchSourceTimer?
     private var watchdogTimer: DispatchSourceTimer?
     private var lastStatus: String?
     private var tally = StatusTally()
@@ -90,11 +96,17 @@ public final class Manager: @unchecked Sendable {
             logger.critical("cannot watch the devices' eventfds: epoll_create1: \(error) (\(error.symbolicName)); nothing was opened")
             throw .eventLoopUnavailable(error)
         }
+        do {
+            openWatcher = try OpenWatcher(queue: queue) { [weak self] addresses in self?.vmmOpened(addresses) }
+        } catch {
+            logger.warning("cannot watch the devices' group nodes for VMMs opening them: inotify_init1: \(error) (\(error.symbolicName)); VMMs are found by the vmm_scan_interval scan and `vfio-powerctl adopt` only")
+        }
         for device in resolution.devices {
             addController(device)
         }
         startWatchdog()
         updateRescanTimer()
+        updateVMMScanTimer()
         isStarted = true
         startedAt = clock.now()
         returnFreedMemory()
@@ -126,21 +138,28 @@ public final class Manager: @unchecked Sendable {
             logRejected(problems.filter(\.isError), when: "on reload; the running configuration stays in force")
             return problems.filter(\.isError)
         }
+        let scanIntervalChanged = daemonSettings.vmmScanInterval.value != loaded.configuration.daemon.vmmScanInterval.value
         daemonSettings = loaded.configuration.daemon
+        if scanIntervalChanged {
+            vmmScanTimer?.cancel()
+            vmmScanTimer = nil
+        }
+        for controller in controllers.values { applyVMMSettings(controller) }
         var added = 0, changed = 0, unchanged = 0, removed = 0
         // Addresses only: a second copy of every resolved device would add to a reload's peak.
         let wanted = Set(resolution.devices.lazy.map(\.address))
         for (address, controller) in controllers.sorted(by: { $0.key < $1.key }) where !wanted.contains(address) {
             // No longer configured: leave it awake and closed, whatever on_stop says.
-            var released = controller.policy
-            released.enabled = false
-            controller.policyChanged(released, origin: "removed from the configuration")
-            tally.replace(controller.tallied, with: nil)
-            controllers[address] = nil
+            retire(controller, origin: "removed from the configuration")
             removed += 1
         }
         for device in resolution.devices {
-            if let controller = controllers[device.address] {
+            if let controller = controllers[device.address], controller.policy.source != device.policy.source {
+                // A new source is a new way of holding the device: let go the old way first.
+                retire(controller, origin: "source changed to \(device.policy.source)")
+                addController(device)
+                changed += 1
+            } else if let controller = controllers[device.address] {
                 if controller.policy == device.policy { unchanged += 1 } else { changed += 1 }
                 controller.policyChanged(device.policy, origin: origin(of: device))
                 // A reload is the operator's "try again": a missing device is looked for, a
@@ -155,8 +174,20 @@ public final class Manager: @unchecked Sendable {
             }
         }
         updateRescanTimer()
+        updateVMMScanTimer()
         log(.reloaded, "reloaded: \(added) added, \(removed) removed, \(changed) changed, \(unchanged) unchanged; \(summary())", [:])
         return []
+    }
+
+    /// Stops managing a device: it is left as its policy's `enabled = false` leaves it (an
+    /// `own` device awake and closed, a `vmm` device's duplicate closed).
+    private func retire(_ controller: DeviceController, origin: String) {
+        var released = controller.policy
+        released.enabled = false
+        controller.policyChanged(released, origin: origin)
+        openWatcher?.unwatch(controller.address)
+        tally.replace(controller.tallied, with: nil)
+        controllers[controller.address] = nil
     }
 
     // MARK: Operator requests (the control interface)
@@ -175,6 +206,15 @@ public final class Manager: @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         guard let controller = controllers[address] else { return nil }
         controller.arm()
+        return snapshot(controller, now: clock.now())
+    }
+
+    /// `vmm`: looks for the VMM holding the device now (only `pid`, when given): what a VMM's
+    /// start hook asks for where the daemon cannot see the VMM's open (libvirt's private /dev).
+    public func adopt(_ address: PCIAddress, pid: Int32?) -> DeviceSnapshot? {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard let controller = controllers[address] else { return nil }
+        controller.vmmMayHaveOpened(candidates: pid.map { [$0] })
         return snapshot(controller, now: clock.now())
     }
 
@@ -204,6 +244,9 @@ public final class Manager: @unchecked Sendable {
         }
         rescanTimer?.cancel()
         rescanTimer = nil
+        vmmScanTimer?.cancel()
+        vmmScanTimer = nil
+        openWatcher?.cancel()
         watchdogTimer?.cancel()
         watchdogTimer = nil
         watcher?.cancel()
@@ -235,15 +278,20 @@ public final class Manager: @unchecked Sendable {
     }
 
     private func snapshot(_ controller: DeviceController, now: MonotonicInstant) -> DeviceSnapshot {
-        DeviceSnapshot(address: controller.address, name: controller.policy.name, policy: controller.policy,
+        let sysfs = SysfsPCIDevice(address: controller.address, sysfsRoot: options.sysfsRoot)
+        return DeviceSnapshot(address: controller.address, name: controller.policy.name, policy: controller.policy,
                        phase: controller.phase, statistics: controller.machine.statistics,
                        timeInLowPower: controller.machine.statistics.timeInLowPower(asOf: now),
                        isFlapping: controller.machine.isFlapping, origin: controller.origin,
                        lastError: controller.lastVFIOError?.description ?? controller.machine.statistics.lastError.map {
                            "\($0.operation.rawValue): \($0.errno.name)"
                        },
-                       driver: SysfsPCIDevice(address: controller.address, sysfsRoot: options.sysfsRoot).driver(),
-                       managedFor: now - controller.managedSince)
+                       driver: sysfs.driver(),
+                       managedFor: now - controller.managedSince, source: controller.policy.source.rawValue,
+                       holder: controller.machine.holder,
+                       // The kernel's word, from files that never wake the device.
+                       power: PowerView(runtimeStatus: try? sysfs.runtimeStatus(), powerState: try? sysfs.powerState(),
+                                        runtimeSuspendedTime: try? sysfs.runtimeSuspendedTime()))
     }
 
     /// Sends STATUS= now if the line changed.
@@ -282,8 +330,29 @@ public final class Manager: @unchecked Sendable {
         let controller = DeviceController(address: device.address, policy: device.policy, origin: origin(of: device),
                                           source: source, queue: queue, watcher: watcher, clock: clock)
         controller.delegate = self
+        applyVMMSettings(controller)
         controllers[device.address] = controller
+        // Watch before the first look, so an open between the two is not missed.
+        watchForVMM(controller)
         controller.start()
+    }
+
+    private func applyVMMSettings(_ controller: DeviceController) {
+        controller.allowedExecutables = ExecutableAllowList(daemonSettings.vmmExecutables.value)
+        controller.setGuestD3Interval(daemonSettings.guestD3Interval.value)
+    }
+
+    private func watchForVMM(_ controller: DeviceController) {
+        guard controller.policy.source == .vmm, controller.policy.isManaged, let openWatcher,
+              !openWatcher.isWatching(controller.address) else { return }
+        openWatcher.watch(source.announcingNodes(controller.address), for: controller.address)
+    }
+
+    /// inotify saw these devices' nodes opened: a VMM may have taken them.
+    private func vmmOpened(_ addresses: Set<PCIAddress>) {
+        for address in addresses.sorted() {
+            controllers[address]?.vmmMayHaveOpened()
+        }
     }
 
     private func origin(of device: ResolvedDevice) -> String {
@@ -335,6 +404,35 @@ public final class Manager: @unchecked Sendable {
         timer.setEventHandler { [weak self] in self?.rescan() }
         timer.activate()
         rescanTimer = timer
+    }
+
+    /// The fallback for VMMs whose open of the group node is not seen (libvirt's private
+    /// /dev): while a `vmm` device is idle, every `vmm_scan_interval` list the running
+    /// processes whose executable is allowed (one readlink each) and, only if there is one,
+    /// look at their files for the idle devices.
+    private func updateVMMScanTimer() {
+        let interval = daemonSettings.vmmScanInterval.value
+        let needed = !isStopping && interval > .zero && tally.count(.idle) > 0
+        if !needed {
+            vmmScanTimer?.cancel()
+            vmmScanTimer = nil
+            return
+        }
+        guard vmmScanTimer == nil else { return }
+        let nanoseconds = Int(clamping: interval.components.seconds * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds), leeway: .milliseconds(250))
+        timer.setEventHandler { [weak self] in self?.scanForVMMs() }
+        timer.activate()
+        vmmScanTimer = timer
+    }
+
+    func scanForVMMs() {
+        let vmms = source.runningVMMs(allowed: ExecutableAllowList(daemonSettings.vmmExecutables.value))
+        guard !vmms.isEmpty else { return }
+        for controller in controllers.values.sorted(by: { $0.address < $1.address }) where controller.phase == .idle {
+            controller.vmmMayHaveOpened(candidates: vmms)
+        }
     }
 
     private func needsRescan(_ controller: DeviceController) -> Bool {
@@ -390,6 +488,9 @@ extension Manager: DeviceControllerDelegate {
     func deviceDidChange(_ controller: DeviceController) {
         account(controller)
         updateRescanTimer()
+        updateVMMScanTimer()
+        // A device bound late has a group node only now.
+        if controller.phase == .idle { watchForVMM(controller) }
         scheduleStatusUpdate()
         if let onDeviceChange { onDeviceChange(snapshot(controller, now: clock.now())) }
     }
@@ -425,8 +526,12 @@ public struct DeviceSnapshot: Sendable {
     public var driver: String?
     /// How long the daemon has managed this entry.
     public var managedFor: Duration = .zero
-    /// How the daemon holds the device (PRODUCT.md "device source"); only "own" exists.
+    /// How the daemon holds the device (PRODUCT.md "device source"): "vmm" or "own".
     public var source: String = "own"
+    /// `vmm`: the process that holds the device, if one is known.
+    public var holder: VMMHolder?
+    /// sysfs as the kernel has it when the snapshot was taken.
+    public var power = PowerView()
 }
 
 /// CLOCK_MONOTONIC, as systemd reads it.

@@ -6,6 +6,12 @@ import PowerPolicy
 struct StatusTally: Equatable {
     enum Category: Hashable {
         case lowPower, awake, missing, failing, stopped, disabled
+        /// `vmm`: no VMM holds it (the kernel suspends it by itself).
+        case idle
+        /// `vmm`: held by a process the daemon leaves alone.
+        case notAdopted
+        /// `vmm`: adopted, its guest uses it (D0).
+        case inUse
     }
 
     /// What one device adds to the tally.
@@ -17,7 +23,11 @@ struct StatusTally: Equatable {
         init(phase: DevicePhase, flapping: Bool, wakes: UInt64) {
             switch phase {
             case .lowPower: category = .lowPower
-            case .unconfigured, .opening, .arming, .exiting, .waitingToRearm, .backingOff, .heldAwake: category = .awake
+            case .unconfigured, .opening, .arming, .exiting, .waitingToRearm, .backingOff, .heldAwake,
+                 .adopting: category = .awake
+            case .guestActive: category = .inUse
+            case .idle: category = .idle
+            case .notAdopted: category = .notAdopted
             case .gone: category = .missing
             case .failed, .unsupported: category = .failing
             case .stopped: category = .stopped
@@ -56,7 +66,8 @@ struct StatusTally: Equatable {
         let managed = devices - count(.disabled)
         if managed == 0 { return devices == 0 ? "no devices configured" : "no devices managed (\(devices) disabled)" }
         var parts = ["\(count(.lowPower)) in low power"]
-        for (category, words) in [(Category.awake, "awake"), (.missing, "missing"), (.failing, "failing"), (.stopped, "stopped")]
+        for (category, words) in [(Category.inUse, "in use by a guest"), (.awake, "awake"), (.idle, "idle (no VM)"), (.notAdopted, "held by another process"),
+                                  (.missing, "missing"), (.failing, "failing"), (.stopped, "stopped")]
         where count(category) > 0 {
             parts.append("\(count(category)) \(words)")
         }

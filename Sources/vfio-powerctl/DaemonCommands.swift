@@ -165,6 +165,39 @@ struct Wake: ParsableCommand {
     }
 }
 
+struct Adopt: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make the daemon adopt a vmm device from the VMM that holds it, now.",
+        discussion: """
+            For a VMM's start hook (libvirt's qemu hook, a Proxmox hookscript): the daemon sees a VMM open \
+            the host's /dev/vfio/N by itself, but not one that runs with a private /dev (libvirt), which it \
+            otherwise finds only by its vmm_scan_interval scan. With --pid only that process is looked at. \
+            Needs root or the daemon's admin_group.
+            """)
+    @OptionGroup var daemon: DaemonOptions
+    @Argument(help: "The device's PCI address.") var device: String
+    @Option(help: "The VMM's process id.") var pid: Int32?
+
+    func run() throws {
+        let address = try parseAddress(device)
+        try talking {
+            let record = try daemon.client().adopt("\(address)", pid: pid)
+            guard record.source == "vmm" else {
+                throw ControlClientError.failed("\(record.address) is an `own` device: the daemon opens it itself; set source = \"vmm\" to adopt it from a VM")
+            }
+            guard let holder = record.holderPid else {
+                throw ControlClientError.failed("\(record.address) was not adopted: no process holds it\(pid.map { " (pid \($0) does not)" } ?? "") (it is \(record.state))")
+            }
+            let who = "\(record.holderExecutable ?? "?") (pid \(holder))"
+            guard record.state != "not adopted" else {
+                throw ControlClientError.failed("\(record.address) is held by \(who) and was not adopted"
+                                                + (record.lastError.map { ": \($0)" } ?? "; see journalctl -u vfio-powerd"))
+            }
+            print("\(record.address): adopted from \(who); \(record.state)")
+        }
+    }
+}
+
 struct Reload: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Make the daemon read its configuration again (like systemctl reload vfio-powerd).",

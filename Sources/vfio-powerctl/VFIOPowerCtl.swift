@@ -17,7 +17,7 @@ struct VFIOPowerCtl: ParsableCommand {
             70 unexpected failure; 77 permission denied; 78 configuration rejected.
             """,
         version: "0.1.0",
-        subcommands: [Status.self, Show.self, Monitor.self, Arm.self, Wake.self, Reload.self, CheckConfig.self, Probe.self]
+        subcommands: [Status.self, Show.self, Monitor.self, Arm.self, Wake.self, Adopt.self, Reload.self, CheckConfig.self, Probe.self]
     )
 }
 

@@ -22,11 +22,11 @@ final class RenderingTests: XCTestCase {
         XCTAssertEqual(Rendering.statusTable(devices, status: "4 devices: 2 in low power, 1 awake, 1 missing; 128 wakes; 1 flapping",
                                              nowRealtimeUsec: now), """
             vfio-powerd: 4 devices: 2 in low power, 1 awake, 1 missing; 128 wakes; 1 flapping
-            DEVICE        NAME    DRIVER    MODE     STATE                 WAKES  LAST WAKE  LOW POWER
-            0000:00:02.0  nic     vfio-pci  oneshot  waiting to re-arm         3     2s ago        91%
-            0000:00:03.0  disk    vfio-pci  oneshot  low power                 0          -        99%
-            0000:01:00.0  -       -         oneshot  gone                      0          -          -
-            0000:02:00.0  flappy  vfio-pci  oneshot  low power (flapping)    125     3h ago         0%
+            DEVICE        NAME    SOURCE  MODE     STATE                 HOLDER  WAKES  LAST WAKE  LOW POWER
+            0000:00:02.0  nic     own     oneshot  waiting to re-arm     -           3     2s ago        91%
+            0000:00:03.0  disk    own     oneshot  low power             -           0          -        99%
+            0000:01:00.0  -       own     oneshot  gone                  -           0          -          -
+            0000:02:00.0  flappy  own     oneshot  low power (flapping)  -         125     3h ago         0%
 
             """)
     }

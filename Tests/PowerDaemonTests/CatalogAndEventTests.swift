@@ -299,10 +299,47 @@ final class CatalogAndEventTests: XCTestCase {
             .armFailed(.EINVAL, explanation: "x"), .openFailed(.EBUSY, explanation: "x"), .exitFailed(.EINVAL, explanation: "x"),
             .d3coldWriteFailed(.EACCES, explanation: "x"), .unsupported(.ENOTTY, explanation: "x"),
             .deviceGone(nil), .deviceBack, .released, .heldAwake(for: nil),
+            .adopted(qemu, .fdinfo), .adoptionRefused(qemu, .executableNotAllowed), .vmmReleased(qemu, .vmmExited),
+            .armedInGuestD3,
         ]
         var produced = Set(samples.map { EventReporter.entry(for: $0, context()).event })
         // The manager logs these itself (start, stop, reload, configuration, control socket).
         produced.formUnion([.started, .stopping, .reloaded, .configRejected, .controlRefused])
         XCTAssertEqual(produced, Set(DaemonEvent.allCases))
+    }
+
+    // MARK: vmm devices
+
+    private let qemu = VMMHolder(pid: 4242, executable: "/usr/bin/qemu-system-x86_64")
+
+    private func vmmContext() -> DeviceController.Context {
+        DeviceController.Context(address: gpu, name: "gpu0", mode: .oneShot,
+                                 source: .vmm, error: nil, statistics: DeviceStatistics(), now: MonotonicInstant(nanoseconds: 0))
+    }
+
+    func testVMMEventsNameTheHolderInWordsAndFields() {
+        let adopted = EventReporter.entry(for: .adopted(qemu, .unambiguous), vmmContext())
+        XCTAssertEqual(adopted.event, .adopted)
+        XCTAssertEqual(adopted.level, .notice)
+        XCTAssertEqual(adopted.message, "0000:01:00.0 (gpu0): adopted from qemu-system-x86_64 (pid 4242) (its only VFIO device file, of a group with this one device); armed whenever its guest puts the device into D3hot")
+        XCTAssertEqual(adopted.fields, ["VFIO_DEVICE": "0000:01:00.0", "VFIO_NAME": "gpu0", "VFIO_SOURCE": "vmm",
+                                        "VFIO_VMM_PID": "4242", "VFIO_VMM_EXE": "/usr/bin/qemu-system-x86_64"])
+
+        let refused = EventReporter.entry(for: .adoptionRefused(VMMHolder(pid: 7, executable: "/opt/x/runner"), .executableNotAllowed), vmmContext())
+        XCTAssertEqual(refused.event, .adoptionRefused)
+        XCTAssertEqual(refused.level, .warning)
+        XCTAssertEqual(refused.message, "0000:01:00.0 (gpu0): held by /opt/x/runner (pid 7), which is not in vmm_executables; left alone. If it is a VMM, add it to vmm_executables in vfio-powerd.conf")
+
+        let ambiguous = EventReporter.entry(for: .adoptionRefused(qemu, .ambiguous(deviceFiles: 2)), vmmContext())
+        XCTAssertTrue(ambiguous.message.contains("will not guess") && ambiguous.message.contains("Linux 6.18"), ambiguous.message)
+
+        let released = EventReporter.entry(for: .vmmReleased(qemu, .vmmExited), vmmContext())
+        XCTAssertEqual(released.event, .vmmReleased)
+        XCTAssertEqual(released.message, "0000:01:00.0 (gpu0): released: qemu-system-x86_64 (pid 4242) exited; the device is free for the next VM")
+
+        let armed = EventReporter.entry(for: .armedInGuestD3, vmmContext())
+        XCTAssertEqual(armed.event, .armedInGuestD3)
+        XCTAssertEqual(armed.message, "0000:01:00.0 (gpu0): armed one-shot low power: the guest put the device into D3hot")
+        XCTAssertEqual(armed.fields["VFIO_MODE"], "one-shot")
     }
 }

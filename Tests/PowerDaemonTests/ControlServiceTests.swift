@@ -16,7 +16,7 @@ final class ControlServiceTests: XCTestCase {
     let nic = "0000:00:02.0"
     let nvme = "0000:00:03.0"
 
-    private func daemon(main: String = "[defaults]\nrearm_delay = \"1s\"\n") throws -> DaemonHarness {
+    private func daemon(main: String = "[defaults]\nsource = \"own\"\nrearm_delay = \"1s\"\n") throws -> DaemonHarness {
         let daemon = try DaemonHarness(mainConfig: main, devices: ["10-lab.conf": """
             [[device]]
             address = "\(nic)"
@@ -155,8 +155,8 @@ final class ControlServiceTests: XCTestCase {
         let socket = ["--socket", daemon.socketPath]
         let status = try run(["status"] + socket)
         XCTAssertEqual(status.status, 0, status.err)
-        XCTAssertTrue(status.out.hasPrefix("vfio-powerd: 2 devices: 2 in low power; 0 wakes\nDEVICE        NAME  DRIVER    MODE     STATE      WAKES  LAST WAKE  LOW POWER\n"), status.out)
-        XCTAssertTrue(status.out.contains("0000:00:02.0  nic   vfio-pci  oneshot  low power      0          -"), status.out)
+        XCTAssertTrue(status.out.hasPrefix("vfio-powerd: 2 devices: 2 in low power; 0 wakes\nDEVICE        NAME  SOURCE  MODE     STATE      HOLDER  WAKES  LAST WAKE  LOW POWER\n"), status.out)
+        XCTAssertTrue(status.out.contains("0000:00:02.0  nic   own     oneshot  low power  -           0          -"), status.out)
 
         let wake = try run(["wake", "00:02.0", "--for", "10m"] + socket)
         XCTAssertEqual(wake.status, 0, wake.err)
@@ -194,7 +194,7 @@ final class ControlServiceTests: XCTestCase {
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: folder.path)
         let nobody = (uid: 65534, gid: Int(nogroup))
 
-        let daemon = try daemon(main: "[daemon]\nsocket_group = \"nogroup\"\n[defaults]\nrearm_delay = \"1s\"\n")
+        let daemon = try daemon(main: "[daemon]\nsocket_group = \"nogroup\"\n[defaults]\nsource = \"own\"\nrearm_delay = \"1s\"\n")
         // The harness's folder is root's: let nobody reach the socket inside it.
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: daemon.tree.root.path)
         var info = stat()
@@ -212,7 +212,7 @@ final class ControlServiceTests: XCTestCase {
         XCTAssertTrue(log.message.hasPrefix("refused Arm from uid 65534 (pid "), log.message)
 
         // admin_group = nogroup: nobody may now.
-        try daemon.write("[daemon]\nsocket_group = \"nogroup\"\nadmin_group = \"nogroup\"\n[defaults]\nrearm_delay = \"1s\"\n",
+        try daemon.write("[daemon]\nsocket_group = \"nogroup\"\nadmin_group = \"nogroup\"\n[defaults]\nsource = \"own\"\nrearm_delay = \"1s\"\n",
                          to: "etc/vfio-powerd/vfio-powerd.conf")
         daemon.stopControl()
         daemon.reload()

@@ -11,7 +11,7 @@ final class DaemonTests: XCTestCase {
     let nic = "0000:00:02.0"
     let nvme = "0000:00:03.0"
 
-    private func harness(main: String = "[defaults]\nrearm_delay = \"1s\"\n", devices: [String: String]? = nil) throws -> DaemonHarness {
+    private func harness(main: String = "[defaults]\nsource = \"own\"\nrearm_delay = \"1s\"\n", devices: [String: String]? = nil) throws -> DaemonHarness {
         try DaemonHarness(mainConfig: main, devices: devices ?? [
             "10-lab.conf": """
             [[device]]
@@ -41,7 +41,7 @@ final class DaemonTests: XCTestCase {
     func testAtNoticeLevelWakesAreHandledWithoutEntries() throws {
         // `--log-level notice`: wakes are handled and no info entry is written. (The manager
         // skips building such entries at all; bench/ measures what that saves.)
-        let daemon = try harness(main: "[defaults]\nrearm_delay = \"0s\"\n")
+        let daemon = try harness(main: "[defaults]\nsource = \"own\"\nrearm_delay = \"0s\"\n")
         daemon.logLevel = .notice
         let a = try daemon.plug(nic)
         try daemon.plug(nvme)
@@ -121,18 +121,18 @@ final class DaemonTests: XCTestCase {
     }
 
     func testAnInvalidConfigurationStartsNothing() throws {
-        let daemon = try harness(main: "[defaults]\nrearm_delay = 30\n")
+        let daemon = try harness(main: "[defaults]\nsource = \"own\"\nrearm_delay = 30\n")
         let a = try daemon.plug(nic)
         XCTAssertThrowsError(try daemon.start()) { error in
             XCTAssertEqual(error as? Manager.StartError, .configRejected(errors: 1))
         }
         XCTAssertEqual(daemon.source.opens(a), 0, "nothing is opened with a bad configuration")
-        XCTAssertTrue(daemon.logs.entries(.configRejected).contains { $0.message.contains("vfio-powerd.conf:2:15: defaults.rearm_delay: expected a duration") },
+        XCTAssertTrue(daemon.logs.entries(.configRejected).contains { $0.message.contains("vfio-powerd.conf:3:15: defaults.rearm_delay: expected a duration") },
                       daemon.logs.entries.map(\.message).joined(separator: "\n"))
     }
 
     func testARemovedDeviceIsReleasedAndManagedAgainWhenItReturns() throws {
-        let daemon = try harness(main: "[daemon]\nrescan_interval = \"1s\"\n[defaults]\nrearm_delay = \"1s\"\n")
+        let daemon = try harness(main: "[daemon]\nrescan_interval = \"1s\"\n[defaults]\nsource = \"own\"\nrearm_delay = \"1s\"\n")
         let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
         try daemon.start()
         let removed = daemon.device(a)
@@ -172,7 +172,7 @@ final class DaemonTests: XCTestCase {
     }
 
     func testAFlappingDeviceBacksOffAndIsSummarised() throws {
-        let daemon = try harness(main: "[defaults]\nrearm_delay = \"2s\"\nflap_max_wakes = 1\nflap_window = \"10m\"\n",
+        let daemon = try harness(main: "[defaults]\nsource = \"own\"\nrearm_delay = \"2s\"\nflap_max_wakes = 1\nflap_window = \"10m\"\n",
                                  devices: ["10-lab.conf": "[[device]]\naddress = \"\(nic)\"\n"])
         let a = try daemon.plug(nic)
         try daemon.start()

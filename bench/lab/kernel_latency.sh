@@ -9,6 +9,7 @@ LAB_TEST_BUILD=${LAB_TEST_BUILD:-.build-bench/release} LAB_TEST_WATCHDOG= "$repo
 read -r nic disk <<< "$LAB_VFIO_DEVICES"
 cat > /etc/vfio-powerd/vfio-powerd.conf <<CONF
 [defaults]
+source = "own"
 mode = "oneshot"
 rearm_delay = "0s"
 flap_max_wakes = 1000

@@ -88,6 +88,19 @@ public final class ControlService: @unchecked Sendable {
                 guard let device = manager.wake(address, for: hold) else { return noSuchDevice(address, reply) }
                 reply.send(["device": record(device)])
             }
+        case "Adopt":
+            guard authorize(call, peer, reply) else { return }
+            withAddress(call, reply) { address in
+                var pid: Int32?
+                if let value = call.parameters.object?["pid"], !value.isNull {
+                    guard let number = value.int64, let valid = Int32(exactly: number), valid > 0 else {
+                        return invalid("pid", "a process id, a whole number above 0", reply)
+                    }
+                    pid = valid
+                }
+                guard let device = manager.adopt(address, pid: pid) else { return noSuchDevice(address, reply) }
+                reply.send(["device": record(device)])
+            }
         case "Reload":
             guard authorize(call, peer, reply) else { return }
             let problems = manager.reload()
@@ -222,6 +235,15 @@ public final class ControlService: @unchecked Sendable {
         ]
         if let name = device.name { object["name"] = .string(name) }
         if let driver = device.driver { object["driver"] = .string(driver) }
+        if let holder = device.holder {
+            object["holderPid"] = .integer(Int64(holder.pid))
+            object["holderExecutable"] = .string(holder.executable)
+        }
+        if let state = device.power.powerState { object["powerState"] = .string(state.description) }
+        if let status = device.power.runtimeStatus { object["runtimeStatus"] = .string(status.description) }
+        if let suspended = device.power.runtimeSuspendedTime {
+            object["runtimeSuspendedMs"] = .integer(suspended.components.seconds * 1000 + suspended.components.attoseconds / 1_000_000_000_000_000)
+        }
         if let error = device.lastError { object["lastError"] = .string(error) }
         if let wake = device.statistics.lastWake { object["lastWakeRealtimeUsec"] = .integer(Self.realtimeMicroseconds(of: wake, now: now)) }
         switch device.phase {

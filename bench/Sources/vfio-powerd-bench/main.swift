@@ -271,7 +271,7 @@ func runBench() throws {
     // wakes per device per second; the injector keeps every device far below that (the gaps).
     let mainConfig = [
         "[daemon]", "max_devices = 4096", "",
-        "[defaults]", "rearm_delay = \"0s\"", "flap_max_wakes = 1000", "flap_window = \"1s\"", "flap_backoff_max = \"1s\"", "",
+        "[defaults]", "source = \"own\"", "rearm_delay = \"0s\"", "flap_max_wakes = 1000", "flap_window = \"1s\"", "flap_backoff_max = \"1s\"", "",
     ].joined(separator: "\n")
     try mainConfig.write(to: etc.appendingPathComponent("vfio-powerd.conf"), atomically: true, encoding: .utf8)
     results.config = ["rearm_delay": "0s", "flap_max_wakes": "1000", "flap_window": "1s", "flap_backoff_max": "1s",
