@@ -33,6 +33,8 @@ cat > /etc/vfio-powerd/vfio-powerd.conf <<CONF
 rescan_interval = "1s"
 
 [defaults]
+# The lab's first daemon test is about devices the daemon holds itself.
+source = "own"
 mode = "oneshot"
 rearm_delay = "${LAB_TEST_REARM:-2s}"
 flap_max_wakes = 3
