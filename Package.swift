@@ -16,6 +16,7 @@
 //   VFIOSimulator  a simulated vfio-pci device over real eventfds (tests and benchmarks only)
 //   SystemdTesting a fake systemd notify socket (tests only)
 //   Varlink        the varlink protocol: a server on the daemon's Dispatch queue, and a client
+//   CVarlink       recvmsg(2) with SCM_RIGHTS (file descriptors passed to the server)
 import PackageDescription
 
 let package = Package(
@@ -41,7 +42,9 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .target(name: "PowerPolicy"),
-        .target(name: "Varlink"),
+        // recvmsg with SCM_RIGHTS: the one control-message layout the varlink server needs.
+        .target(name: "CVarlink"),
+        .target(name: "Varlink", dependencies: ["CVarlink"]),
         .target(name: "PowerConfig", dependencies: [
             "PowerPolicy", "VFIO",
             .product(name: "TOMLKit", package: "TOMLKit"),

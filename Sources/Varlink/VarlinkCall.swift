@@ -1,7 +1,36 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Dispatch
+
+/// File descriptors a client passed with a call (SCM_RIGHTS). Whatever the handler does not
+/// `take` is closed when the call is done with, so a refused call leaks nothing.
+public final class ReceivedFiles: @unchecked Sendable {
+    private var fds: [Int32]
+
+    init(_ fds: [Int32]) { self.fds = fds }
+
+    /// How many came with the call.
+    public var count: Int { fds.count }
+
+    /// Hands the descriptors over to the caller, who closes them from now on.
+    public func take() -> [Int32] {
+        defer { fds = [] }
+        return fds
+    }
+
+    deinit { fds.forEach { _ = close($0) } }
+}
 
 /// One method call as the client sent it.
 public struct VarlinkCall: Sendable, Equatable {
+    /// Descriptors passed with the call (SCM_RIGHTS); nil when none came.
+    public var files: ReceivedFiles?
+
+    public static func == (a: VarlinkCall, b: VarlinkCall) -> Bool {
+        a.method == b.method && a.parameters == b.parameters && a.oneway == b.oneway && a.more == b.more && a.files === b.files
+    }
+
     /// The fully qualified method name, e.g. `io.vfiopowerd.Manager.GetDevice`.
     public let method: String
     /// Always an object (an absent or null `parameters` arrives as `{}`).

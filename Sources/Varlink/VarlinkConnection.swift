@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CVarlink
 import Dispatch
 
 /// One accepted client. Lives on the server's queue; owned by the server's table until closed.
@@ -51,6 +52,15 @@ final class VarlinkConnection: @unchecked Sendable {
     /// End of the last complete message found (just past its NUL).
     private var completeEnd = 0
 
+    /// File descriptors passed with SCM_RIGHTS, each batch with the stream position of the
+    /// first byte it came with: the kernel hands them over with the first byte of the
+    /// sendmsg(2) that carried them, so they belong to the message that byte starts.
+    private var fileBatches: [(position: Int, fds: [Int32])] = []
+    /// Bytes dropped from the front of `input` so far: `input` index + this = stream position.
+    private var dropped = 0
+    /// At most this many descriptors wait for their call; more is a client to drop.
+    static let maxPendingFiles = 4
+
     private var output: [UInt8] = []
     private var outputStart = 0
     private var closeWhenFlushed = false
@@ -89,7 +99,28 @@ final class VarlinkConnection: @unchecked Sendable {
     private func readable() {
         guard state == .open else { return }
         let oldCount = input.count
-        switch Socket.receive(fd, into: scratch.bytes) {
+        var fds = [Int32](repeating: -1, count: Self.maxPendingFiles)
+        var received: Int32 = 0
+        var truncated: Int32 = 0
+        let n = Socket.retryOnInterrupt {
+            cvarlink_receive(fd, scratch.bytes.baseAddress, scratch.bytes.count, &fds, Int32(Self.maxPendingFiles),
+                             &received, &truncated)
+        }
+        if received > 0 {
+            fileBatches.append((dropped + oldCount, Array(fds[..<Int(received)])))
+        }
+        if truncated != 0 || fileBatches.reduce(0, { $0 + $1.fds.count }) > Self.maxPendingFiles {
+            close(.tooManyFiles)
+            return
+        }
+        let result: Socket.IOResult = if n > 0 { .done(n) } else if n == 0 { .disconnected } else {
+            switch errno {
+            case EAGAIN, EWOULDBLOCK: .wouldBlock
+            case ECONNRESET, EPIPE: .disconnected
+            case let e: .failed(e)
+            }
+        }
+        switch result {
         case let .done(n):
             input.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch.bytes[..<n]))
             guard scanForMessages(from: oldCount) else { return }
@@ -160,9 +191,10 @@ final class VarlinkConnection: @unchecked Sendable {
             }
             let end = input[inputStart..<completeEnd].firstIndex(of: 0)!
             let message = Array(input[inputStart..<end])
+            let files = takeFiles(upTo: dropped + end)
             inputStart = end + 1
             handled += 1
-            handle(message)
+            handle(message, files: files)
         }
         guard state != .closed else { return }
         compactInput()
@@ -183,12 +215,25 @@ final class VarlinkConnection: @unchecked Sendable {
         }
     }
 
+    /// The descriptors that came with the bytes of the message ending at stream position `end`.
+    private func takeFiles(upTo end: Int) -> ReceivedFiles? {
+        guard let first = fileBatches.first, first.position <= end else { return nil }
+        var fds: [Int32] = []
+        while let batch = fileBatches.first, batch.position <= end {
+            fds += batch.fds
+            fileBatches.removeFirst()
+        }
+        return ReceivedFiles(fds)
+    }
+
     private func compactInput() {
         if inputStart == input.count {
+            dropped += input.count
             input.removeAll(keepingCapacity: input.count <= Self.readChunk)
             inputStart = 0
             completeEnd = 0
         } else if inputStart >= Self.readChunk {
+            dropped += inputStart
             input.removeFirst(inputStart)
             completeEnd -= inputStart
             inputStart = 0
@@ -213,13 +258,14 @@ final class VarlinkConnection: @unchecked Sendable {
 
     // MARK: Calls
 
-    private func handle(_ bytes: [UInt8]) {
-        guard let call = Self.parseCall(bytes, maxDepth: limits.maxJSONDepth) else {
+    private func handle(_ bytes: [UInt8], files: ReceivedFiles?) {
+        guard var call = Self.parseCall(bytes, maxDepth: limits.maxJSONDepth) else {
             // Like systemd: a message that is not a well-formed call gets no reply; the stream
             // cannot be trusted after it, so the connection is closed.
             close(.protocolViolation)
             return
         }
+        call.files = files
         let reply = VarlinkReply(call: call, connection: self, queue: queue)
         if !call.oneway { current = reply }
         server?.route(call, from: credentials, reply: reply)
@@ -364,6 +410,8 @@ final class VarlinkConnection: @unchecked Sendable {
         if liveSources == 0 { closeDescriptor() }
         input = []
         output = []
+        for batch in fileBatches { batch.fds.forEach { _ = Glibc.close($0) } }
+        fileBatches = []
         server?.connectionClosed(self, reason: reason)
         if let reply = current {
             current = nil

@@ -44,6 +44,8 @@ public final class VarlinkServer: @unchecked Sendable {
         case protocolViolation
         /// Unread replies past `maxPendingOutputBytes`.
         case slowReader
+        /// More file descriptors passed (SCM_RIGHTS) than a call may carry.
+        case tooManyFiles
         case socketError(Int32)
         case serverStopped
     }
