@@ -59,6 +59,9 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
     case adoptionRefused
     /// A `vmm` device: armed because its guest put it into D3hot.
     case armedInGuestD3
+    /// A `vmm` device: a launcher or VMM sent its device file over the control socket, and
+    /// the kernel confirmed it is this device's.
+    case handoffReceived
 
     /// The journal MESSAGE_ID: 32 lowercase hex digits.
     public var messageID: String {
@@ -84,6 +87,7 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
         case .vmmReleased: return "2b2c4b5ee835458292ac55e78211c69c"
         case .adoptionRefused: return "328d7da0c5e94e239e77ee26ae650300"
         case .armedInGuestD3: return "ddb52301f2e44aa4bc327743d4f353e7"
+        case .handoffReceived: return "53c8b930b2954eb390af1cd0c421dddb"
         }
     }
 
@@ -91,7 +95,8 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
     public var defaultPriority: Logger.Level {
         switch self {
         case .armed, .woke, .rearmed, .deviceReleased, .armedInGuestD3: return .info
-        case .started, .stopping, .reloaded, .flappingEnded, .deviceBack, .heldAwake, .adopted, .vmmReleased: return .notice
+        case .started, .stopping, .reloaded, .flappingEnded, .deviceBack, .heldAwake, .adopted, .vmmReleased,
+             .handoffReceived: return .notice
         case .flappingStarted, .deviceSkipped, .deviceGone, .controlRefused, .adoptionRefused: return .warning
         case .configRejected, .armFailed, .wakeFailed: return .error
         }

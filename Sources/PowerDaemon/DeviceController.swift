@@ -16,6 +16,15 @@ protocol DeviceControllerDelegate: AnyObject {
     func deviceDidChange(_ controller: DeviceController)
 }
 
+/// Where a `vmm` device's wakeup eventfd outlives the daemon: systemd's fd store, so that a
+/// restarted daemon knows a device is still armed without an ioctl (which would wake it).
+protocol WakeupStore: AnyObject {
+    /// The eventfd the previous run kept for `address`, once.
+    func takeKept(_ address: PCIAddress) -> EventFD?
+    func keep(_ wakeup: EventFD, for address: PCIAddress)
+    func forget(_ address: PCIAddress)
+}
+
 /// One managed device: its state machine, its open file, its eventfds (wakeup and removal
 /// request, watched in the manager's `EventFDWatcher`) and one Dispatch timer. It carries
 /// out the machine's actions in order and feeds each outcome back as the next event (the
@@ -34,6 +43,8 @@ final class DeviceController: @unchecked Sendable {
     private let watcher: EventFDWatcher
     private let clock: any DaemonClock
     weak var delegate: (any DeviceControllerDelegate)?
+    /// `vmm`: where the wakeup eventfd is kept across restarts.
+    weak var wakeupStore: (any WakeupStore)?
 
     private var device: (any LowPowerDevice)?
     private var wakeup: EventFD?
@@ -50,6 +61,8 @@ final class DeviceController: @unchecked Sendable {
     private var vmmExitWatch: EventFDWatcher.Token?
     /// `vmm`: which processes may be adopted from (the daemon's `vmm_executables`).
     var allowedExecutables = ExecutableAllowList()
+    /// `vmm`: a file handed over, for the `adopt` the machine asks for next.
+    private var pendingHandoff: (device: any LowPowerDevice, process: VMMProcess)?
     /// `vmm`: the processes the next look is limited to (the operator's pid, the fallback
     /// scan's VMMs); nil: every process.
     private var candidates: [Int32]?
@@ -139,6 +152,18 @@ final class DeviceController: @unchecked Sendable {
         run { $0.vmmMayHaveOpened(now: $1) }
         self.candidates = nil
     }
+    /// `vmm`: a device file handed over on the control socket; false when the machine does not
+    /// take it now (it holds one already), and then the file is closed.
+    func handoff(_ handed: any LowPowerDevice, from process: VMMProcess) -> Bool {
+        pendingHandoff = (handed, process)
+        run { $0.handoffOffered(now: $1) }
+        guard let leftover = pendingHandoff else { return true }
+        leftover.device.close()
+        pendingHandoff = nil
+        return false
+    }
+    /// `vmm`: let go of the device's file now.
+    func release() { run { $0.releaseRequested(now: $1) } }
     /// `vmm`: how often the guest's power state is sampled.
     func setGuestD3Interval(_ interval: Duration) { machine.guestD3Interval = interval }
     /// `vmm`: the VMM that holds the device, if one is known.
@@ -248,7 +273,13 @@ final class DeviceController: @unchecked Sendable {
     // MARK: Adopting from a VMM
 
     private func adopt() -> Outcome {
-        let outcome = source.adopt(address, candidates: candidates, allowed: allowedExecutables)
+        let outcome: AdoptionOutcome
+        if let handed = pendingHandoff {
+            pendingHandoff = nil
+            outcome = .adopted(handed.device, handed.process, method: .handoff)
+        } else {
+            outcome = source.adopt(address, candidates: candidates, allowed: allowedExecutables)
+        }
         switch outcome {
         case .noHolder:
             return Outcome(event: { $0.noVMM(now: $1) })
@@ -267,8 +298,15 @@ final class DeviceController: @unchecked Sendable {
             return Outcome(event: { $0.adoptionRefused(holder, refusal, now: $1) })
         case .adopted(let adopted, let process, let basis):
             let wakeup: EventFD
+            var kept: KeptWakeup?
             do {
-                wakeup = try EventFD()
+                if let previous = wakeupStore?.takeKept(address) {
+                    // The previous run's: its counter holds the wakes that happened meanwhile.
+                    kept = KeptWakeup(wakesWhileAway: ((try? previous.read()) ?? nil) ?? 0)
+                    wakeup = previous
+                } else {
+                    wakeup = try EventFD()
+                }
                 wakeupWatch = try watcher.watch(wakeup) { [weak self] in self?.wakeupFired($0) }
             } catch {
                 adopted.close()
@@ -279,10 +317,15 @@ final class DeviceController: @unchecked Sendable {
             follow(process)
             device = adopted
             self.wakeup = wakeup
+            wakeupStore?.keep(wakeup, for: address)
             lastError = nil
             let holder = VMMHolder(pid: process.pid, executable: process.executable)
-            let method: AdoptionMethod = basis == .fdinfo ? .fdinfo : .unambiguous
-            return Outcome(event: { $0.adopted(holder, method: method, now: $1) })
+            let method: AdoptionMethod = switch basis {
+            case .fdinfo: .fdinfo
+            case .unambiguous: .unambiguous
+            case .handoff: .handoff
+            }
+            return Outcome(event: { $0.adopted(holder, method: method, kept: kept, now: $1) })
         }
     }
 
@@ -361,6 +404,7 @@ final class DeviceController: @unchecked Sendable {
         removalWatch = nil
         device?.close()
         device = nil
+        if wakeup != nil, policy.source == .vmm { wakeupStore?.forget(address) }
         wakeup = nil
         stopFollowing()
     }

@@ -54,10 +54,11 @@ enum EventReporter {
         case .deviceBack: kind = .deviceBack
         case .released: kind = .deviceReleased
         case .heldAwake: kind = .heldAwake
+        case .adopted(_, .handoff): kind = .handoffReceived
         case .adopted: kind = .adopted
         case .adoptionRefused: kind = .adoptionRefused
         case .vmmReleased: kind = .vmmReleased
-        case .armedInGuestD3: kind = .armedInGuestD3
+        case .armedInGuestD3, .keptArmed: kind = .armedInGuestD3
         }
         return (kind, kind.defaultPriority)
     }
@@ -136,6 +137,10 @@ enum EventReporter {
             let how = switch method {
             case .fdinfo: "the kernel names the device in its fdinfo"
             case .unambiguous: "its only VFIO device file, of a group with this one device"
+            case .handoff: ""
+            }
+            if method == .handoff {
+                return make("device file received by handoff; released when \(holder) exits; armed whenever its guest puts the device into D3hot")
             }
             return make("adopted from \(holder) (\(how)); armed whenever its guest puts the device into D3hot")
         case .adoptionRefused(let holder, let refusal):
@@ -156,11 +161,15 @@ enum EventReporter {
             let why = switch reason {
             case .vmmExited: "exited"
             case .vmmClosedDevice: "closed the device (unplugged from its guest)"
+            case .requested: "is let go of, as asked (Release)"
             }
             return make("released: \(holder) \(why); the device is free for the next VM")
         case .armedInGuestD3:
             fields[JournalField.mode] = .string(ArmMode.oneShot.rawValue)
             return make("armed one-shot low power: the guest put the device into D3hot")
+        case .keptArmed:
+            fields[JournalField.mode] = .string(ArmMode.oneShot.rawValue)
+            return make("still in one-shot low power from before the daemon restarted (its wakeup eventfd came back from systemd's fd store); not armed again, which would have woken it")
         }
 
         func holderFields(_ holder: VMMHolder) {

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CVFIO
 import Dispatch
 import Logging
@@ -43,6 +46,9 @@ public final class Manager: @unchecked Sendable {
     /// `vmm` devices: the fallback scan for VMMs whose opens are not seen; runs only while a
     /// `vmm` device is idle.
     private var vmmScanTimer: DispatchSourceTimer?
+    /// `vmm` devices: wakeup eventfds the previous run kept in systemd's fd store, until the
+    /// device is adopted again (or found idle at start).
+    private var keptWakeups: [PCIAddress: EventFD] = [:]
     private var watchdogTimer: DispatchSourceTimer?
     private var lastStatus: String?
     private var tally = StatusTally()
@@ -101,9 +107,14 @@ public final class Manager: @unchecked Sendable {
         } catch {
             logger.warning("cannot watch the devices' group nodes for VMMs opening them: inotify_init1: \(error) (\(error.symbolicName)); VMMs are found by the vmm_scan_interval scan and `vfio-powerctl adopt` only")
         }
+        takeKeptWakeups()
         for device in resolution.devices {
             addController(device)
         }
+        // A kept eventfd whose device no VMM holds any more belongs to an arming that ended
+        // when its VMM closed the device: drop it from the store.
+        for address in keptWakeups.keys.sorted() { forget(address) }
+        keptWakeups = [:]
         startWatchdog()
         updateRescanTimer()
         updateVMMScanTimer()
@@ -215,6 +226,31 @@ public final class Manager: @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         guard let controller = controllers[address] else { return nil }
         controller.vmmMayHaveOpened(candidates: pid.map { [$0] })
+        return snapshot(controller, now: clock.now())
+    }
+
+    /// `vmm`: takes over a device file a launcher or VMM sent (SCM_RIGHTS), once the kernel
+    /// confirms it is this device's; `sender`'s exit releases it. Closes `fd` on refusal.
+    public func handoff(_ address: PCIAddress, fd: Int32, sender: Int32) -> Result<DeviceSnapshot, HandoffRefusal> {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard let controller = controllers[address], controller.policy.source == .vmm, controller.policy.isManaged else {
+            _ = close(fd)
+            return .failure(.notVMMDevice)
+        }
+        switch source.takeHandedOver(fd, for: address, sender: sender) {
+        case .failure(let refusal):
+            return .failure(refusal)
+        case .success(let (device, process)):
+            guard controller.handoff(device, from: process) else { return .failure(.alreadyHeld) }
+            return .success(snapshot(controller, now: clock.now()))
+        }
+    }
+
+    /// `vmm`: closes the daemon's copy of the device's file now.
+    public func release(_ address: PCIAddress) -> DeviceSnapshot? {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard let controller = controllers[address] else { return nil }
+        controller.release()
         return snapshot(controller, now: clock.now())
     }
 
@@ -330,6 +366,7 @@ public final class Manager: @unchecked Sendable {
         let controller = DeviceController(address: device.address, policy: device.policy, origin: origin(of: device),
                                           source: source, queue: queue, watcher: watcher, clock: clock)
         controller.delegate = self
+        controller.wakeupStore = self
         applyVMMSettings(controller)
         controllers[device.address] = controller
         // Watch before the first look, so an open between the two is not missed.
@@ -474,6 +511,40 @@ public final class Manager: @unchecked Sendable {
             log(.configRejected, "\(problem)", ["CONFIG_FILE": problem.file])
         }
         log(.configRejected, "configuration rejected \(when): \(errors.count) error\(errors.count == 1 ? "" : "s")", [:])
+    }
+}
+
+extension Manager: WakeupStore {
+    /// The fd store's name for a device's wakeup eventfd (FDNAME= may not contain ':').
+    static func wakeupName(_ address: PCIAddress) -> String {
+        "wakeup-" + String(address.description.map { $0 == ":" ? "_" : $0 })
+    }
+
+    /// What systemd handed this run from the fd store.
+    private func takeKeptWakeups() {
+        for (name, descriptor) in SystemdNotifier.storedDescriptors() {
+            let address = name.hasPrefix("wakeup-")
+                ? PCIAddress(String(name.dropFirst("wakeup-".count).map { $0 == "_" ? ":" : $0 })) : nil
+            guard let address else {
+                _ = Glibc.close(descriptor)
+                _ = notifier.removeStored(name: name)
+                continue
+            }
+            keptWakeups[address] = EventFD(adopting: FileDescriptor(rawValue: descriptor))
+        }
+    }
+
+    func takeKept(_ address: PCIAddress) -> EventFD? { keptWakeups.removeValue(forKey: address) }
+
+    func keep(_ wakeup: EventFD, for address: PCIAddress) {
+        _ = notifier.store(wakeup.descriptor.rawValue, name: Self.wakeupName(address))
+    }
+
+    func forget(_ address: PCIAddress) {
+        // Stopping closes every device: what is stored then is what the next run needs.
+        guard !isStopping else { return }
+        keptWakeups[address] = nil
+        _ = notifier.removeStored(name: Self.wakeupName(address))
     }
 }
 

@@ -89,4 +89,7 @@ public enum PolicyEvent: Hashable, Sendable {
     case vmmReleased(VMMHolder, ReleaseReason)
     /// `vmm`: armed (one-shot) because the guest has put the device into D3hot.
     case armedInGuestD3
+    /// `vmm`: still armed from the daemon's previous run (its wakeup eventfd came back from
+    /// systemd's fd store): taken as armed without an ioctl, which would have woken it.
+    case keptArmed
 }

@@ -29,6 +29,9 @@ public struct DeviceStateMachine: Sendable {
     /// What the daemon last wrote to `d3cold_allowed` for this device (nil: never, or the
     /// device has been re-added since, so the kernel's default is back).
     private var d3coldWritten: Bool?
+    /// `vmm`: adopted with the previous run's wakeup eventfd, which has not fired: if the
+    /// first sample finds the device suspended, that arming is still engaged.
+    private var mayStillBeArmed = false
     /// `vmm`: the process whose device file the daemon holds (or that it leaves alone).
     public private(set) var holder: VMMHolder?
     /// `vmm`: how often an adopted, awake device's guest power state is sampled (the daemon's
@@ -327,11 +330,35 @@ public struct DeviceStateMachine: Sendable {
         }
     }
 
+    /// `vmm`: a launcher or VMM sent the device's file over the control socket. Taken where the
+    /// daemon holds no file of the device (nobody's, or a holder it left alone); the `adopt`
+    /// that follows takes the file that was sent.
+    public mutating func handoffOffered(now: MonotonicInstant) -> [DeviceAction] {
+        guard policy.source == .vmm, policy.isManaged else { return [] }
+        switch state {
+        case .idle, .failed:
+            state = .adopting
+            return [.adopt]
+        case .notAdopted:
+            state = .adopting
+            return [.cancelTimer, .close, .adopt]
+        default:
+            return []
+        }
+    }
+
     /// `adopt` found the VMM and holds a duplicate of its device file (and a wakeup eventfd).
-    public mutating func adopted(_ holder: VMMHolder, method: AdoptionMethod, now: MonotonicInstant) -> [DeviceAction] {
+    /// `kept`: the wakeup eventfd is the previous run's (after a restart).
+    public mutating func adopted(_ holder: VMMHolder, method: AdoptionMethod, kept: KeptWakeup? = nil,
+                                 now: MonotonicInstant) -> [DeviceAction] {
         guard case .adopting = state else { preconditionFailure("adopted without an adopt action in \(phase.name)") }
         self.holder = holder
         flap = FlapState()
+        if let kept {
+            // Wakes of the previous run's arming while the daemon was down.
+            statistics.wakes += kept.wakesWhileAway
+            mayStillBeArmed = kept.wakesWhileAway == 0
+        }
         state = .sampling
         return [.log(.adopted(holder, method)), .sampleGuest]
     }
@@ -366,11 +393,27 @@ public struct DeviceStateMachine: Sendable {
         release(.vmmExited, now: now)
     }
 
+    /// `vmm`: the operator, or the launcher that handed the device file over, asks the daemon
+    /// to let go of it now.
+    public mutating func releaseRequested(now: MonotonicInstant) -> [DeviceAction] {
+        release(.requested, now: now)
+    }
+
     /// `sampleGuest` read the device's power state.
     public mutating func sampled(_ sample: GuestPowerSample, now: MonotonicInstant) -> [DeviceAction] {
         guard case .sampling = state else { preconditionFailure("sampled without a sampleGuest action in \(phase.name)") }
         state = .guestActive
         guard sample.vmmHoldsDevice else { return release(.vmmClosedDevice, now: now) }
+        if mayStillBeArmed {
+            mayStillBeArmed = false
+            if sample.runtimeSuspended {
+                // The previous run's arming is engaged (its eventfd has not fired): another
+                // entry would resume the device first. Take it as armed.
+                statistics.lowPowerSince = now
+                state = .lowPower(LowPower(mode: .oneShot, since: now, quietCheckAt: nil))
+                return [.log(.keptArmed)]
+            }
+        }
         if sample.isGuestD3 {
             return beginArming(.oneShot, reason: .guestD3)
         }

@@ -25,6 +25,9 @@ public enum AdoptionMethod: String, Hashable, Sendable {
     /// An older kernel names no device: the VMM holds exactly one VFIO device file, and the
     /// device's group has exactly one device, so the file can only be this device's.
     case unambiguous
+    /// A launcher or VMM sent the file over the control socket (SCM_RIGHTS), and fdinfo
+    /// confirmed it is this device's.
+    case handoff
 }
 
 /// Why the daemon did not adopt the device from the process that holds it.
@@ -40,12 +43,24 @@ public enum AdoptionRefusal: Hashable, Sendable {
     case notPermitted(ErrorNumber)
 }
 
+/// The wakeup eventfd of the daemon's previous run, back from systemd's fd store when the
+/// device is adopted again after a restart: the previous run's one-shot arming signals it.
+public struct KeptWakeup: Hashable, Sendable {
+    /// Its counter: the wakes that happened while the daemon was down (0: none, so if the
+    /// device is still suspended, the previous arming is still engaged).
+    public var wakesWhileAway: UInt64
+
+    public init(wakesWhileAway: UInt64) { self.wakesWhileAway = wakesWhileAway }
+}
+
 /// Why a `vmm` device's duplicate was closed.
 public enum ReleaseReason: Hashable, Sendable {
     /// The VMM exited (its pidfd became readable).
     case vmmExited
     /// The VMM closed its own device file (hot-unplug from the guest, `device_del`).
     case vmmClosedDevice
+    /// The operator or the launcher that handed the file over asked (`Release`).
+    case requested
 }
 
 /// One look at a `vmm` device, taken from files that never wake it.

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CSystemd
 
 /// What became of one notification.
@@ -98,6 +101,40 @@ public struct SystemdNotifier: Sendable {
     /// a key that is empty or contains `=` or a newline is a programming error and traps.
     /// Newlines in values are replaced by spaces.
     ///
+    /// Keeps `descriptor` in the service's file descriptor store under `name` (FDSTORE=1,
+    /// FDNAME=), so the next run of the daemon gets it back (`storedDescriptors()`). Needs
+    /// FileDescriptorStoreMax= in the unit. The corresponding C function is
+    /// `sd_pid_notify_with_fds`.
+    public func store(_ descriptor: Int32, name: String) -> NotifyResult {
+        var fd = descriptor
+        let message = "FDSTORE=1\nFDNAME=\(name)"
+        return NotifyResult(returnValue: sd_pid_notify_with_fds(0, 0, message, &fd, 1))
+    }
+
+    /// Takes the descriptors stored under `name` out of the store (FDSTOREREMOVE=1).
+    public func removeStored(name: String) -> NotifyResult {
+        send([("FDSTOREREMOVE", "1"), ("FDNAME", name)])
+    }
+
+    /// The descriptors systemd handed this run (the fd store's, after a restart), by name; the
+    /// caller owns them. Reads LISTEN_FDS and LISTEN_FDNAMES once and unsets them. The
+    /// corresponding C function is `sd_listen_fds_with_names`.
+    public static func storedDescriptors() -> [(name: String, descriptor: Int32)] {
+        var names: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+        let count = sd_listen_fds_with_names(1, &names)
+        guard count > 0 else { return [] }
+        defer {
+            if let names {
+                for index in 0..<Int(count) { free(names[index]) }
+                free(names)
+            }
+        }
+        return (0..<Int(count)).map { index in
+            let name = names?[index].map { String(cString: $0) } ?? "unknown"
+            return (name, SD_LISTEN_FDS_START + Int32(index))
+        }
+    }
+
     /// The corresponding C function is `sd_notify`.
     @discardableResult
     public func send(_ assignments: [(String, String)]) -> NotifyResult {

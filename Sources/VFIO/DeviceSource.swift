@@ -43,6 +43,9 @@ public protocol DeviceSource: AnyObject {
     /// `power_state` and `runtime_status` from sysfs (never wakes the device), and whether the
     /// VMM still holds the adopted file. Nil when sysfs no longer has the device.
     func sampleGuest(_ device: any LowPowerDevice) -> GuestSample?
+    /// Checks a device file sent over the control socket and takes it over (see
+    /// `VMMFinder.takeHandedOver`); closes `fd` when it refuses.
+    func takeHandedOver(_ fd: Int32, for address: PCIAddress, sender: Int32) -> Result<(any LowPowerDevice, VMMProcess), HandoffRefusal>
 }
 
 /// One look at an adopted device, from files that never wake it.
@@ -77,6 +80,10 @@ public final class KernelDeviceSource: DeviceSource, @unchecked Sendable {
     public func runningVMMs(allowed: ExecutableAllowList) -> [Int32] { finder.runningVMMs(allowed: allowed) }
 
     public func announcingNodes(_ address: PCIAddress) -> [FilePath] { finder.announcingNodes(address) }
+
+    public func takeHandedOver(_ fd: Int32, for address: PCIAddress, sender: Int32) -> Result<(any LowPowerDevice, VMMProcess), HandoffRefusal> {
+        finder.takeHandedOver(fd, for: address, sender: sender)
+    }
 
     public func sampleGuest(_ device: any LowPowerDevice) -> GuestSample? {
         let sysfs = SysfsPCIDevice(address: device.address, sysfsRoot: session.preflight.sysfsRoot)

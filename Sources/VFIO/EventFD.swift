@@ -21,6 +21,11 @@ public final class EventFD: Sendable {
         descriptor = FileDescriptor(rawValue: fd)
     }
 
+    /// Takes over an eventfd opened elsewhere (one systemd kept in the service's fd store).
+    public init(adopting descriptor: FileDescriptor) {
+        self.descriptor = descriptor
+    }
+
     deinit { try? descriptor.close() }
 
     /// Reads and resets the counter: the number of signals since the last read (coalesced),

@@ -61,6 +61,24 @@ public enum AdoptionBasis: Sendable {
     /// The holder has exactly one VFIO group and one VFIO device file, and the group has one
     /// device: the file can only be this device's.
     case unambiguous
+    /// Sent over the control socket and checked by fdinfo.
+    case handoff
+}
+
+/// Why a device file sent over the control socket was not taken.
+public enum HandoffRefusal: Error, Equatable, Sendable {
+    /// It is not a VFIO device file; what /proc/self/fd says it is.
+    case notAVFIODeviceFile(String)
+    /// The kernel names another device as its device.
+    case otherDevice(String)
+    /// The kernel (before Linux 6.18) does not say which device the file belongs to.
+    case cannotCheck
+    /// The process whose exit was to release it has already exited.
+    case senderGone
+    /// The daemon already holds a file of this device.
+    case alreadyHeld
+    /// The device is not a `vmm` device of the daemon's configuration.
+    case notVMMDevice
 }
 
 public enum AdoptionProblem: Equatable, Sendable {
@@ -81,13 +99,14 @@ public final class AdoptedDevice: LowPowerDevice, @unchecked Sendable {
     /// The VMM registered the kernel's request channel itself; the daemon learns of a removal
     /// from the VMM letting go of the device.
     public let removalRequest: EventFD? = nil
-    /// The VMM's pid and its descriptor number of the device file, to check it still holds it.
+    /// The VMM's pid and its descriptor number of the device file, to check it still holds it
+    /// (nil for a file handed over: its sender's numbers are unknown).
     public let vmmPID: Int32
-    public let vmmDescriptor: Int32
+    public let vmmDescriptor: Int32?
     private let procRoot: FilePath
     private var descriptor: FileDescriptor?
 
-    init(address: PCIAddress, descriptor: FileDescriptor, vmmPID: Int32, vmmDescriptor: Int32, procRoot: FilePath) {
+    init(address: PCIAddress, descriptor: FileDescriptor, vmmPID: Int32, vmmDescriptor: Int32?, procRoot: FilePath) {
         self.address = address
         self.descriptor = descriptor
         self.vmmPID = vmmPID
@@ -140,6 +159,7 @@ public final class AdoptedDevice: LowPowerDevice, @unchecked Sendable {
     /// Whether the VMM still has the device file open under the descriptor number it was
     /// duplicated from (a guest hot-unplug closes it while the VMM runs on). Reads /proc only.
     public func vmmStillHoldsDevice() -> Bool {
+        guard let vmmDescriptor else { return true }
         let link = procRoot.appending("\(vmmPID)").appending("fd").appending("\(vmmDescriptor)")
         return (try? Syscalls.readlink(link).get()) == VMMFinder.deviceFileLink
     }
@@ -275,6 +295,36 @@ public struct VMMFinder: Sendable {
                   allowed.allows(executable) else { return nil }
             return pid
         }
+    }
+
+    /// Checks a device file sent over the control socket and takes it over: it must be a
+    /// VFIO device file (a cdev, or the group path's anonymous file), and the kernel must name
+    /// `address` as its device. Before Linux 6.18 the kernel names none, and a file that
+    /// cannot be checked is refused: arming the wrong device of a running guest can kill it.
+    /// `sender` is the process whose exit releases the device. Closes `fd` when it refuses.
+    public func takeHandedOver(_ fd: Int32, for address: PCIAddress, sender: Int32) -> Result<(any LowPowerDevice, VMMProcess), HandoffRefusal> {
+        let descriptor = FileDescriptor(rawValue: fd)
+        func refuse(_ reason: HandoffRefusal) -> Result<(any LowPowerDevice, VMMProcess), HandoffRefusal> {
+            try? descriptor.close()
+            return .failure(reason)
+        }
+        let target = (try? Syscalls.readlink(procRoot.appending("self/fd/\(fd)")).get()) ?? "?"
+        let sysfs = SysfsPCIDevice(address: address, sysfsRoot: sysfsRoot)
+        let cdevs = (try? Syscalls.listDirectory(sysfs.directory.appending("vfio-dev")).get()) ?? []
+        let isCdev = cdevs.contains { target == devRoot.appending("vfio/devices/\($0)").string }
+        guard target == Self.deviceFileLink || isCdev else { return refuse(.notAVFIODeviceFile(target)) }
+        if !isCdev {
+            guard let syspath = Self.syspath(procRoot.appending("self/fdinfo/\(fd)")) else { return refuse(.cannotCheck) }
+            guard Self.names(syspath, address) else {
+                return refuse(.otherDevice(String(syspath.split(separator: "/").last ?? "?")))
+            }
+        }
+        let pidfd = cvfio_pidfd_open(sender)
+        guard pidfd >= 0 else { return refuse(.senderGone) }
+        let process = VMMProcess(pid: sender, executable: Self.executable(procRoot.appending("\(sender)")) ?? "?",
+                                 exitNotifier: FileDescriptor(rawValue: pidfd))
+        return .success((AdoptedDevice(address: address, descriptor: descriptor, vmmPID: sender, vmmDescriptor: nil,
+                                       procRoot: procRoot), process))
     }
 
     // MARK: /proc

@@ -268,7 +268,15 @@ final class SimulatedDuplicate: LowPowerDevice, @unchecked Sendable {
     func arm(_ entry: LowPowerEntry) throws(VFIOError) { try device.arm(entry) }
     func exitLowPower() throws(VFIOError) { try device.exitLowPower() }
     func noteWoke() { device.noteWoke() }
-    func close() { lock.withLock { closed = true } }
+    var releaseObserver: (@Sendable (PCIAddress) -> Void)?
+
+    func close() {
+        let first = lock.withLock { () -> Bool in
+            defer { closed = true }
+            return !closed
+        }
+        if first { releaseObserver?(device.address) }
+    }
 }
 
 /// A device source over simulated devices: what the daemon's tests and the benchmarks use in
@@ -377,6 +385,14 @@ public final class SimulatedDeviceSource: DeviceSource, @unchecked Sendable {
     /// Successful adoptions so far.
     public var adoptions: Int { lock.withLock { _adoptions } }
 
+    /// Called (on the daemon's queue) when the daemon closes a duplicate it adopted; for the
+    /// benchmarks, nil by default.
+    public var releaseObserver: (@Sendable (PCIAddress) -> Void)? {
+        get { lock.withLock { _releaseObserver } }
+        set { lock.withLock { _releaseObserver = newValue } }
+    }
+    private var _releaseObserver: (@Sendable (PCIAddress) -> Void)?
+
     public func adopt(_ address: PCIAddress, candidates: [Int32]?, allowed: ExecutableAllowList) -> AdoptionOutcome {
         lock.withLock {
             guard let device = devices[address] else { return .noHolder }
@@ -388,6 +404,7 @@ public final class SimulatedDeviceSource: DeviceSource, @unchecked Sendable {
             guard allowed.allows(vmm.executable) else { return .refused(process, .executableNotAllowed) }
             if vmm.ambiguous { return .refused(process, .ambiguous(deviceFiles: vmm.devices.count)) }
             let duplicate = SimulatedDuplicate(device: device, vmm: vmm)
+            duplicate.releaseObserver = _releaseObserver
             duplicates.removeAll { $0.isClosed }
             duplicates.append(duplicate)
             _adoptions += 1
@@ -400,6 +417,13 @@ public final class SimulatedDeviceSource: DeviceSource, @unchecked Sendable {
     }
 
     public func announcingNodes(_ address: PCIAddress) -> [FilePath] { [] }
+
+    /// No simulated device has a file of its own to send: whatever is sent is not a VFIO
+    /// device file (the lab proves a real handoff on a real kernel).
+    public func takeHandedOver(_ fd: Int32, for address: PCIAddress, sender: Int32) -> Result<(any LowPowerDevice, VMMProcess), HandoffRefusal> {
+        let what = (try? FileDescriptor(rawValue: fd).close()).map { "a file that is not a device's" } ?? "?"
+        return .failure(.notAVFIODeviceFile(what))
+    }
 
     public func sampleGuest(_ device: any LowPowerDevice) -> GuestSample? {
         guard let duplicate = device as? SimulatedDuplicate else { return nil }

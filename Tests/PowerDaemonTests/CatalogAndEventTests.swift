@@ -299,7 +299,7 @@ final class CatalogAndEventTests: XCTestCase {
             .armFailed(.EINVAL, explanation: "x"), .openFailed(.EBUSY, explanation: "x"), .exitFailed(.EINVAL, explanation: "x"),
             .d3coldWriteFailed(.EACCES, explanation: "x"), .unsupported(.ENOTTY, explanation: "x"),
             .deviceGone(nil), .deviceBack, .released, .heldAwake(for: nil),
-            .adopted(qemu, .fdinfo), .adoptionRefused(qemu, .executableNotAllowed), .vmmReleased(qemu, .vmmExited),
+            .adopted(qemu, .fdinfo), .adopted(qemu, .handoff), .adoptionRefused(qemu, .executableNotAllowed), .vmmReleased(qemu, .vmmExited),
             .armedInGuestD3,
         ]
         var produced = Set(samples.map { EventReporter.entry(for: $0, context()).event })

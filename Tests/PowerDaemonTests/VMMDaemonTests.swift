@@ -91,4 +91,48 @@ final class VMMDaemonTests: XCTestCase {
         XCTAssertTrue(daemon.device(a).isSuspended, "on_stop = keep: the VMM's device stays in low power")
         XCTAssertEqual(daemon.device(a).calls(.exit), 0)
     }
+
+    /// An independent client (a few lines of Python over the socket, SCM_RIGHTS by
+    /// socket.send_fds) hands over a file that is not a VFIO device file: refused with the
+    /// reason, and the daemon holds nothing of it afterwards.
+    func testAHandoffOfAFileThatIsNotAVFIODeviceIsRefused() throws {
+        let daemon = try harness()
+        let a = try daemon.plug(nic)
+        try daemon.start()
+        try daemon.startControl()
+        let script = """
+            import json, os, socket, sys
+            def call(sock, parameters, fds=()):
+                message = json.dumps({"method": "io.vfiopowerd.Manager.Handoff", "parameters": parameters}).encode() + b"\\0"
+                if fds:
+                    socket.send_fds(sock, [message], list(fds))
+                else:
+                    sock.sendall(message)
+                reply = b""
+                while not reply.endswith(b"\\0"):
+                    reply += sock.recv(65536)
+                return json.loads(reply[:-1])
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(sys.argv[1])
+            r, w = os.pipe()
+            print(json.dumps({"pipe": call(sock, {"address": sys.argv[2]}, [r]),
+                              "none": call(sock, {"address": sys.argv[2]})}))
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script, daemon.socketPath, nic]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0)
+        let out = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: [String: Any]], String(decoding: data, as: UTF8.self))
+        XCTAssertEqual(out["pipe"]?["error"] as? String, "io.vfiopowerd.Manager.HandoffRefused")
+        let reason = (out["pipe"]?["parameters"] as? [String: Any])?["reason"] as? String ?? ""
+        XCTAssertTrue(reason.hasPrefix("the file passed is not a VFIO device file"), reason)
+        XCTAssertEqual(out["none"]?["error"] as? String, "io.vfiopowerd.Manager.InvalidParameter")
+        XCTAssertTrue(daemon.waitUntil { self.state(daemon, a) == .idle })
+        XCTAssertEqual(daemon.source.openDuplicates(a), 0)
+    }
 }

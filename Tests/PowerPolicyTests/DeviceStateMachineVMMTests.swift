@@ -186,4 +186,26 @@ import Testing
         // A flapping guest's arms are summarised, not logged one by one.
         #expect(m.armed(now: at(8)) == [.startTimer(.seconds(600))])
     }
+
+    @Test func aRestartWithTheKeptEventfdKnowsTheDeviceIsStillArmed() {
+        var m = DeviceStateMachine(policy: vmm, guestD3Interval: .seconds(1))
+        m.configured(now: at(0))
+        #expect(m.adopted(qemu, method: .fdinfo, kept: KeptWakeup(wakesWhileAway: 0), now: at(0)) == [.log(.adopted(qemu, .fdinfo)), .sampleGuest])
+        // Suspended and the eventfd has not fired: the previous run's arming is engaged.
+        #expect(m.sampled(GuestPowerSample(powerState: .d3hot, runtimeSuspended: true), now: at(0)) == [.log(.keptArmed)])
+        #expect(m.phase == .lowPower(.oneShot, since: at(0)))
+        #expect(m.statistics.arms == 0)
+        // The guest's D0 write fires the kept eventfd: an ordinary wake.
+        #expect(m.woke(count: 1, now: at(5)) == [.log(.woke(count: 1, inLowPowerFor: .seconds(5))), .startTimer(.seconds(2))])
+    }
+
+    @Test func wakesWhileTheDaemonWasDownAreCountedAndNotTakenAsArmed() {
+        var m = DeviceStateMachine(policy: vmm, guestD3Interval: .seconds(1))
+        m.configured(now: at(0))
+        m.adopted(qemu, method: .fdinfo, kept: KeptWakeup(wakesWhileAway: 1), now: at(0))
+        #expect(m.statistics.wakes == 1)
+        // Suspended by someone else's arming: not ours to trust; look again later.
+        #expect(m.sampled(GuestPowerSample(powerState: .d3hot, runtimeSuspended: true), now: at(0)) == [.startTimer(.seconds(1))])
+        #expect(m.phase == .guestActive)
+    }
 }

@@ -101,6 +101,35 @@ public final class ControlService: @unchecked Sendable {
                 guard let device = manager.adopt(address, pid: pid) else { return noSuchDevice(address, reply) }
                 reply.send(["device": record(device)])
             }
+        case "Handoff":
+            guard authorize(call, peer, reply) else { return }
+            withAddress(call, reply) { address in
+                var sender = peer.pid
+                if let value = call.parameters.object?["pid"], !value.isNull {
+                    guard let number = value.int64, let pid = Int32(exactly: number), pid > 0 else {
+                        return invalid("pid", "a process id, a whole number above 0", reply)
+                    }
+                    sender = pid
+                }
+                guard let files = call.files, files.count == 1, let fd = files.take().first else {
+                    return invalid("file descriptor", "pass exactly one VFIO device file with the call (SCM_RIGHTS)", reply)
+                }
+                switch manager.handoff(address, fd: fd, sender: sender) {
+                case .success(let device):
+                    reply.send(["device": record(device)])
+                case .failure(.notVMMDevice) where manager.device(address) == nil:
+                    noSuchDevice(address, reply)
+                case .failure(let refusal):
+                    reply.error("\(Self.interfaceName).HandoffRefused",
+                                parameters: ["address": .string("\(address)"), "reason": .string(Self.words(refusal))])
+                }
+            }
+        case "Release":
+            guard authorize(call, peer, reply) else { return }
+            withAddress(call, reply) { address in
+                guard let device = manager.release(address) else { return noSuchDevice(address, reply) }
+                reply.send(["device": record(device)])
+            }
         case "Reload":
             guard authorize(call, peer, reply) else { return }
             let problems = manager.reload()
@@ -140,6 +169,18 @@ public final class ControlService: @unchecked Sendable {
     private func forget(_ key: ObjectIdentifier) {
         monitors[key] = nil
         if monitors.isEmpty { manager.onDeviceChange = nil }
+    }
+
+    /// What a refused handoff's caller reads.
+    static func words(_ refusal: HandoffRefusal) -> String {
+        switch refusal {
+        case .notAVFIODeviceFile(let what): "the file passed is not a VFIO device file (it is \(what))"
+        case .otherDevice(let other): "the file passed is the VFIO device file of \(other), not of this device"
+        case .cannotCheck: "this kernel does not say which device a VFIO device file belongs to (Linux 6.18 and later do), so the file cannot be checked and is refused; let the daemon adopt the device from its VMM instead"
+        case .senderGone: "the process whose exit was to release the device has already exited"
+        case .alreadyHeld: "the daemon already holds a file of this device (see vfio-powerctl show); Release it first"
+        case .notVMMDevice: "the device is not a source = \"vmm\" device of the configuration"
+        }
     }
 
     // MARK: Parameters and permission
