@@ -175,11 +175,14 @@ check("guest D3hot again: armed again after the re-arm delay",
 kill = run("systemctl", "kill", "--signal=SIGKILL", UNIT)
 check("daemon SIGKILLed while the device is armed", kill.returncode == 0, kill.stderr)
 check("the device stays suspended without the daemon", runtime_status() == "suspended", runtime_status())
+wakes_before = count("woke")
 value = guest_wakes(q)
 check("the guest's D0 write still wakes it; its BAR read works and QEMU lives",
       runtime_status() == "active" and q.alive() and value not in (None, 0xffffffff), f"{runtime_status()}, {value}")
 check("systemd restarts the daemon (Restart=on-failure) and it adopts the running VM again",
       wait(lambda: count("adopted") == 2, timeout=15), json.dumps(journal("adopted")[-1:]))
+check("the wake while the daemon was down is counted (its eventfd came back from the fd store)",
+      wait(lambda: device().get("wakes") == 1), json.dumps(device()))
 
 # --- a restart while armed wakes nothing --------------------------------------------------
 q.set_power_state("D3hot")
@@ -195,8 +198,14 @@ after = int(sysfs("power/runtime_suspended_time"))
 check("after the restart the device did not wake: still suspended, runtime_active_time unchanged, suspended time grew",
       runtime_status() == "suspended" and int(sysfs("power/runtime_active_time")) == active_before and after > before,
       f"{runtime_status()}, active {active_before}->{sysfs('power/runtime_active_time')}, suspended {before}->{after}")
+check("the restarted daemon knows it is still armed (fd store), without an ioctl",
+      wait(lambda: device().get("state") == "low power")
+      and any("from before the daemon restarted" in e.get("MESSAGE", "") for e in journal("armedInGuestD3")),
+      json.dumps(device()))
+woke_before = count("woke")
 value = guest_wakes(q)
-check("the guest wakes it after the restart; QEMU lives", q.alive() and runtime_status() == "active", runtime_status())
+check("the guest wakes it after the restart, the new run sees the wake, and QEMU lives",
+      q.alive() and runtime_status() == "active" and wait(lambda: count("woke") == woke_before + 1), runtime_status())
 
 # --- QEMU is killed: released, and the next VM starts --------------------------------------
 released_before = count("vmmReleased")
@@ -221,7 +230,7 @@ other = "/run/lab-not-a-vmm"
 shutil.copy("/usr/bin/qemu-system-x86_64", other)
 os.chmod(other, 0o755)
 # A copied binary finds its firmware only where -L says.
-q3 = QemuGuest(NIC, qemu=other, extra_args=("-L", "/usr/share/qemu"))
+q3 = QemuGuest(NIC, qemu=other, extra_args=("-L", "/usr/share/seabios", "-L", "/usr/share/qemu"))
 check("a holder whose executable is not in vmm_executables is refused and named",
       wait(lambda: count("adoptionRefused") == 1, timeout=5) and "lab-not-a-vmm" in journal("adoptionRefused")[0].get("MESSAGE", ""),
       json.dumps(journal("adoptionRefused")))
@@ -237,6 +246,45 @@ check("its guest's D3hot is not armed: the device stays active", states == {"act
 q3.close()
 os.unlink(other)
 check("it exited: the device is idle again", wait(lambda: device().get("state") == "idle", timeout=5), json.dumps(device()))
+
+# --- a launcher that opened the device itself hands its file over ------------------------
+launcher_bin = "/run/handoff-launcher"
+build = run("cc", "-O2", "-Wall", "-o", launcher_bin, os.path.join(os.path.dirname(__file__), "handoff_launcher.c"))
+check("the test launcher builds against <linux/vfio.h>", build.returncode == 0, build.stderr)
+launcher = subprocess.Popen([launcher_bin, "/run/vfio-powerd/io.vfiopowerd.Manager", NIC], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+reply = json.loads(launcher.stdout.readline().strip().rstrip("\0") or "{}")
+
+
+def launcher_says(command):
+    launcher.stdin.write(command + "\n")
+    launcher.stdin.flush()
+    return launcher.stdout.readline().strip()
+
+
+if NEW_KERNEL:
+    check("handoff: the daemon takes the launcher's device file (fdinfo names the device)",
+          reply.get("parameters", {}).get("device", {}).get("holderPid") == launcher.pid, json.dumps(reply))
+    check("journal: handoff received", wait(lambda: count("handoffReceived") == 1), json.dumps(journal("handoffReceived")))
+    launcher_says("d3hot")
+    check("the launcher's guest-style D3hot write is armed like an adopted device's",
+          wait(lambda: runtime_status() == "suspended", timeout=INTERVAL + 3), runtime_status())
+    launcher_says("d0")
+    check("its D0 write wakes the device", wait(lambda: runtime_status() == "active") and sysfs("power_state") == "D0",
+          runtime_status())
+    released_before = count("vmmReleased")
+    launcher_says("exit")
+    launcher.wait(timeout=10)
+    check("the launcher exits: its file is released and the device is idle",
+          wait(lambda: count("vmmReleased") == released_before + 1 and device().get("state") == "idle", timeout=5),
+          json.dumps(device()))
+else:
+    reason = reply.get("parameters", {}).get("reason", "")
+    check("6.1 cannot say which device a VFIO file is: the handoff is refused, with the reason",
+          reply.get("error") == "io.vfiopowerd.Manager.HandoffRefused" and "cannot be checked" in reason, json.dumps(reply))
+    launcher_says("exit")
+    launcher.wait(timeout=10)
+    check("the device stays idle", wait(lambda: device().get("state") == "idle", timeout=5), json.dumps(device()))
 
 # --- check-config refuses what would kill a VM ---------------------------------------------
 for key, value, words in (("trigger", '"immediate"', "kills the VM"), ("mode", '"reentrant"', "BARs blocked")):
