@@ -35,6 +35,8 @@ struct Arguments {
     var out = "-"
     /// The daemon logger's level: info (the shipped default) builds every wake's two entries.
     var logLevel = Logger.Level.info
+    /// `--vmm 1`: the vmm-device measures (VMMBench.swift) instead of the own-device ones.
+    var vmm = false
 
     init() {
         var args = CommandLine.arguments.dropFirst().makeIterator()
@@ -51,6 +53,7 @@ struct Arguments {
             case "--watchdog-usec": watchdogUsec = Int(value)!
             case "--out": out = value
             case "--log-level": logLevel = Logger.Level(rawValue: value)!
+            case "--vmm": vmm = value == "1"
             default: fatalError("unknown option \(flag)")
             }
         }
@@ -487,4 +490,8 @@ func runBench() throws {
     }
 }
 
-try runBench()
+if Arguments().vmm {
+    try runVMMBench(Arguments())
+} else {
+    try runBench()
+}
