@@ -32,6 +32,8 @@ public struct DeviceStateMachine: Sendable {
     /// `vmm`: adopted with the previous run's wakeup eventfd, which has not fired: if the
     /// first sample finds the device suspended, that arming is still engaged.
     private var mayStillBeArmed = false
+    /// `vmm`: the idle state a look for a VMM started from (how long to keep looking).
+    private var priorIdle: State = .idle(lookingUntil: nil)
     /// `vmm`: the process whose device file the daemon holds (or that it leaves alone).
     public private(set) var holder: VMMHolder?
     /// `vmm`: how often an adopted, awake device's guest power state is sampled (the daemon's
@@ -73,8 +75,10 @@ public struct DeviceStateMachine: Sendable {
         case unsupported
         case stopped
         /// `vmm`: no VMM holds the device (the kernel keeps it suspended by itself); nothing
-        /// open, nothing sampled. Left by `vmmMayHaveOpened`.
-        case idle
+        /// open, nothing sampled. Left by `vmmMayHaveOpened`. `lookingUntil`: an open was seen
+        /// but no holder found yet (inotify reports an open before the opener's descriptor
+        /// table shows it): the timer looks again until then.
+        case idle(lookingUntil: MonotonicInstant?)
         /// `vmm`: outcome of `adopt` pending.
         case adopting
         /// `vmm`: a process holds the device and the daemon leaves it alone until it exits
@@ -175,6 +179,7 @@ public struct DeviceStateMachine: Sendable {
             state = .opening
             return [.open]
         case .vmm:
+            priorIdle = .idle(lookingUntil: nil)
             state = .adopting
             return [.adopt]
         }
@@ -320,8 +325,10 @@ public struct DeviceStateMachine: Sendable {
         guard policy.source == .vmm, policy.isManaged else { return [] }
         switch state {
         case .idle, .failed:
+            // Look, and keep looking for a while if the opener is not visible yet.
+            priorIdle = .idle(lookingUntil: now + Self.lookingAfterAnOpen)
             state = .adopting
-            return [.adopt]
+            return [.cancelTimer, .adopt]
         case .notAdopted(.noDeviceFile):
             state = .adopting
             return [.cancelTimer, .adopt]
@@ -330,6 +337,10 @@ public struct DeviceStateMachine: Sendable {
         }
     }
 
+    /// After an open was seen, how long a holder is looked for, and how often.
+    public static let lookingAfterAnOpen: Duration = .seconds(2)
+    public static let lookAgainDelay: Duration = .milliseconds(100)
+
     /// `vmm`: a launcher or VMM sent the device's file over the control socket. Taken where the
     /// daemon holds no file of the device (nobody's, or a holder it left alone); the `adopt`
     /// that follows takes the file that was sent.
@@ -337,8 +348,9 @@ public struct DeviceStateMachine: Sendable {
         guard policy.source == .vmm, policy.isManaged else { return [] }
         switch state {
         case .idle, .failed:
+            priorIdle = .idle(lookingUntil: nil)
             state = .adopting
-            return [.adopt]
+            return [.cancelTimer, .adopt]
         case .notAdopted:
             state = .adopting
             return [.cancelTimer, .close, .adopt]
@@ -383,7 +395,11 @@ public struct DeviceStateMachine: Sendable {
     public mutating func noVMM(now: MonotonicInstant) -> [DeviceAction] {
         guard case .adopting = state else { preconditionFailure("noVMM without an adopt action in \(phase.name)") }
         holder = nil
-        state = .idle
+        if case .idle(let until?) = priorIdle, now < until {
+            state = .idle(lookingUntil: until)
+            return [.startTimer(Self.lookAgainDelay)]
+        }
+        state = .idle(lookingUntil: nil)
         return []
     }
 
@@ -431,12 +447,12 @@ public struct DeviceStateMachine: Sendable {
         case .lowPower, .guestActive, .waitingToRearm, .backingOff, .heldAwake:
             endLowPowerPeriod(now: now)
             self.holder = nil
-            state = .idle
+            state = .idle(lookingUntil: nil)
             return [.cancelTimer, .close, .log(.vmmReleased(holder, reason))]
         case .notAdopted, .failed:
             // Nothing duplicated: stop watching the holder.
             self.holder = nil
-            state = .idle
+            state = .idle(lookingUntil: nil)
             return [.cancelTimer, .close]
         case .opening, .arming, .exiting, .adopting, .sampling:
             preconditionFailure("vmm release while the outcome of the last action is pending in \(phase.name); report it first")
@@ -524,6 +540,14 @@ public struct DeviceStateMachine: Sendable {
         case .notAdopted(.noDeviceFile):
             state = .adopting
             return [.adopt]
+        case .idle(let until?):
+            guard now <= until else {
+                state = .idle(lookingUntil: nil)
+                return []
+            }
+            priorIdle = .idle(lookingUntil: until)
+            state = .adopting
+            return [.adopt]
         case .lowPower(var lowPower):
             guard let quietCheckAt = lowPower.quietCheckAt, now >= quietCheckAt else { return [] }
             lowPower.quietCheckAt = nil
@@ -553,10 +577,14 @@ public struct DeviceStateMachine: Sendable {
             holder = nil
             state = .gone
             return [.cancelTimer, .close]
-        case .failed, .idle:
-            // Nothing open; from gone, `returned` takes it up again.
+        case .failed:
+            // Already closed; from gone, `returned` reopens it.
             state = .gone
             return []
+        case .idle:
+            // Nothing open (its look-again timer may run); from gone, `returned` takes it up.
+            state = .gone
+            return [.cancelTimer]
         case .unconfigured, .disabled, .gone, .unsupported, .stopped:
             // Nothing open: nothing to release (a second notice of the same removal, or a
             // device the daemon does not manage).
@@ -608,8 +636,9 @@ public struct DeviceStateMachine: Sendable {
         case .opening, .arming, .exiting, .adopting, .sampling:
             preconditionFailure("policyChanged while the outcome of the last action is pending in \(phase.name); report it first")
         case .idle:
-            if !newPolicy.isManaged { state = .disabled }
-            return []
+            guard !newPolicy.isManaged else { return [] }
+            state = .disabled
+            return [.cancelTimer]
         case .notAdopted:
             guard !newPolicy.isManaged else { return [] }
             holder = nil
@@ -699,7 +728,10 @@ public struct DeviceStateMachine: Sendable {
             // Disarmed and awake already (or nothing duplicated): no exit needed.
             state = .stopped
             return [.cancelTimer, .close]
-        case .unconfigured, .disabled, .failed, .gone, .unsupported, .stopped, .idle:
+        case .idle:
+            state = .stopped
+            return [.cancelTimer]
+        case .unconfigured, .disabled, .failed, .gone, .unsupported, .stopped:
             state = .stopped
             return []
         case .opening, .arming, .exiting, .adopting, .sampling:

@@ -51,6 +51,8 @@ public protocol DeviceSource: AnyObject {
 /// One look at an adopted device, from files that never wake it.
 public struct GuestSample: Equatable, Sendable {
     public var powerState: PCIPowerState
+    /// Read only when `powerState` is D3hot: a device the kernel has runtime-suspended is in
+    /// D3hot (or D3cold), so in D0 it is active.
     public var runtimeStatus: RuntimeStatus
     public var vmmHoldsDevice: Bool
 
@@ -86,10 +88,14 @@ public final class KernelDeviceSource: DeviceSource, @unchecked Sendable {
     }
 
     public func sampleGuest(_ device: any LowPowerDevice) -> GuestSample? {
-        let sysfs = SysfsPCIDevice(address: device.address, sysfsRoot: session.preflight.sysfsRoot)
-        guard let powerState = try? sysfs.powerState(), let runtimeStatus = try? sysfs.runtimeStatus() else { return nil }
-        let holds = (device as? AdoptedDevice)?.vmmStillHoldsDevice() ?? true
-        return GuestSample(powerState: powerState, runtimeStatus: runtimeStatus, vmmHoldsDevice: holds)
+        guard let adopted = device as? AdoptedDevice, let powerState = adopted.powerState?.read() else { return nil }
+        var runtimeStatus = RuntimeStatus.active
+        if powerState != .d0 {
+            let sysfs = SysfsPCIDevice(address: device.address, sysfsRoot: session.preflight.sysfsRoot)
+            guard let status = try? sysfs.runtimeStatus() else { return nil }
+            runtimeStatus = status
+        }
+        return GuestSample(powerState: powerState, runtimeStatus: runtimeStatus, vmmHoldsDevice: adopted.vmmStillHoldsDevice())
     }
 
     public func openDevice(_ address: PCIAddress) throws(VFIOError) -> any LowPowerDevice {

@@ -312,3 +312,37 @@ extension String {
         return String(text)
     }
 }
+
+/// A device's `power_state`, kept open and re-read with pread(2) at offset 0 (sysfs renders
+/// the attribute anew on each read from the start): what sampling a guest's power state
+/// costs per device and interval is one system call, no path and no allocation. Reading it
+/// never wakes the device.
+public final class PowerStateFile: @unchecked Sendable {
+    private let fd: Int32
+
+    public init?(address: PCIAddress, sysfsRoot: FilePath = "/sys") {
+        let path = sysfsRoot.appending("bus/pci/devices").appending(address.description).appending("power_state")
+        let fd = path.withPlatformString { open($0, O_RDONLY | O_CLOEXEC) }
+        guard fd >= 0 else { return nil }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+
+    /// D0, D3hot, D3cold, ...; nil when the device is gone (the read fails).
+    public func read() -> PCIPowerState? {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16) { buffer -> PCIPowerState? in
+            var count: Int
+            repeat { count = pread(fd, buffer.baseAddress, buffer.count, 0) } while count < 0 && errno == EINTR
+            guard count > 0 else { return nil }
+            let bytes = UnsafeBufferPointer(rebasing: buffer[..<count])
+            func matches(_ text: StaticString) -> Bool {
+                count == text.utf8CodeUnitCount + 1 && memcmp(bytes.baseAddress!, text.utf8Start, text.utf8CodeUnitCount) == 0
+            }
+            if matches("D0") { return .d0 }
+            if matches("D3hot") { return .d3hot }
+            let text = String(decoding: bytes, as: UTF8.self).trimmingTrailingWhitespace()
+            return PCIPowerState(rawValue: text) ?? .unknown(text)
+        }
+    }
+}

@@ -105,13 +105,20 @@ public final class AdoptedDevice: LowPowerDevice, @unchecked Sendable {
     public let vmmDescriptor: Int32?
     private let procRoot: FilePath
     private var descriptor: FileDescriptor?
+    /// The device's sysfs `power_state`, open for sampling (nil if sysfs refused it).
+    public let powerState: PowerStateFile?
+    /// /proc/PID/fd/N of the VMM's own file, built once for the per-sample check.
+    private let vmmLink: String?
 
-    init(address: PCIAddress, descriptor: FileDescriptor, vmmPID: Int32, vmmDescriptor: Int32?, procRoot: FilePath) {
+    init(address: PCIAddress, descriptor: FileDescriptor, vmmPID: Int32, vmmDescriptor: Int32?, procRoot: FilePath,
+         sysfsRoot: FilePath) {
         self.address = address
         self.descriptor = descriptor
         self.vmmPID = vmmPID
         self.vmmDescriptor = vmmDescriptor
         self.procRoot = procRoot
+        self.powerState = PowerStateFile(address: address, sysfsRoot: sysfsRoot)
+        self.vmmLink = vmmDescriptor.map { procRoot.appending("\(vmmPID)/fd/\($0)").string }
     }
 
     deinit { close() }
@@ -159,9 +166,13 @@ public final class AdoptedDevice: LowPowerDevice, @unchecked Sendable {
     /// Whether the VMM still has the device file open under the descriptor number it was
     /// duplicated from (a guest hot-unplug closes it while the VMM runs on). Reads /proc only.
     public func vmmStillHoldsDevice() -> Bool {
-        guard let vmmDescriptor else { return true }
-        let link = procRoot.appending("\(vmmPID)").appending("fd").appending("\(vmmDescriptor)")
-        return (try? Syscalls.readlink(link).get()) == VMMFinder.deviceFileLink
+        guard let vmmLink else { return true }
+        // One readlink into a stack buffer: this runs every guest_d3_interval per device.
+        let expected = VMMFinder.deviceFileLink.utf8
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 64) { buffer in
+            let count = readlink(vmmLink, buffer.baseAddress!, buffer.count)
+            return count == expected.count && zip(buffer[..<count], expected).allSatisfy { UInt8(bitPattern: $0) == $1 }
+        }
     }
 }
 
@@ -283,7 +294,7 @@ public struct VMMFinder: Sendable {
             return .refused(process, .noDeviceFile)
         }
         return .adopted(AdoptedDevice(address: address, descriptor: descriptor, vmmPID: pid, vmmDescriptor: target.fd,
-                                      procRoot: procRoot), process, method: target.basis)
+                                      procRoot: procRoot, sysfsRoot: sysfsRoot), process, method: target.basis)
     }
 
     /// The running processes whose executable is allowed (one readlink of /proc/PID/exe
@@ -324,7 +335,7 @@ public struct VMMFinder: Sendable {
         let process = VMMProcess(pid: sender, executable: Self.executable(procRoot.appending("\(sender)")) ?? "?",
                                  exitNotifier: FileDescriptor(rawValue: pidfd))
         return .success((AdoptedDevice(address: address, descriptor: descriptor, vmmPID: sender, vmmDescriptor: nil,
-                                       procRoot: procRoot), process))
+                                       procRoot: procRoot, sysfsRoot: sysfsRoot), process))
     }
 
     // MARK: /proc

@@ -15,7 +15,7 @@ import Testing
         #expect(m.configured(now: at(0)) == [.adopt])
         #expect(m.noVMM(now: at(0)) == [])
         #expect(m.phase == .idle)
-        #expect(m.vmmMayHaveOpened(now: at(second)) == [.adopt])
+        #expect(m.vmmMayHaveOpened(now: at(second)) == [.cancelTimer, .adopt])
         #expect(m.adopted(qemu, method: .fdinfo, now: at(second)) == [.log(.adopted(qemu, .fdinfo)), .sampleGuest])
         #expect(m.sampled(d0, now: at(second)) == [.startTimer(.seconds(1))])
         #expect(m.phase == .guestActive)
@@ -79,7 +79,7 @@ import Testing
         #expect(m.phase == .idle && m.holder == nil)
         #expect(m.statistics.timeInLowPower(asOf: at(9)) == .seconds(3))
         // The next VMM is adopted afresh.
-        #expect(m.vmmMayHaveOpened(now: at(9)) == [.adopt])
+        #expect(m.vmmMayHaveOpened(now: at(9)) == [.cancelTimer, .adopt])
     }
 
     @Test func theVMMExitingWhileWaitingOrSamplingReleases() {
@@ -113,7 +113,7 @@ import Testing
         #expect(m.noVMM(now: at(0)) == [])
         #expect(m.phase == .idle)
         // Still starting, then gone before its device file appeared: its pidfd reads.
-        #expect(m.vmmMayHaveOpened(now: at(1)) == [.adopt])
+        #expect(m.vmmMayHaveOpened(now: at(1)) == [.cancelTimer, .adopt])
         m.adoptionRefused(qemu, .noDeviceFile, now: at(1))
         #expect(m.vmmExited(now: at(2)) == [.cancelTimer, .close])
         #expect(m.phase == .idle)
@@ -161,7 +161,7 @@ import Testing
         // Idle: the operator's arm (or adopt) looks for a VMM.
         var idle = DeviceStateMachine(policy: vmm)
         idle.configured(now: at(0)); idle.noVMM(now: at(0))
-        #expect(idle.armRequested(now: at(1)) == [.adopt])
+        #expect(idle.armRequested(now: at(1)) == [.cancelTimer, .adopt])
     }
 
     @Test func disablingAnAdoptedDeviceClosesTheDuplicateOnly() {
@@ -207,5 +207,20 @@ import Testing
         // Suspended by someone else's arming: not ours to trust; look again later.
         #expect(m.sampled(GuestPowerSample(powerState: .d3hot, runtimeSuspended: true), now: at(0)) == [.startTimer(.seconds(1))])
         #expect(m.phase == .guestActive)
+    }
+
+    @Test func anOpenSeenBeforeTheOpenerShowsIsLookedAtAgainForAWhile() {
+        // inotify reports the open before the file is in the opener's descriptor table.
+        var m = DeviceStateMachine(policy: vmm)
+        m.configured(now: at(0))
+        #expect(m.noVMM(now: at(0)) == [], "the first look at start keeps no timer")
+        #expect(m.vmmMayHaveOpened(now: at(10)) == [.cancelTimer, .adopt])
+        #expect(m.noVMM(now: at(10)) == [.startTimer(DeviceStateMachine.lookAgainDelay)])
+        #expect(m.phase == .idle)
+        #expect(m.timerFired(now: at(11)) == [.adopt])
+        #expect(m.noVMM(now: at(11)) == [.startTimer(DeviceStateMachine.lookAgainDelay)])
+        // Past lookingAfterAnOpen (2 s): idle, with no timer.
+        #expect(m.timerFired(now: at(13)) == [])
+        #expect(m.phase == .idle)
     }
 }

@@ -15,9 +15,9 @@ import VFIOSimulator
 /// the CPU that sampling the guests' power state costs while every guest uses its device; the
 /// time from a guest's D3hot write to the arm; the time from a VMM's exit to the release.
 ///
-/// Sampling reads the device's `power_state` and `power/runtime_status` from files (the fake
-/// sysfs tree) and one /proc link, as the kernel source does, so the per-sample cost is the
-/// real one's; the devices and VMMs are simulated.
+/// Sampling preads the device's `power_state` from the fake sysfs tree and reads one /proc
+/// link, as the kernel source does, so the system calls per sample are the real ones'; the
+/// devices and VMMs are simulated.
 struct VMMResults: Codable {
     var side = "daemon-vmm"
     var devices = 0
@@ -57,12 +57,15 @@ final class SysfsReadingSource: DeviceSource, @unchecked Sendable {
         simulated.takeHandedOver(fd, for: address, sender: sender)
     }
 
+    /// Each device's power_state, open as the kernel source's AdoptedDevice keeps it.
+    private var files: [PCIAddress: PowerStateFile] = [:]
+
+    /// What KernelDeviceSource.sampleGuest does per sample in D0: one pread of power_state
+    /// and one readlink of the VMM's /proc fd link; the answer is the simulator's.
     func sampleGuest(_ device: any LowPowerDevice) -> GuestSample? {
-        let sysfs = SysfsPCIDevice(address: device.address, sysfsRoot: FilePath(sysfsRoot))
-        _ = try? sysfs.powerState()
-        _ = try? sysfs.runtimeStatus()
-        var link = [CChar](repeating: 0, count: 256)
-        _ = readlink("/proc/self/fd/0", &link, link.count - 1)
+        if files[device.address] == nil { files[device.address] = PowerStateFile(address: device.address, sysfsRoot: FilePath(sysfsRoot)) }
+        _ = files[device.address]?.read()
+        _ = withUnsafeTemporaryAllocation(of: CChar.self, capacity: 64) { readlink("/proc/self/fd/0", $0.baseAddress!, $0.count) }
         samples.add(1, ordering: .relaxed)
         return simulated.sampleGuest(device)
     }
