@@ -55,6 +55,10 @@ public enum ConfigCheck {
             lines.append("  " + pad(setting.map { "\(key) = \"\($0.value)\"" } ?? "\(key) = (none: root only)")
                          + "(\(setting.map { "\($0.source)" } ?? "built-in default"))")
         }
+        lines.append("  " + pad("vmm_executables = [\(daemon.vmmExecutables.value.map { "\"\($0)\"" }.joined(separator: ", "))]")
+                     + "(\(daemon.vmmExecutables.source))")
+        lines.append("  " + pad("guest_d3_interval = \(daemon.guestD3Interval.value.configText)") + "(\(daemon.guestD3Interval.source))")
+        lines.append("  " + pad("vmm_scan_interval = \(daemon.vmmScanInterval.value.configText)") + "(\(daemon.vmmScanInterval.source))")
 
         lines.append("")
         lines.append("Devices:")
@@ -81,6 +85,10 @@ public enum ConfigCheck {
             lines.append("    " + pad("enabled = \(enabled.value)") + "(\(enabled.source))")
             for key in PolicyKey.allCases {
                 lines.append("    " + pad("\(key.rawValue) = \(device.effective.text(of: key))") + "(\(device.effective.source(of: key)))")
+            }
+            if device.effective.policy.source == .own && device.effective.policy.isManaged {
+                lines.append("    note: source = \"own\": the daemon holds this device open, so no VM can use it while it runs "
+                             + "(QEMU fails with \"Device or resource busy\"); use source = \"vmm\" for a device that VMs use")
             }
         }
         for entry in resolution.unmatchedRules {

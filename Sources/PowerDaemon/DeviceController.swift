@@ -14,6 +14,8 @@ protocol DeviceControllerDelegate: AnyObject {
     func device(_ controller: DeviceController, reported event: PolicyEvent, context: DeviceController.Context)
     /// The device's phase or counters changed (the STATUS line may need an update).
     func deviceDidChange(_ controller: DeviceController)
+    /// `vmm`: what one look for the device's VMM found (for `--log-level debug`).
+    func device(_ controller: DeviceController, looked outcome: @autoclosure () -> String)
 }
 
 /// Where a `vmm` device's wakeup eventfd outlives the daemon: systemd's fd store, so that a
@@ -169,14 +171,35 @@ final class DeviceController: @unchecked Sendable {
     /// `vmm`: the VMM that holds the device, if one is known.
     var vmmProcess: VMMProcess? { vmm }
 
+    private typealias Event = (inout DeviceStateMachine, MonotonicInstant) -> [DeviceAction]
+
+    /// A look for the device's VMM is running off the queue: its outcome is the machine's next
+    /// event, so events that come meanwhile wait here, in order.
+    private var awaitingLook = false
+    private var deferred: [Event] = []
+
+    /// Where looks for VMMs run: /proc of other processes can be slow to read (seen in the lab:
+    /// over ten seconds while a VMM started under TCG), and the daemon's queue must keep
+    /// handling other devices, the control socket and the watchdog meanwhile.
+    private static let lookout = DispatchQueue(label: "vfio-powerd.lookout", attributes: .concurrent)
+
     /// Feeds one event to the machine and carries out what it returns.
-    private func run(_ event: (inout DeviceStateMachine, MonotonicInstant) -> [DeviceAction]) {
+    private func run(_ event: @escaping Event) {
         dispatchPrecondition(condition: .onQueue(queue))
+        if awaitingLook {
+            deferred.append(event)
+            return
+        }
         var actions = event(&machine, clock.now())
         // Each list holds at most one action with an outcome; the outcome is the next event.
-        while !actions.isEmpty {
-            var outcome: ((inout DeviceStateMachine, MonotonicInstant) -> [DeviceAction])?
+        outcomes: while !actions.isEmpty {
+            var outcome: Event?
             for action in actions {
+                if case .adopt = action, pendingHandoff == nil {
+                    // The last action of its list; the outcome comes back in lookFinished.
+                    startLook()
+                    break outcomes
+                }
                 if let result = perform(action) {
                     outcome = result.event
                     if result.skipRest { break }
@@ -188,8 +211,34 @@ final class DeviceController: @unchecked Sendable {
     }
 
     private struct Outcome {
-        var event: (inout DeviceStateMachine, MonotonicInstant) -> [DeviceAction]
+        var event: Event
         var skipRest = false
+    }
+
+    private func startLook() {
+        awaitingLook = true
+        let candidates = self.candidates
+        let allowed = allowedExecutables
+        Self.lookout.async { [self] in
+            let found = Found(source.adopt(address, candidates: candidates, allowed: allowed))
+            queue.async { [self] in lookFinished(found.outcome) }
+        }
+    }
+
+    /// An outcome on its way from the lookout to the queue: made on one, used on the other,
+    /// never by both at once.
+    private final class Found: @unchecked Sendable {
+        let outcome: AdoptionOutcome
+        init(_ outcome: AdoptionOutcome) { self.outcome = outcome }
+    }
+
+    private func lookFinished(_ outcome: AdoptionOutcome) {
+        awaitingLook = false
+        let result = adopted(outcome)
+        run(result.event)
+        let waiting = deferred
+        deferred = []
+        for event in waiting { run(event) }
     }
 
     private func perform(_ action: DeviceAction) -> Outcome? {
@@ -244,7 +293,10 @@ final class DeviceController: @unchecked Sendable {
             close()
             return nil
         case .adopt:
-            return adopt()
+            // Only a handed-over file is taken here, at once; a look runs off the queue.
+            guard let handed = pendingHandoff else { preconditionFailure("run() starts looks for VMMs") }
+            pendingHandoff = nil
+            return adopted(.adopted(handed.device, handed.process, method: .handoff))
         case .sampleGuest:
             guard let device, let sample = source.sampleGuest(device) else {
                 // sysfs no longer has the device: the VMM's file is all that is left of it.
@@ -272,14 +324,9 @@ final class DeviceController: @unchecked Sendable {
 
     // MARK: Adopting from a VMM
 
-    private func adopt() -> Outcome {
-        let outcome: AdoptionOutcome
-        if let handed = pendingHandoff {
-            pendingHandoff = nil
-            outcome = .adopted(handed.device, handed.process, method: .handoff)
-        } else {
-            outcome = source.adopt(address, candidates: candidates, allowed: allowedExecutables)
-        }
+    /// Takes up what a look for the VMM found (or a handed-over file), on the queue.
+    private func adopted(_ outcome: AdoptionOutcome) -> Outcome {
+        delegate?.device(self, looked: Self.describe(outcome))
         switch outcome {
         case .noHolder:
             return Outcome(event: { $0.noVMM(now: $1) })
@@ -326,6 +373,15 @@ final class DeviceController: @unchecked Sendable {
             case .handoff: .handoff
             }
             return Outcome(event: { $0.adopted(holder, method: method, kept: kept, now: $1) })
+        }
+    }
+
+    private static func describe(_ outcome: AdoptionOutcome) -> String {
+        switch outcome {
+        case .noHolder: "no process holds its group"
+        case .failed(let error): "cannot look: \(error)"
+        case .refused(let process, let problem): "held by pid \(process.pid) (\(process.executable)), not adopted: \(problem)"
+        case .adopted(_, let process, let basis): "adopted from pid \(process.pid) (\(basis))"
         }
     }
 

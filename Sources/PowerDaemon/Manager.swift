@@ -387,6 +387,8 @@ public final class Manager: @unchecked Sendable {
 
     /// inotify saw these devices' nodes opened: a VMM may have taken them.
     private func vmmOpened(_ addresses: Set<PCIAddress>) {
+        logger.debug("a group node was opened (inotify): \(addresses.sorted().map(\.description).joined(separator: ", "))",
+                     source: Self.logSource)
         for address in addresses.sorted() {
             controllers[address]?.vmmMayHaveOpened()
         }
@@ -554,6 +556,11 @@ extension Manager: DeviceControllerDelegate {
         guard logger.logLevel <= EventReporter.classify(event, context).level else { return }
         let entry = EventReporter.entry(for: event, context)
         logger.log(level: entry.level, Logger.Message(stringLiteral: entry.message), metadata: entry.metadata, source: Self.logSource)
+    }
+
+    func device(_ controller: DeviceController, looked outcome: @autoclosure () -> String) {
+        guard logger.logLevel <= .debug else { return }
+        logger.debug("\(controller.address): looked for its VMM: \(outcome())", source: Self.logSource)
     }
 
     func deviceDidChange(_ controller: DeviceController) {

@@ -181,7 +181,13 @@ struct Adopt: ParsableCommand {
     func run() throws {
         let address = try parseAddress(device)
         try talking {
-            let record = try daemon.client().adopt("\(address)", pid: pid)
+            var record = try daemon.client().adopt("\(address)", pid: pid)
+            // The daemon looks through /proc off its loop; wait for what it found.
+            let deadline = nowRealtimeMicroseconds() + 10_000_000
+            while record.state == "adopting" && nowRealtimeMicroseconds() < deadline {
+                usleep(50_000)
+                record = try daemon.client().device("\(address)")
+            }
             guard record.source == "vmm" else {
                 throw ControlClientError.failed("\(record.address) is an `own` device: the daemon opens it itself; set source = \"vmm\" to adopt it from a VM")
             }

@@ -31,9 +31,15 @@ final class DaemonHarness {
                                                 withIntermediateDirectories: true)
         for (name, text) in devices { try write(text, to: "etc/vfio-powerd/devices.d/\(name)") }
         setenv("NOTIFY_SOCKET", listener.path, 1)
+        // Read every datagram as it comes, as systemd does: a unix datagram socket queues only
+        // net.unix.max_dgram_qlen (10) unread ones, and then sd_notify blocks the daemon.
+        drain = NotifyDrain(listener)
     }
 
+    private var drain: NotifyDrain!
+
     deinit {
+        drain.stop()
         if let control, let manager { manager.queue.sync { control.stop() } }
         unsetenv("NOTIFY_SOCKET")
         tree.remove()
@@ -103,7 +109,12 @@ final class DaemonHarness {
     }
 
     /// Every sd_notify datagram received so far.
-    func notifications() throws -> [String] { try listener.receiveQueued() }
+    /// The datagrams the daemon sent since the last call (the drain has read them already).
+    func notifications() throws -> [String] {
+        // What is still in the socket reaches `received` within the drain's next turn.
+        Thread.sleep(forTimeInterval: 0.12)
+        return drain.take()
+    }
 
     func phase(_ address: PCIAddress) -> String? {
         onQueue { $0.devices().first { $0.address == address }?.phase.name }
@@ -146,4 +157,32 @@ final class LogCapture: @unchecked Sendable {
             capture.append(Entry(level: event.level, message: "\(event.message)", metadata: flat))
         }
     }
+}
+
+/// Reads the notify socket on its own thread, as systemd reads it.
+final class NotifyDrain: @unchecked Sendable {
+    private let listener: NotifySocketListener
+    private let lock = NSLock()
+    private var messages: [String] = []
+    private var stopped = false
+
+    init(_ listener: NotifySocketListener) {
+        self.listener = listener
+        Thread { [self] in
+            while !lock.withLock({ stopped }) {
+                if let message = try? self.listener.receive(timeoutMilliseconds: 50) {
+                    lock.withLock { messages.append(message) }
+                }
+            }
+        }.start()
+    }
+
+    func take() -> [String] {
+        lock.withLock {
+            defer { messages = [] }
+            return messages
+        }
+    }
+
+    func stop() { lock.withLock { stopped = true } }
 }

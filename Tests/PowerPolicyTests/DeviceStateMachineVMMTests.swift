@@ -219,8 +219,8 @@ import Testing
         #expect(m.phase == .idle)
         #expect(m.timerFired(now: at(11)) == [.adopt])
         #expect(m.noVMM(now: at(11)) == [.startTimer(DeviceStateMachine.lookAgainDelay)])
-        // Past lookingAfterAnOpen (2 s): idle, with no timer.
-        #expect(m.timerFired(now: at(13)) == [])
+        // Past lookingAfterAnOpen (5 s): idle, with no timer.
+        #expect(m.timerFired(now: at(16)) == [])
         #expect(m.phase == .idle)
     }
 }

@@ -20,7 +20,7 @@ mkdir -p /etc/systemd/system/vfio-powerd.service.d
 {
 	echo "[Service]"
 	echo "ExecStart="
-	echo "ExecStart=/usr/local/sbin/vfio-powerd"
+	echo "ExecStart=/usr/local/sbin/vfio-powerd${LAB_TEST_LOG_LEVEL:+ --log-level $LAB_TEST_LOG_LEVEL}"
 	[ -n "${LAB_TEST_WATCHDOG:-}" ] && echo "WatchdogSec=$LAB_TEST_WATCHDOG"
 } > /etc/systemd/system/vfio-powerd.service.d/lab.conf
 install -Dm644 "$repo/systemd/vfio-powerd.catalog" /usr/lib/systemd/catalog/vfio-powerd.catalog

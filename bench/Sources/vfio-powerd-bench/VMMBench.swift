@@ -134,7 +134,13 @@ func runVMMBench(_ arguments: Arguments) throws {
         vmms[address] = vmm
         _ = manager.queue.sync { manager.adopt(address, pid: vmm.pid) }
     }
-    let inUse = manager.queue.sync { manager.devices().filter { $0.phase == .guestActive }.count }
+    // The looks run off the daemon's queue: wait for them.
+    var inUse = 0
+    let adoptDeadline = nowNanoseconds() + 60_000_000_000
+    repeat {
+        sleepMicroseconds(20_000)
+        inUse = manager.queue.sync { manager.devices().filter { $0.phase == .guestActive }.count }
+    } while inUse < n && nowNanoseconds() < adoptDeadline
     precondition(inUse == n, "adopted \(inUse) of \(n)")
 
     // Sampling: every guest uses its device (D0).
@@ -181,6 +187,8 @@ func runVMMBench(_ arguments: Arguments) throws {
         vmms[address] = vmm
         _ = manager.queue.sync { manager.adopt(address, pid: vmm.pid) }
     }
+    let readoptDeadline = nowNanoseconds() + 30_000_000_000
+    while simulated.adoptions < n + k && nowNanoseconds() < readoptDeadline { sleepMicroseconds(10_000) }
     for address in chosen {
         exited.set(address)
         vmms[address]!.exit()
