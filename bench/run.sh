@@ -22,6 +22,8 @@ echo "== building (release, static Swift runtime)"
 BUILD=("$SWIFT" build -c release --static-swift-stdlib --scratch-path "$SCRATCH")
 "${BUILD[@]}" --product vfio-powerd-bench
 cc -O2 -Wall -pthread -o "$SCRATCH/baseline" bench/baseline.c
+# The vmm-device measures (bench/vmm.sh).
+BENCH_DEVICES="$DEVICES" BENCH_RESULTS="$RESULTS" SWIFT="$SWIFT" bench/vmm.sh
 if [ "${BENCH_LAB:-1}" = 1 ]; then  # §3 runs the real daemon (release) in the VM lab
 	"${BUILD[@]}" --product vfio-powerd
 	"${BUILD[@]}" --product vfio-powerctl

@@ -23,6 +23,8 @@ protocol DeviceControllerDelegate: AnyObject {
 protocol WakeupStore: AnyObject {
     /// The eventfd the previous run kept for `address`, once.
     func takeKept(_ address: PCIAddress) -> EventFD?
+    /// The device's first look found no VMM to adopt from: the kept eventfd is of no use.
+    func discardKept(_ address: PCIAddress)
     func keep(_ wakeup: EventFD, for address: PCIAddress)
     func forget(_ address: PCIAddress)
 }
@@ -156,13 +158,29 @@ final class DeviceController: @unchecked Sendable {
     }
     /// `vmm`: a device file handed over on the control socket; false when the machine does not
     /// take it now (it holds one already), and then the file is closed.
-    func handoff(_ handed: any LowPowerDevice, from process: VMMProcess) -> Bool {
+    /// `completion` runs on the queue once the machine has decided, which waits for a look
+    /// for the VMM that is under way (the sender's own open of the group starts one).
+    func handoff(_ handed: any LowPowerDevice, from process: VMMProcess, completion: @escaping (Bool) -> Void) {
         pendingHandoff = (handed, process)
-        run { $0.handoffOffered(now: $1) }
-        guard let leftover = pendingHandoff else { return true }
-        leftover.device.close()
+        handoffCompletion = completion
+        run { [self] machine, now in
+            handoffDecided = true
+            return machine.handoffOffered(now: now)
+        }
+    }
+
+    private var handoffCompletion: ((Bool) -> Void)?
+    private var handoffDecided = false
+
+    /// Answers a handoff once its event has run: taken if the machine's `adopt` took the file.
+    private func settleHandoff() {
+        guard handoffDecided, let completion = handoffCompletion else { return }
+        handoffDecided = false
+        handoffCompletion = nil
+        let taken = pendingHandoff == nil
+        pendingHandoff?.device.close()
         pendingHandoff = nil
-        return false
+        completion(taken)
     }
     /// `vmm`: let go of the device's file now.
     func release() { run { $0.releaseRequested(now: $1) } }
@@ -208,6 +226,7 @@ final class DeviceController: @unchecked Sendable {
             actions = outcome.map { $0(&machine, clock.now()) } ?? []
         }
         delegate?.deviceDidChange(self)
+        settleHandoff()
     }
 
     private struct Outcome {
@@ -327,6 +346,7 @@ final class DeviceController: @unchecked Sendable {
     /// Takes up what a look for the VMM found (or a handed-over file), on the queue.
     private func adopted(_ outcome: AdoptionOutcome) -> Outcome {
         delegate?.device(self, looked: Self.describe(outcome))
+        if case .adopted = outcome {} else { wakeupStore?.discardKept(address) }
         switch outcome {
         case .noHolder:
             return Outcome(event: { $0.noVMM(now: $1) })

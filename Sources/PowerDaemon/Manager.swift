@@ -111,10 +111,9 @@ public final class Manager: @unchecked Sendable {
         for device in resolution.devices {
             addController(device)
         }
-        // A kept eventfd whose device no VMM holds any more belongs to an arming that ended
-        // when its VMM closed the device: drop it from the store.
-        for address in keptWakeups.keys.sorted() { forget(address) }
-        keptWakeups = [:]
+        // A kept eventfd of a device that is no longer configured is dropped from the store; the
+        // others wait for their device's first look (`discardKept` when it finds no VMM).
+        for address in keptWakeups.keys.sorted() where controllers[address] == nil { forget(address) }
         startWatchdog()
         updateRescanTimer()
         updateVMMScanTimer()
@@ -231,18 +230,22 @@ public final class Manager: @unchecked Sendable {
 
     /// `vmm`: takes over a device file a launcher or VMM sent (SCM_RIGHTS), once the kernel
     /// confirms it is this device's; `sender`'s exit releases it. Closes `fd` on refusal.
-    public func handoff(_ address: PCIAddress, fd: Int32, sender: Int32) -> Result<DeviceSnapshot, HandoffRefusal> {
+    /// `completion` runs on the queue, at once or after a look for the device's VMM that is
+    /// under way has finished.
+    public func handoff(_ address: PCIAddress, fd: Int32, sender: Int32,
+                        completion: @escaping (Result<DeviceSnapshot, HandoffRefusal>) -> Void) {
         dispatchPrecondition(condition: .onQueue(queue))
         guard let controller = controllers[address], controller.policy.source == .vmm, controller.policy.isManaged else {
             _ = close(fd)
-            return .failure(.notVMMDevice)
+            return completion(.failure(.notVMMDevice))
         }
         switch source.takeHandedOver(fd, for: address, sender: sender) {
         case .failure(let refusal):
-            return .failure(refusal)
+            completion(.failure(refusal))
         case .success(let (device, process)):
-            guard controller.handoff(device, from: process) else { return .failure(.alreadyHeld) }
-            return .success(snapshot(controller, now: clock.now()))
+            controller.handoff(device, from: process) { [self] taken in
+                completion(taken ? .success(snapshot(controller, now: clock.now())) : .failure(.alreadyHeld))
+            }
         }
     }
 
@@ -537,6 +540,12 @@ extension Manager: WakeupStore {
     }
 
     func takeKept(_ address: PCIAddress) -> EventFD? { keptWakeups.removeValue(forKey: address) }
+
+    func discardKept(_ address: PCIAddress) {
+        // The VMM that held it is gone: its arming ended when the VMM closed the device.
+        guard keptWakeups.removeValue(forKey: address) != nil else { return }
+        _ = notifier.removeStored(name: Self.wakeupName(address))
+    }
 
     func keep(_ wakeup: EventFD, for address: PCIAddress) {
         _ = notifier.store(wakeup.descriptor.rawValue, name: Self.wakeupName(address))

@@ -219,18 +219,33 @@ public struct VMMFinder: Sendable {
         let me = getpid()
         let entries = candidates.map { $0.map(String.init) }
             ?? (try? Syscalls.listDirectory(procRoot).get())?.filter { Int32($0).map { $0 != me } ?? false } ?? []
+        // Allowed VMMs first: one readlink of /proc/PID/exe per process, and the open files of
+        // the VMMs only. Only if none holds the device are the other processes' files read,
+        // to name a holder that is not a VMM.
+        var others: [(pid: Int32, directory: FilePath, executable: String?)] = []
         for entry in entries {
             guard let pid = Int32(entry) else { continue }
-            let processDirectory = procRoot.appending(entry)
-            let executable = Self.executable(processDirectory)
-            guard let files = Self.openFiles(processDirectory) else { continue }
+            let directory = procRoot.appending(entry)
+            let executable = Self.executable(directory)
+            if let executable, allowed.allows(executable) {
+                if let found = holding(pid, directory, executable) { return found }
+            } else {
+                others.append((pid, directory, executable))
+            }
+        }
+        for other in others {
+            if let found = holding(other.pid, other.directory, other.executable) { return found }
+        }
+        return .noHolder
+
+        func holding(_ pid: Int32, _ processDirectory: FilePath, _ executable: String?) -> AdoptionOutcome? {
+            guard let files = Self.openFiles(processDirectory) else { return nil }
             let holdsGroup = files.contains { Self.isNode($0.target, deviceNumber: groupDevice, link: processDirectory.appending("fd").appending($0.fd)) }
             let cdevFile = files.first { file in cdevNames.contains { file.target == devRoot.appending("vfio/devices/\($0)").string } }
-            guard holdsGroup || cdevFile != nil else { continue }
+            guard holdsGroup || cdevFile != nil else { return nil }
             return adopt(address, from: pid, processDirectory: processDirectory, executable: executable ?? "?",
                          files: files, cdevFile: cdevFile, groupDevice: groupDevice, sysfs: sysfs, allowed: allowed)
         }
-        return .noHolder
     }
 
     private func adopt(_ address: PCIAddress, from pid: Int32, processDirectory: FilePath, executable: String,

@@ -216,11 +216,12 @@ check("the guest wakes it after the restart, the new run sees the wake, and QEMU
 
 # --- QEMU is killed: released, and the next VM starts --------------------------------------
 released_before = count("vmmReleased")
-q.kill()
 t0 = time.monotonic()
+q.kill()
 released = wait(lambda: count("vmmReleased") == released_before + 1, timeout=5)
-check("QEMU killed: the duplicate is released within 1 s", released and time.monotonic() - t0 <= 1.0,
-      f"{time.monotonic() - t0:.2f}s")
+# Timed by the journal's stamp (CLOCK_MONOTONIC), not by how long reading the journal takes.
+took = int(journal("vmmReleased")[-1]["__MONOTONIC_TIMESTAMP"]) / 1e6 - t0 if released else float("inf")
+check("QEMU killed: the duplicate is released within 1 s", released and took <= 1.0, f"{took:.2f}s")
 try:
     q2 = QemuGuest(NIC)
     check("a new QEMU starts on the device", q2.alive())

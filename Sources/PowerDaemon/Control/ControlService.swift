@@ -114,14 +114,16 @@ public final class ControlService: @unchecked Sendable {
                 guard let files = call.files, files.count == 1, let fd = files.take().first else {
                     return invalid("file descriptor", "pass exactly one VFIO device file with the call (SCM_RIGHTS)", reply)
                 }
-                switch manager.handoff(address, fd: fd, sender: sender) {
-                case .success(let device):
-                    reply.send(["device": record(device)])
-                case .failure(.notVMMDevice) where manager.device(address) == nil:
-                    noSuchDevice(address, reply)
-                case .failure(let refusal):
-                    reply.error("\(Self.interfaceName).HandoffRefused",
-                                parameters: ["address": .string("\(address)"), "reason": .string(Self.words(refusal))])
+                manager.handoff(address, fd: fd, sender: sender) { [self] result in
+                    switch result {
+                    case .success(let device):
+                        reply.send(["device": record(device)])
+                    case .failure(.notVMMDevice) where manager.device(address) == nil:
+                        noSuchDevice(address, reply)
+                    case .failure(let refusal):
+                        reply.error("\(Self.interfaceName).HandoffRefused",
+                                    parameters: ["address": .string("\(address)"), "reason": .string(Self.words(refusal))])
+                    }
                 }
             }
         case "Release":
