@@ -64,6 +64,7 @@ public enum Rendering {
         var text = "\(clock(nowRealtimeUsec)) \(device.address)"
         if let name = device.name { text += " (\(name))" }
         text += " \(device.state)"
+        if let holder = holder(device) { text += " (\(holder))" }
         if let next = device.nextArmRealtimeUsec, next > nowRealtimeUsec { text += ", arms in \(duration(next - nowRealtimeUsec))" }
         text += "; \(device.wakes) wake\(device.wakes == 1 ? "" : "s")"
         if device.flapping { text += "; flapping" }

@@ -184,8 +184,27 @@ final class DeviceController: @unchecked Sendable {
     }
     /// `vmm`: let go of the device's file now.
     func release() { run { $0.releaseRequested(now: $1) } }
-    /// `vmm`: how often the guest's power state is sampled.
-    func setGuestD3Interval(_ interval: Duration) { machine.guestD3Interval = interval }
+    /// `vmm`: one turn of the daemon's sampler, for a device in use by its guest: reads its
+    /// power state (one pread, one readlink; never wakes it) and tells the machine only what
+    /// can change something: D3hot, a VMM that let go, a device gone from sysfs.
+    func sampleTick() {
+        guard machine.phase == .guestActive, let device else { return }
+        let sample: GuestPowerSample
+        if let read = source.sampleGuest(device) {
+            let powerState: GuestPowerSample.PowerState = switch read.powerState {
+            case .d0: .d0
+            case .d3hot: .d3hot
+            default: .other
+            }
+            sample = GuestPowerSample(powerState: powerState, runtimeSuspended: read.runtimeStatus == .suspended,
+                                      vmmHoldsDevice: read.vmmHoldsDevice)
+            if sample.powerState == .d0, sample.vmmHoldsDevice, !machine.wantsEverySample { return }
+        } else {
+            // sysfs no longer has the device: the VMM's file is all that is left of it.
+            sample = GuestPowerSample(powerState: .other, runtimeSuspended: false, vmmHoldsDevice: false)
+        }
+        run { $0.sampled(sample, now: $1) }
+    }
     /// `vmm`: the VMM that holds the device, if one is known.
     var vmmProcess: VMMProcess? { vmm }
 
@@ -316,19 +335,6 @@ final class DeviceController: @unchecked Sendable {
             guard let handed = pendingHandoff else { preconditionFailure("run() starts looks for VMMs") }
             pendingHandoff = nil
             return adopted(.adopted(handed.device, handed.process, method: .handoff))
-        case .sampleGuest:
-            guard let device, let sample = source.sampleGuest(device) else {
-                // sysfs no longer has the device: the VMM's file is all that is left of it.
-                return Outcome(event: { $0.sampled(GuestPowerSample(powerState: .other, runtimeSuspended: false, vmmHoldsDevice: false), now: $1) })
-            }
-            let powerState: GuestPowerSample.PowerState = switch sample.powerState {
-            case .d0: .d0
-            case .d3hot: .d3hot
-            default: .other
-            }
-            let guestSample = GuestPowerSample(powerState: powerState, runtimeSuspended: sample.runtimeStatus == .suspended,
-                                               vmmHoldsDevice: sample.vmmHoldsDevice)
-            return Outcome(event: { $0.sampled(guestSample, now: $1) })
         case .log(let event):
             delegate?.device(self, reported: event, context: context(clock.now()))
             return nil

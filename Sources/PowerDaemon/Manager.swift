@@ -46,6 +46,11 @@ public final class Manager: @unchecked Sendable {
     /// `vmm` devices: the fallback scan for VMMs whose opens are not seen; runs only while a
     /// `vmm` device is idle.
     private var vmmScanTimer: DispatchSourceTimer?
+    /// `vmm` devices in use by their guests, which the sampler looks at every
+    /// guest_d3_interval; the sampler's timer runs only while there is one.
+    private var inUse = Set<PCIAddress>()
+    private var sampler: DispatchSourceTimer?
+    private var samplerInterval: Duration?
     /// `vmm` devices: wakeup eventfds the previous run kept in systemd's fd store, until the
     /// device is adopted again (or found idle at start).
     private var keptWakeups: [PCIAddress: EventFD] = [:]
@@ -155,6 +160,7 @@ public final class Manager: @unchecked Sendable {
             vmmScanTimer = nil
         }
         for controller in controllers.values { applyVMMSettings(controller) }
+        updateSampler()
         var added = 0, changed = 0, unchanged = 0, removed = 0
         // Addresses only: a second copy of every resolved device would add to a reload's peak.
         let wanted = Set(resolution.devices.lazy.map(\.address))
@@ -285,6 +291,8 @@ public final class Manager: @unchecked Sendable {
         rescanTimer = nil
         vmmScanTimer?.cancel()
         vmmScanTimer = nil
+        sampler?.cancel()
+        sampler = nil
         openWatcher?.cancel()
         watchdogTimer?.cancel()
         watchdogTimer = nil
@@ -379,7 +387,6 @@ public final class Manager: @unchecked Sendable {
 
     private func applyVMMSettings(_ controller: DeviceController) {
         controller.allowedExecutables = ExecutableAllowList(daemonSettings.vmmExecutables.value)
-        controller.setGuestD3Interval(daemonSettings.guestD3Interval.value)
     }
 
     private func watchForVMM(_ controller: DeviceController) {
@@ -467,6 +474,34 @@ public final class Manager: @unchecked Sendable {
         timer.setEventHandler { [weak self] in self?.scanForVMMs() }
         timer.activate()
         vmmScanTimer = timer
+    }
+
+    /// One timer samples every device in use by its guest, each interval, instead of a timer
+    /// per device: at thousands of devices a wake-up and a callout per device and interval
+    /// cost most of what sampling costs (docs/BENCHMARKS.md).
+    private func updateSampler() {
+        let interval = daemonSettings.guestD3Interval.value
+        if isStopping || inUse.isEmpty {
+            sampler?.cancel()
+            sampler = nil
+            return
+        }
+        guard sampler == nil || samplerInterval != interval else { return }
+        sampler?.cancel()
+        let nanoseconds = Int(clamping: interval.components.seconds * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds),
+                       leeway: .nanoseconds(nanoseconds / 20))
+        timer.setEventHandler { [weak self] in self?.sampleGuests() }
+        timer.activate()
+        sampler = timer
+        samplerInterval = interval
+    }
+
+    private func sampleGuests() {
+        for address in inUse {
+            controllers[address]?.sampleTick()
+        }
     }
 
     func scanForVMMs() {
@@ -574,6 +609,11 @@ extension Manager: DeviceControllerDelegate {
 
     func deviceDidChange(_ controller: DeviceController) {
         account(controller)
+        if controller.phase == .guestActive {
+            if inUse.insert(controller.address).inserted { updateSampler() }
+        } else if inUse.remove(controller.address) != nil {
+            updateSampler()
+        }
         updateRescanTimer()
         updateVMMScanTimer()
         // A device bound late has a group node only now.

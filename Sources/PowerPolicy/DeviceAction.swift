@@ -30,9 +30,6 @@ public enum DeviceAction: Hashable, Sendable {
     /// the holder's pidfd either way. Never opens the device and makes no ioctl.
     /// Outcome: `adopted(_:method:)`, `adoptionRefused(_:_:)` or `noVMM`.
     case adopt
-    /// `vmm` devices: read `power_state` and `power/runtime_status` (files that never wake the
-    /// device) and check that the VMM still holds its device file. Outcome: `sampled(_:)`.
-    case sampleGuest
     /// (Re)schedule the device's one timer to fire once after the duration; a running timer
     /// is replaced. Outcome: `timerFired` when it expires.
     case startTimer(Duration)

@@ -36,17 +36,13 @@ public struct DeviceStateMachine: Sendable {
     private var priorIdle: State = .idle(lookingUntil: nil)
     /// `vmm`: the process whose device file the daemon holds (or that it leaves alone).
     public private(set) var holder: VMMHolder?
-    /// `vmm`: how often an adopted, awake device's guest power state is sampled (the daemon's
-    /// `guest_d3_interval`); used from the next sample on.
-    public var guestD3Interval: Duration
 
     /// A VMM that has opened the group but has no device file yet is asked again after this
     /// long (QEMU opens the group, then the container, then the device).
     public static let deviceFileRetryDelay: Duration = .milliseconds(250)
 
-    public init(policy: DevicePolicy, guestD3Interval: Duration = .seconds(1)) {
+    public init(policy: DevicePolicy) {
         self.policy = policy
-        self.guestD3Interval = guestD3Interval
     }
 
     // MARK: State
@@ -84,10 +80,9 @@ public struct DeviceStateMachine: Sendable {
         /// `vmm`: a process holds the device and the daemon leaves it alone until it exits
         /// (`holder`); for `noDeviceFile` the timer asks again.
         case notAdopted(AdoptionRefusal)
-        /// `vmm`: adopted, awake, the guest uses it; the timer samples its power state.
+        /// `vmm`: adopted, awake, the guest uses it; the daemon's sampler looks at its power
+        /// state every guest_d3_interval and reports `sampled`.
         case guestActive
-        /// `vmm`: outcome of `sampleGuest` pending.
-        case sampling
     }
 
     private struct Arming: Sendable {
@@ -151,7 +146,7 @@ public struct DeviceStateMachine: Sendable {
         case .idle: .idle
         case .adopting: .adopting
         case .notAdopted(let refusal): .notAdopted(holder, refusal)
-        case .guestActive, .sampling: .guestActive
+        case .guestActive: .guestActive
         }
     }
 
@@ -373,8 +368,8 @@ public struct DeviceStateMachine: Sendable {
             statistics.wakes += kept.wakesWhileAway
             mayStillBeArmed = kept.wakesWhileAway == 0
         }
-        state = .sampling
-        return [.log(.adopted(holder, method)), .sampleGuest]
+        state = .guestActive
+        return [.log(.adopted(holder, method))]
     }
 
     /// `adopt` found a holder that the daemon leaves alone (it watches the holder's exit).
@@ -417,10 +412,15 @@ public struct DeviceStateMachine: Sendable {
         release(.requested, now: now)
     }
 
-    /// `sampleGuest` read the device's power state.
+    /// Whether a sample of an awake guest in D0 matters to the machine: the daemon's sampler
+    /// leaves those out (the common case, every interval for every device) unless this says so.
+    public var wantsEverySample: Bool { mayStillBeArmed }
+
+    /// The daemon's sampler read the power state of a device in use by its guest.
     public mutating func sampled(_ sample: GuestPowerSample, now: MonotonicInstant) -> [DeviceAction] {
-        guard case .sampling = state else { preconditionFailure("sampled without a sampleGuest action in \(phase.name)") }
-        state = .guestActive
+        // A sample taken before the state changed (the sampler and the device's own events
+        // share the queue, so only one that raced a change): nothing to decide.
+        guard case .guestActive = state else { return [] }
         guard sample.vmmHoldsDevice else { return release(.vmmClosedDevice, now: now) }
         if mayStillBeArmed {
             mayStillBeArmed = false
@@ -437,8 +437,8 @@ public struct DeviceStateMachine: Sendable {
         }
         // In D0 the guest may touch the BARs at any moment: arming would kill its VM. Suspended
         // already (armed by someone else, such as a daemon run that was killed): arming would
-        // wake it. Either way, look again later.
-        return [.startTimer(guestD3Interval)]
+        // wake it. Either way, the sampler looks again later.
+        return []
     }
 
     /// Closes the duplicate of a `vmm` device whose VMM is gone or let go of the device, and
@@ -456,7 +456,7 @@ public struct DeviceStateMachine: Sendable {
             self.holder = nil
             state = .idle(lookingUntil: nil)
             return [.cancelTimer, .close]
-        case .opening, .arming, .exiting, .adopting, .sampling:
+        case .opening, .arming, .exiting, .adopting:
             preconditionFailure("vmm release while the outcome of the last action is pending in \(phase.name); report it first")
         case .unconfigured, .disabled, .gone, .unsupported, .stopped, .idle:
             return []
@@ -535,10 +535,8 @@ public struct DeviceStateMachine: Sendable {
             return quietPeriodOver(wokeAt: wokeAt)
         case .heldAwake(let until):
             guard let until, now >= until else { return [] }
-            if policy.source == .vmm { return sampleGuest() }
+            if policy.source == .vmm { return watchGuest() }
             return beginArming(armMode, reason: .operatorRequest)
-        case .guestActive:
-            return sampleGuest()
         case .notAdopted(.noDeviceFile):
             state = .adopting
             return [.adopt]
@@ -556,7 +554,7 @@ public struct DeviceStateMachine: Sendable {
             state = .lowPower(lowPower)
             return [endFlapping(now: now)]
         case .unconfigured, .disabled, .opening, .arming, .exiting, .failed, .gone, .unsupported, .stopped,
-             .idle, .adopting, .notAdopted, .sampling:
+             .idle, .adopting, .notAdopted, .guestActive:
             // A timer that was cancelled after its expiry was already queued.
             return []
         }
@@ -591,7 +589,7 @@ public struct DeviceStateMachine: Sendable {
             // Nothing open: nothing to release (a second notice of the same removal, or a
             // device the daemon does not manage).
             return []
-        case .opening, .arming, .exiting, .adopting, .sampling:
+        case .opening, .arming, .exiting, .adopting:
             preconditionFailure("removed(now:) while the outcome of the last action is pending in \(phase.name); report it first")
         }
     }
@@ -635,7 +633,7 @@ public struct DeviceStateMachine: Sendable {
                 return []
             }
             return startManaging()
-        case .opening, .arming, .exiting, .adopting, .sampling:
+        case .opening, .arming, .exiting, .adopting:
             preconditionFailure("policyChanged while the outcome of the last action is pending in \(phase.name); report it first")
         case .idle:
             guard !newPolicy.isManaged else { return [] }
@@ -736,7 +734,7 @@ public struct DeviceStateMachine: Sendable {
         case .unconfigured, .disabled, .failed, .gone, .unsupported, .stopped:
             state = .stopped
             return []
-        case .opening, .arming, .exiting, .adopting, .sampling:
+        case .opening, .arming, .exiting, .adopting:
             preconditionFailure("stopRequested while the outcome of the last action is pending in \(phase.name); report it first")
         }
     }
@@ -754,7 +752,7 @@ public struct DeviceStateMachine: Sendable {
             return [.cancelTimer] + holdAwake(until: until, now: now)
         case .unconfigured, .disabled, .failed, .gone, .unsupported, .stopped, .idle, .notAdopted:
             return []
-        case .opening, .arming, .exiting, .adopting, .sampling:
+        case .opening, .arming, .exiting, .adopting:
             preconditionFailure("wakeRequested while the outcome of the last action is pending in \(phase.name); report it first")
         }
     }
@@ -771,7 +769,7 @@ public struct DeviceStateMachine: Sendable {
         case .heldAwake, .waitingToRearm, .backingOff, .guestActive:
             var actions: [DeviceAction] = [.cancelTimer]
             if flap.episode != nil { actions.append(endFlapping(now: now)) }
-            if policy.source == .vmm { return actions + sampleGuest() }
+            if policy.source == .vmm { return actions + watchGuest() }
             return actions + beginArming(armMode, reason: .operatorRequest)
         case .failed, .gone:
             guard policy.isManaged else { return [] }
@@ -781,7 +779,7 @@ public struct DeviceStateMachine: Sendable {
             return vmmMayHaveOpened(now: now)
         case .unconfigured, .disabled, .lowPower, .unsupported, .stopped:
             return []
-        case .opening, .arming, .exiting, .adopting, .sampling:
+        case .opening, .arming, .exiting, .adopting:
             preconditionFailure("armRequested while the outcome of the last action is pending in \(phase.name); report it first")
         }
     }
@@ -794,13 +792,14 @@ public struct DeviceStateMachine: Sendable {
     private mutating func quietPeriodOver(wokeAt: MonotonicInstant) -> [DeviceAction] {
         switch policy.source {
         case .own: beginArming(.oneShot, reason: .rearm(wokeAt: wokeAt))
-        case .vmm: sampleGuest()
+        case .vmm: watchGuest()
         }
     }
 
-    private mutating func sampleGuest() -> [DeviceAction] {
-        state = .sampling
-        return [.sampleGuest]
+    /// `vmm`: back to the sampler, which looks for the guest's next D3hot.
+    private mutating func watchGuest() -> [DeviceAction] {
+        state = .guestActive
+        return []
     }
 
     /// Flapping backs off from the re-arm delay, but never from less than a second: with

@@ -70,4 +70,27 @@ final class RenderingTests: XCTestCase {
                                              nowRealtimeUsec: now + 61_000_000),
                        "10:01:01 0000:01:00.0 gone; 2 wakes; open: ENODEV")
     }
+
+    /// A device a VM holds: its holder in every view, and the kernel's own words in show.
+    func testVMMDevice() {
+        var gpu = DeviceRecord(address: "0000:01:00.0", name: "gpu0", source: "vmm", state: "low power", wakes: 2, arms: 3,
+                               lowPowerUsec: 50_000_000, managedUsec: 100_000_000, configuredAt: "/etc/vfio-powerd/devices.d/10-gpu.conf:2")
+        gpu.holderPid = 4242
+        gpu.holderExecutable = "/usr/bin/qemu-system-x86_64"
+        gpu.powerState = "D3hot"
+        gpu.runtimeStatus = "suspended"
+        gpu.runtimeSuspendedMs = 61_000
+        let idle = DeviceRecord(address: "0000:02:00.0", source: "vmm", state: "idle", arms: 0)
+        XCTAssertEqual(Rendering.statusTable([gpu, idle], status: "2 devices: 1 in low power, 1 idle (no VM); 2 wakes", nowRealtimeUsec: now), """
+            vfio-powerd: 2 devices: 1 in low power, 1 idle (no VM); 2 wakes
+            DEVICE        NAME  SOURCE  MODE     STATE      HOLDER                         WAKES  LAST WAKE  LOW POWER
+            0000:01:00.0  gpu0  vmm     oneshot  low power  qemu-system-x86_64 (pid 4242)      2          -        50%
+            0000:02:00.0  -     vmm     oneshot  idle       -                                  0          -          -
+
+            """)
+        let detail = Rendering.detail(gpu, nowRealtimeUsec: now)
+        XCTAssertTrue(detail.contains("Held by:       qemu-system-x86_64 (pid 4242)\n"), detail)
+        XCTAssertTrue(detail.contains("Kernel:        power_state D3hot, runtime_status suspended, suspended for 1m01s in all\n"), detail)
+        XCTAssertEqual(Rendering.monitorLine(gpu, nowRealtimeUsec: now), "10:00:00 0000:01:00.0 (gpu0) low power (qemu-system-x86_64 (pid 4242)); 2 wakes")
+    }
 }

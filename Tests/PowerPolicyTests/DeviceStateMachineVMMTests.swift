@@ -11,13 +11,13 @@ import Testing
 
     /// configured → no VMM yet → a VMM opens the group → adopted → sampling, in D0.
     func adopted(at second: Int = 1) -> DeviceStateMachine {
-        var m = DeviceStateMachine(policy: vmm, guestD3Interval: .seconds(1))
+        var m = DeviceStateMachine(policy: vmm)
         #expect(m.configured(now: at(0)) == [.adopt])
         #expect(m.noVMM(now: at(0)) == [])
         #expect(m.phase == .idle)
         #expect(m.vmmMayHaveOpened(now: at(second)) == [.cancelTimer, .adopt])
-        #expect(m.adopted(qemu, method: .fdinfo, now: at(second)) == [.log(.adopted(qemu, .fdinfo)), .sampleGuest])
-        #expect(m.sampled(d0, now: at(second)) == [.startTimer(.seconds(1))])
+        #expect(m.adopted(qemu, method: .fdinfo, now: at(second)) == [.log(.adopted(qemu, .fdinfo))])
+        #expect(m.sampled(d0, now: at(second)) == [])
         #expect(m.phase == .guestActive)
         #expect(m.holder == qemu)
         return m
@@ -32,24 +32,25 @@ import Testing
     @Test func inD0TheGuestIsOnlySampledNeverArmed() {
         var m = adopted()
         for second in 2...5 {
-            #expect(m.timerFired(now: at(second)) == [.sampleGuest])
-            #expect(m.sampled(d0, now: at(second)) == [.startTimer(.seconds(1))])
+            #expect(m.sampled(d0, now: at(second)) == [])
         }
+        #expect(!m.wantsEverySample, "the daemon's sampler can leave plain D0 samples out")
         #expect(m.statistics.arms == 0)
     }
 
     @Test func guestD3HotIsArmedOneShotAndItsD0WriteIsAWake() {
         var m = adopted()
-        #expect(m.timerFired(now: at(2)) == [.sampleGuest])
         #expect(m.sampled(d3hot, now: at(2)) == [.arm(.oneShot)])
         #expect(m.armed(now: at(2)) == [.log(.armedInGuestD3)])
         #expect(m.phase == .lowPower(.oneShot, since: at(2)))
         // The guest's D0 write resumes the device: the eventfd fires.
         #expect(m.woke(count: 1, now: at(10)) == [.log(.woke(count: 1, inLowPowerFor: .seconds(8))), .startTimer(.seconds(2))])
-        // rearm_delay over: wait for the next D3hot, not arm.
-        #expect(m.timerFired(now: at(12)) == [.sampleGuest])
-        #expect(m.sampled(d0, now: at(12)) == [.startTimer(.seconds(1))])
-        #expect(m.timerFired(now: at(13)) == [.sampleGuest])
+        // A sample while waiting out rearm_delay changes nothing.
+        #expect(m.sampled(d3hot, now: at(11)) == [])
+        // rearm_delay over: back to the sampler, which waits for the next D3hot; no arm.
+        #expect(m.timerFired(now: at(12)) == [])
+        #expect(m.phase == .guestActive)
+        #expect(m.sampled(d0, now: at(12)) == [])
         #expect(m.sampled(d3hot, now: at(13)) == [.arm(.oneShot)])
         #expect(m.statistics.wakes == 1)
     }
@@ -58,7 +59,6 @@ import Testing
         // The sample saw D3hot, the guest wrote D0 before the arm: the arm's own resume (or
         // the guest's write right after it) fires the eventfd.
         var m = adopted()
-        m.timerFired(now: at(2))
         #expect(m.sampled(d3hot, now: at(2)) == [.arm(.oneShot)])
         #expect(m.armed(now: at(2)) == [.log(.armedInGuestD3)])
         #expect(m.woke(count: 1, now: at(2)) == [.log(.woke(count: 1, inLowPowerFor: .zero)), .startTimer(.seconds(2))])
@@ -68,13 +68,13 @@ import Testing
     @Test func alreadySuspendedIsNotArmedAgain() {
         // Armed by someone else (a daemon run that was killed): arming would wake it.
         var m = adopted()
-        m.timerFired(now: at(2))
-        #expect(m.sampled(GuestPowerSample(powerState: .d3hot, runtimeSuspended: true), now: at(2)) == [.startTimer(.seconds(1))])
+        #expect(m.sampled(GuestPowerSample(powerState: .d3hot, runtimeSuspended: true), now: at(2)) == [])
+        #expect(m.phase == .guestActive)
     }
 
     @Test func theVMMExitingWhileArmedReleasesAtOnce() {
         var m = adopted()
-        m.timerFired(now: at(2)); m.sampled(d3hot, now: at(2)); m.armed(now: at(2))
+        m.sampled(d3hot, now: at(2)); m.armed(now: at(2))
         #expect(m.vmmExited(now: at(5)) == [.cancelTimer, .close, .log(.vmmReleased(qemu, .vmmExited))])
         #expect(m.phase == .idle && m.holder == nil)
         #expect(m.statistics.timeInLowPower(asOf: at(9)) == .seconds(3))
@@ -86,13 +86,12 @@ import Testing
         var m = adopted()
         #expect(m.vmmExited(now: at(2)) == [.cancelTimer, .close, .log(.vmmReleased(qemu, .vmmExited))])
         var n = adopted()
-        n.timerFired(now: at(2)); n.sampled(d3hot, now: at(2)); n.armed(now: at(2)); n.woke(count: 1, now: at(3))
+        n.sampled(d3hot, now: at(2)); n.armed(now: at(2)); n.woke(count: 1, now: at(3))
         #expect(n.vmmExited(now: at(4)) == [.cancelTimer, .close, .log(.vmmReleased(qemu, .vmmExited))])
     }
 
     @Test func aHotUnplugFromTheGuestReleases() {
         var m = adopted()
-        m.timerFired(now: at(2))
         #expect(m.sampled(GuestPowerSample(powerState: .d0, runtimeSuspended: false, vmmHoldsDevice: false), now: at(2))
                 == [.cancelTimer, .close, .log(.vmmReleased(qemu, .vmmClosedDevice))])
         #expect(m.phase == .idle)
@@ -103,7 +102,7 @@ import Testing
         m.configured(now: at(0))
         #expect(m.adoptionRefused(qemu, .noDeviceFile, now: at(0)) == [.startTimer(DeviceStateMachine.deviceFileRetryDelay)])
         #expect(m.timerFired(now: at(1)) == [.adopt])
-        #expect(m.adopted(qemu, method: .unambiguous, now: at(1)) == [.log(.adopted(qemu, .unambiguous)), .sampleGuest])
+        #expect(m.adopted(qemu, method: .unambiguous, now: at(1)) == [.log(.adopted(qemu, .unambiguous))])
     }
 
     @Test func aVMMExitingDuringAdoptionLeavesTheDeviceIdle() {
@@ -147,7 +146,7 @@ import Testing
 
     @Test func stoppingLeavesAnArmedDeviceAsleep() {
         var m = adopted()
-        m.timerFired(now: at(2)); m.sampled(d3hot, now: at(2)); m.armed(now: at(2))
+        m.sampled(d3hot, now: at(2)); m.armed(now: at(2))
         // on_stop = keep (the vmm default): no EXIT, only the duplicate is closed.
         #expect(m.stopRequested(now: at(3)) == [.close])
         #expect(m.phase == .stopped)
@@ -155,8 +154,9 @@ import Testing
 
     @Test func theOperatorsArmSamplesInsteadOfArmingBlindly() {
         var m = adopted()
-        #expect(m.armRequested(now: at(2)) == [.cancelTimer, .sampleGuest])
-        #expect(m.sampled(d0, now: at(2)) == [.startTimer(.seconds(1))])
+        #expect(m.armRequested(now: at(2)) == [.cancelTimer])
+        #expect(m.phase == .guestActive)
+        #expect(m.sampled(d0, now: at(2)) == [])
         #expect(m.statistics.arms == 0)
         // Idle: the operator's arm (or adopt) looks for a VMM.
         var idle = DeviceStateMachine(policy: vmm)
@@ -166,7 +166,7 @@ import Testing
 
     @Test func disablingAnAdoptedDeviceClosesTheDuplicateOnly() {
         var m = adopted()
-        m.timerFired(now: at(2)); m.sampled(d3hot, now: at(2)); m.armed(now: at(2))
+        m.sampled(d3hot, now: at(2)); m.armed(now: at(2))
         var off = vmm
         off.enabled = false
         #expect(m.policyChanged(off, now: at(3)) == [.close, .log(.released)])
@@ -176,21 +176,23 @@ import Testing
     @Test func aFlappingGuestBacksOffAndThenWaitsForD3hot() {
         var policy = vmm
         policy.flapGuard = .init(maxWakes: 1, window: .seconds(600), backoffCap: .seconds(60))
-        var m = DeviceStateMachine(policy: policy, guestD3Interval: .seconds(1))
+        var m = DeviceStateMachine(policy: policy)
         m.configured(now: at(0)); m.adopted(qemu, method: .fdinfo, now: at(0)); m.sampled(d3hot, now: at(0)); m.armed(now: at(0))
         m.woke(count: 1, now: at(1)); m.timerFired(now: at(3)); m.sampled(d3hot, now: at(3)); m.armed(now: at(3))
         let actions = m.woke(count: 1, now: at(4))
         #expect(actions.contains(.log(.flappingStarted(wakes: 2, window: .seconds(600), backoff: .seconds(4)))))
-        #expect(m.timerFired(now: at(8)) == [.sampleGuest])
+        #expect(m.sampled(d3hot, now: at(5)) == [], "backing off: the guest's D3hot waits")
+        #expect(m.timerFired(now: at(8)) == [])
         #expect(m.sampled(d3hot, now: at(8)) == [.arm(.oneShot)])
         // A flapping guest's arms are summarised, not logged one by one.
         #expect(m.armed(now: at(8)) == [.startTimer(.seconds(600))])
     }
 
     @Test func aRestartWithTheKeptEventfdKnowsTheDeviceIsStillArmed() {
-        var m = DeviceStateMachine(policy: vmm, guestD3Interval: .seconds(1))
+        var m = DeviceStateMachine(policy: vmm)
         m.configured(now: at(0))
-        #expect(m.adopted(qemu, method: .fdinfo, kept: KeptWakeup(wakesWhileAway: 0), now: at(0)) == [.log(.adopted(qemu, .fdinfo)), .sampleGuest])
+        #expect(m.adopted(qemu, method: .fdinfo, kept: KeptWakeup(wakesWhileAway: 0), now: at(0)) == [.log(.adopted(qemu, .fdinfo))])
+        #expect(m.wantsEverySample, "the first sample decides whether the kept arming is still engaged")
         // Suspended and the eventfd has not fired: the previous run's arming is engaged.
         #expect(m.sampled(GuestPowerSample(powerState: .d3hot, runtimeSuspended: true), now: at(0)) == [.log(.keptArmed)])
         #expect(m.phase == .lowPower(.oneShot, since: at(0)))
@@ -200,12 +202,12 @@ import Testing
     }
 
     @Test func wakesWhileTheDaemonWasDownAreCountedAndNotTakenAsArmed() {
-        var m = DeviceStateMachine(policy: vmm, guestD3Interval: .seconds(1))
+        var m = DeviceStateMachine(policy: vmm)
         m.configured(now: at(0))
         m.adopted(qemu, method: .fdinfo, kept: KeptWakeup(wakesWhileAway: 1), now: at(0))
         #expect(m.statistics.wakes == 1)
         // Suspended by someone else's arming: not ours to trust; look again later.
-        #expect(m.sampled(GuestPowerSample(powerState: .d3hot, runtimeSuspended: true), now: at(0)) == [.startTimer(.seconds(1))])
+        #expect(m.sampled(GuestPowerSample(powerState: .d3hot, runtimeSuspended: true), now: at(0)) == [])
         #expect(m.phase == .guestActive)
     }
 

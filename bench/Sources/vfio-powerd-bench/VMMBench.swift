@@ -86,6 +86,15 @@ final class Stamps: @unchecked Sendable {
 
 func runVMMBench(_ arguments: Arguments) throws {
     let n = arguments.devices
+    // Per device: the VMM's pidfd stand-in and its duplicate, the wakeup eventfd, the open
+    // power_state: about 16,500 files at 4096, as the unit's LimitNOFILE= allows the daemon
+    // (root raises its own limit here where it may).
+    var limit = rlimit(rlim_cur: 65_536, rlim_max: 65_536)
+    if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) != 0 {
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        limit.rlim_cur = limit.rlim_max
+        setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+    }
     var results = VMMResults()
     results.devices = n
     let tree = try FakeSysfsTree()
@@ -114,7 +123,7 @@ func runVMMBench(_ arguments: Arguments) throws {
         let address = PCIAddress(domain: 0, bus: UInt8(1 + i / 256), device: UInt8((i / 8) % 32), function: UInt8(i % 8))!
         addresses.append(address)
         try tree.add(.init(address))
-        simulated.plug(address)
+        simulated.plug(address, removalRequest: false)
         text += "[[device]]\naddress = \"\(address)\"\n\n"
     }
     try text.write(to: etc.appendingPathComponent("devices.d/10-bench.conf"), atomically: true, encoding: .utf8)
