@@ -237,8 +237,16 @@ public final class VFIODevice: @unchecked Sendable {
     /// EINVAL means something is already engaged on this device (by this or another holder
     /// of the same file): `alreadyEngaged`.
     public func arm(_ entry: LowPowerEntry) throws(VFIOError) {
-        let operation = "arm \(entry.feature == .oneShotEntry ? "one-shot" : "re-entrant") low power"
-        let fd = try openDescriptor(operation)
+        try VFIODevice.arm(try openDescriptor(VFIODevice.armOperation(entry)), entry, device: address)
+        engagement = entry.feature == .oneShotEntry ? .oneShot : .reentrant
+    }
+
+    static func armOperation(_ entry: LowPowerEntry) -> String {
+        "arm \(entry.feature == .oneShotEntry ? "one-shot" : "re-entrant") low power"
+    }
+
+    /// The entry ioctl on any open file of a device (this type's own, or a VMM's duplicate).
+    static func arm(_ fd: FileDescriptor, _ entry: LowPowerEntry, device: PCIAddress) throws(VFIOError) {
         let flags = CVFIO_DEVICE_FEATURE_SET | entry.feature.index
         let result: Result<CInt, Errno>
         switch entry {
@@ -251,20 +259,23 @@ public final class VFIODevice: @unchecked Sendable {
             result = Syscalls.deviceFeature(fd, argsz: LowPowerFeature.reentrantEntry.minimumArgumentSize, flags: flags, payload: nil)
         }
         if case .failure(let errno) = result {
-            throw VFIODevice.error(errno, device: address, operation: operation, feature: entry.feature)
+            throw VFIODevice.error(errno, device: device, operation: armOperation(entry), feature: entry.feature)
         }
-        engagement = entry.feature == .oneShotEntry ? .oneShot : .reentrant
+    }
+
+    /// LOW_POWER_EXIT on any open file of a device.
+    static func exitLowPower(_ fd: FileDescriptor, device: PCIAddress) throws(VFIOError) {
+        let flags = CVFIO_DEVICE_FEATURE_SET | LowPowerFeature.exit.index
+        if case .failure(let errno) = Syscalls.deviceFeature(fd, argsz: LowPowerFeature.exit.minimumArgumentSize, flags: flags, payload: nil) {
+            throw VFIODevice.error(errno, device: device, operation: "exit low power", feature: .exit)
+        }
     }
 
     /// Leaves low power (LOW_POWER_EXIT). Always succeeds on a present device, engaged or
     /// not. On a suspended one-shot device the kernel resumes it first, which signals the
     /// wakeup eventfd: a wake this call caused.
     public func exitLowPower() throws(VFIOError) {
-        let fd = try openDescriptor("exit low power")
-        let flags = CVFIO_DEVICE_FEATURE_SET | LowPowerFeature.exit.index
-        if case .failure(let errno) = Syscalls.deviceFeature(fd, argsz: LowPowerFeature.exit.minimumArgumentSize, flags: flags, payload: nil) {
-            throw VFIODevice.error(errno, device: address, operation: "exit low power", feature: .exit)
-        }
+        try VFIODevice.exitLowPower(try openDescriptor("exit low power"), device: address)
         engagement = .none
     }
 

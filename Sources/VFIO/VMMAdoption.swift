@@ -124,34 +124,18 @@ public final class AdoptedDevice: LowPowerDevice, @unchecked Sendable {
     deinit { close() }
 
     public func arm(_ entry: LowPowerEntry) throws(VFIOError) {
-        let operation = "arm \(entry.feature == .oneShotEntry ? "one-shot" : "re-entrant") low power"
-        guard let fd = descriptor else {
-            throw VFIOError(.closed, device: address, operation: operation, explanation: "the device was released")
-        }
-        let flags = CVFIO_DEVICE_FEATURE_SET | entry.feature.index
-        let result: Result<CInt, Errno>
-        switch entry {
-        case .oneShot(let wakeup):
-            var payload = cvfio_low_power_wakeup_payload(wakeup.descriptor.rawValue)
-            result = withUnsafeBytes(of: &payload) {
-                Syscalls.deviceFeature(fd, argsz: LowPowerFeature.oneShotEntry.minimumArgumentSize, flags: flags, payload: $0)
-            }
-        case .reentrant:
-            result = Syscalls.deviceFeature(fd, argsz: LowPowerFeature.reentrantEntry.minimumArgumentSize, flags: flags, payload: nil)
-        }
-        if case .failure(let errno) = result {
-            throw VFIODevice.error(errno, device: address, operation: operation, feature: entry.feature)
-        }
+        try VFIODevice.arm(try open(VFIODevice.armOperation(entry)), entry, device: address)
     }
 
     public func exitLowPower() throws(VFIOError) {
-        guard let fd = descriptor else {
-            throw VFIOError(.closed, device: address, operation: "exit low power", explanation: "the device was released")
+        try VFIODevice.exitLowPower(try open("exit low power"), device: address)
+    }
+
+    private func open(_ operation: String) throws(VFIOError) -> FileDescriptor {
+        guard let descriptor else {
+            throw VFIOError(.closed, device: address, operation: operation, explanation: "the device was released")
         }
-        let flags = CVFIO_DEVICE_FEATURE_SET | LowPowerFeature.exit.index
-        if case .failure(let errno) = Syscalls.deviceFeature(fd, argsz: LowPowerFeature.exit.minimumArgumentSize, flags: flags, payload: nil) {
-            throw VFIODevice.error(errno, device: address, operation: "exit low power", feature: .exit)
-        }
+        return descriptor
     }
 
     public func noteWoke() {}

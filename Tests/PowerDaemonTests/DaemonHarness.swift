@@ -92,7 +92,7 @@ final class DaemonHarness {
 
     func stopControl() { onQueue { _ in control?.stop() } }
 
-    func reload() { onQueue { $0.reload() } }
+    func reload() { _ = onQueue { $0.reload() } }
     func stop() { onQueue { $0.stop() } }
 
     /// The device the daemon holds open now (the source hands out a new one per open).

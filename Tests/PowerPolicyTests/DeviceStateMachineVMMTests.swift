@@ -74,7 +74,7 @@ import Testing
 
     @Test func theVMMExitingWhileArmedReleasesAtOnce() {
         var m = adopted()
-        m.sampled(d3hot, now: at(2)); m.armed(now: at(2))
+        _ = m.sampled(d3hot, now: at(2)); _ = m.armed(now: at(2))
         #expect(m.vmmExited(now: at(5)) == [.cancelTimer, .close, .log(.vmmReleased(qemu, .vmmExited))])
         #expect(m.phase == .idle && m.holder == nil)
         #expect(m.statistics.timeInLowPower(asOf: at(9)) == .seconds(3))
@@ -86,7 +86,7 @@ import Testing
         var m = adopted()
         #expect(m.vmmExited(now: at(2)) == [.cancelTimer, .close, .log(.vmmReleased(qemu, .vmmExited))])
         var n = adopted()
-        n.sampled(d3hot, now: at(2)); n.armed(now: at(2)); n.woke(count: 1, now: at(3))
+        _ = n.sampled(d3hot, now: at(2)); _ = n.armed(now: at(2)); _ = n.woke(count: 1, now: at(3))
         #expect(n.vmmExited(now: at(4)) == [.cancelTimer, .close, .log(.vmmReleased(qemu, .vmmExited))])
     }
 
@@ -99,7 +99,7 @@ import Testing
 
     @Test func aVMMStillStartingIsAskedAgainQuietly() {
         var m = DeviceStateMachine(policy: vmm)
-        m.configured(now: at(0))
+        _ = m.configured(now: at(0))
         #expect(m.adoptionRefused(qemu, .noDeviceFile, now: at(0)) == [.startTimer(DeviceStateMachine.deviceFileRetryDelay)])
         #expect(m.timerFired(now: at(1)) == [.adopt])
         #expect(m.adopted(qemu, method: .unambiguous, now: at(1)) == [.log(.adopted(qemu, .unambiguous))])
@@ -108,12 +108,12 @@ import Testing
     @Test func aVMMExitingDuringAdoptionLeavesTheDeviceIdle() {
         // pidfd_open found it gone (ESRCH): noVMM.
         var m = DeviceStateMachine(policy: vmm)
-        m.configured(now: at(0))
+        _ = m.configured(now: at(0))
         #expect(m.noVMM(now: at(0)) == [])
         #expect(m.phase == .idle)
         // Still starting, then gone before its device file appeared: its pidfd reads.
         #expect(m.vmmMayHaveOpened(now: at(1)) == [.cancelTimer, .adopt])
-        m.adoptionRefused(qemu, .noDeviceFile, now: at(1))
+        _ = m.adoptionRefused(qemu, .noDeviceFile, now: at(1))
         #expect(m.vmmExited(now: at(2)) == [.cancelTimer, .close])
         #expect(m.phase == .idle)
     }
@@ -121,7 +121,7 @@ import Testing
     @Test func aHolderThatIsNotAllowedIsNamedOnceAndLeftAlone() {
         let other = VMMHolder(pid: 77, executable: "/opt/x/runner")
         var m = DeviceStateMachine(policy: vmm)
-        m.configured(now: at(0))
+        _ = m.configured(now: at(0))
         #expect(m.adoptionRefused(other, .executableNotAllowed, now: at(0)) == [.log(.adoptionRefused(other, .executableNotAllowed))])
         #expect(m.phase == .notAdopted(other, .executableNotAllowed))
         // inotify sees more opens of the same holder: nothing is looked at again, nothing logged.
@@ -133,7 +133,7 @@ import Testing
 
     @Test func anAmbiguousHolderIsNotGuessedAt() {
         var m = DeviceStateMachine(policy: vmm)
-        m.configured(now: at(0))
+        _ = m.configured(now: at(0))
         #expect(m.adoptionRefused(qemu, .ambiguous(deviceFiles: 2), now: at(0)) == [.log(.adoptionRefused(qemu, .ambiguous(deviceFiles: 2)))])
         #expect(m.statistics.arms == 0)
     }
@@ -146,7 +146,7 @@ import Testing
 
     @Test func stoppingLeavesAnArmedDeviceAsleep() {
         var m = adopted()
-        m.sampled(d3hot, now: at(2)); m.armed(now: at(2))
+        _ = m.sampled(d3hot, now: at(2)); _ = m.armed(now: at(2))
         // on_stop = keep (the vmm default): no EXIT, only the duplicate is closed.
         #expect(m.stopRequested(now: at(3)) == [.close])
         #expect(m.phase == .stopped)
@@ -160,13 +160,13 @@ import Testing
         #expect(m.statistics.arms == 0)
         // Idle: the operator's arm (or adopt) looks for a VMM.
         var idle = DeviceStateMachine(policy: vmm)
-        idle.configured(now: at(0)); idle.noVMM(now: at(0))
+        _ = idle.configured(now: at(0)); _ = idle.noVMM(now: at(0))
         #expect(idle.armRequested(now: at(1)) == [.cancelTimer, .adopt])
     }
 
     @Test func disablingAnAdoptedDeviceClosesTheDuplicateOnly() {
         var m = adopted()
-        m.sampled(d3hot, now: at(2)); m.armed(now: at(2))
+        _ = m.sampled(d3hot, now: at(2)); _ = m.armed(now: at(2))
         var off = vmm
         off.enabled = false
         #expect(m.policyChanged(off, now: at(3)) == [.close, .log(.released)])
@@ -177,8 +177,8 @@ import Testing
         var policy = vmm
         policy.flapGuard = .init(maxWakes: 1, window: .seconds(600), backoffCap: .seconds(60))
         var m = DeviceStateMachine(policy: policy)
-        m.configured(now: at(0)); m.adopted(qemu, method: .fdinfo, now: at(0)); m.sampled(d3hot, now: at(0)); m.armed(now: at(0))
-        m.woke(count: 1, now: at(1)); m.timerFired(now: at(3)); m.sampled(d3hot, now: at(3)); m.armed(now: at(3))
+        _ = m.configured(now: at(0)); _ = m.adopted(qemu, method: .fdinfo, now: at(0)); _ = m.sampled(d3hot, now: at(0)); _ = m.armed(now: at(0))
+        _ = m.woke(count: 1, now: at(1)); _ = m.timerFired(now: at(3)); _ = m.sampled(d3hot, now: at(3)); _ = m.armed(now: at(3))
         let actions = m.woke(count: 1, now: at(4))
         #expect(actions.contains(.log(.flappingStarted(wakes: 2, window: .seconds(600), backoff: .seconds(4)))))
         #expect(m.sampled(d3hot, now: at(5)) == [], "backing off: the guest's D3hot waits")
@@ -190,7 +190,7 @@ import Testing
 
     @Test func aRestartWithTheKeptEventfdKnowsTheDeviceIsStillArmed() {
         var m = DeviceStateMachine(policy: vmm)
-        m.configured(now: at(0))
+        _ = m.configured(now: at(0))
         #expect(m.adopted(qemu, method: .fdinfo, kept: KeptWakeup(wakesWhileAway: 0), now: at(0)) == [.log(.adopted(qemu, .fdinfo))])
         #expect(m.wantsEverySample, "the first sample decides whether the kept arming is still engaged")
         // Suspended and the eventfd has not fired: the previous run's arming is engaged.
@@ -203,8 +203,8 @@ import Testing
 
     @Test func wakesWhileTheDaemonWasDownAreCountedAndNotTakenAsArmed() {
         var m = DeviceStateMachine(policy: vmm)
-        m.configured(now: at(0))
-        m.adopted(qemu, method: .fdinfo, kept: KeptWakeup(wakesWhileAway: 1), now: at(0))
+        _ = m.configured(now: at(0))
+        _ = m.adopted(qemu, method: .fdinfo, kept: KeptWakeup(wakesWhileAway: 1), now: at(0))
         #expect(m.statistics.wakes == 1)
         // Suspended by someone else's arming: not ours to trust; look again later.
         #expect(m.sampled(GuestPowerSample(powerState: .d3hot, runtimeSuspended: true), now: at(0)) == [])
@@ -214,7 +214,7 @@ import Testing
     @Test func anOpenSeenBeforeTheOpenerShowsIsLookedAtAgainForAWhile() {
         // inotify reports the open before the file is in the opener's descriptor table.
         var m = DeviceStateMachine(policy: vmm)
-        m.configured(now: at(0))
+        _ = m.configured(now: at(0))
         #expect(m.noVMM(now: at(0)) == [], "the first look at start keeps no timer")
         #expect(m.vmmMayHaveOpened(now: at(10)) == [.cancelTimer, .adopt])
         #expect(m.noVMM(now: at(10)) == [.startTimer(DeviceStateMachine.lookAgainDelay)])

@@ -16,6 +16,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tap import check, failed, finish, summary, wait  # noqa: E402
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.path.join(REPO, os.environ.get("LAB_TEST_BUILD", ".build/debug"))
 NIC, DISK = os.environ["LAB_VFIO_DEVICES"].split()[:2]
@@ -25,34 +28,11 @@ UNIT = "vfio-powerd"
 with open(os.path.join(REPO, "Sources/PowerDaemon/DaemonEvent.swift")) as f:
     MESSAGE_ID = dict(re.findall(r'case \.(\w+): return "([0-9a-f]{32})"', f.read()))
 
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok {passed + failed} - {name}", flush=True)
-    else:
-        failed += 1
-        print(f"not ok {passed + failed} - {name}" + (f"\n    {detail}" if detail else ""), flush=True)
-    return ok
-
-
 def run(*cmd, check_rc=False):
     result = subprocess.run(cmd, capture_output=True, text=True)
     if check_rc and result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {result.returncode}: {result.stderr}")
     return result
-
-
-def wait(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def sysfs(address, attribute):
@@ -93,7 +73,7 @@ def dump_and_exit():
     print(run("systemctl", "status", "--no-pager", "-l", UNIT).stdout)
     print("--- journalctl -u vfio-powerd", flush=True)
     print(run("journalctl", "-u", UNIT, "--no-pager", "-o", "short-monotonic").stdout)
-    print(f"{passed} passed, {failed} failed")
+    print(summary())
     sys.exit(1)
 
 
@@ -263,6 +243,6 @@ report = json.loads(probe.stdout) if probe.returncode in (0, 1) and probe.stdout
 check("after stop nic is free and usable: vfio-powerctl probe --cycle succeeds",
       probe.returncode == 0 and report.get("manageable") is True, probe.stdout[-600:] + probe.stderr)
 
-print(f"{passed} passed, {failed} failed")
-if failed:
+if failed():
     dump_and_exit()
+finish()

@@ -16,28 +16,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qtest_guest import QemuError, QemuGuest, holders, host_sysfs, iommu_group, wait_for  # noqa: E402
+from tap import check, finish  # noqa: E402
 
 NIC = os.environ["LAB_VFIO_DEVICES"].split()[0]
 KERNEL = os.uname().release
-
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok {passed + failed} - {name}", flush=True)
-    else:
-        failed += 1
-        print(f"not ok {passed + failed} - {name}" + (f"\n    {detail}" if detail else ""), flush=True)
-    return ok
-
-
-def finish():
-    print(f"{passed} passed, {failed} failed", flush=True)
-    sys.exit(1 if failed else 0)
-
 
 def host(attribute):
     return host_sysfs(NIC, attribute)

@@ -6,22 +6,7 @@
 set -euo pipefail
 here=$(dirname "$0")
 read -r nic _ <<< "$LAB_VFIO_DEVICES"
-LAB_TEST_WATCHDOG=${LAB_TEST_WATCHDOG:-10s} "$here/daemon_setup.sh" >/dev/null
-cat > /etc/vfio-powerd/vfio-powerd.conf <<CONF
-# The demo samples a little faster than the default 1s.
-[daemon]
-guest_d3_interval = "500ms"
-
-[defaults]
-rearm_delay = "2s"
-CONF
-cat > /etc/vfio-powerd/devices.d/10-lab.conf <<CONF
-# The NIC belongs to VMs: source = "vmm" (the default), trigger = "guest-d3".
-[[device]]
-address = "$nic"
-name = "nic"
-CONF
-chmod 644 /etc/vfio-powerd/vfio-powerd.conf /etc/vfio-powerd/devices.d/10-lab.conf
+LAB_TEST_REARM=2 "$here/vmm_setup.sh" >/dev/null
 PYTHONPATH=$here exec /usr/bin/python3 - "$nic" <<'PY'
 import subprocess, sys, time
 from qtest_guest import QemuGuest

@@ -211,12 +211,5 @@ func runVMMBench(_ arguments: Arguments) throws {
 
     manager.queue.sync { manager.stop() }
     results.maxRSSKilobytes = maxRSSKilobytes()
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-    let data = try encoder.encode(results)
-    if arguments.out == "-" {
-        FileHandle.standardOutput.write(data)
-    } else {
-        try data.write(to: URL(fileURLWithPath: arguments.out))
-    }
+    try write(results, to: arguments.out)
 }

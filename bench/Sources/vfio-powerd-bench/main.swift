@@ -480,13 +480,18 @@ func runBench() throws {
     results.currentRSSAtEndKilobytes = currentRSSKilobytes()
     results.notifyMessages = notify.messages
     
+    try write(results, to: arguments.out)
+}
+
+/// The results as JSON, to a file or (`-`) standard output.
+func write<T: Encodable>(_ results: T, to out: String) throws {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
     let data = try encoder.encode(results)
-    if arguments.out == "-" {
+    if out == "-" {
         FileHandle.standardOutput.write(data)
     } else {
-        try data.write(to: URL(fileURLWithPath: arguments.out))
+        try data.write(to: URL(fileURLWithPath: out))
     }
 }
 
