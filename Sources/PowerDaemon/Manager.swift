@@ -608,6 +608,9 @@ extension Manager: DeviceControllerDelegate {
     }
 
     func deviceDidChange(_ controller: DeviceController) {
+        // A controller a reload retired while its look for a VMM was under way finishes that
+        // look, and its release, on its own: it no longer counts here.
+        guard controllers[controller.address] === controller else { return }
         account(controller)
         if controller.phase == .guestActive {
             if inUse.insert(controller.address).inserted { updateSampler() }
