@@ -205,8 +205,6 @@ final class DeviceController: @unchecked Sendable {
         }
         run { $0.sampled(sample, now: $1) }
     }
-    /// `vmm`: the VMM that holds the device, if one is known.
-    var vmmProcess: VMMProcess? { vmm }
 
     private typealias Event = (inout DeviceStateMachine, MonotonicInstant) -> [DeviceAction]
 
