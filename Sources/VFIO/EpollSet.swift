@@ -22,7 +22,7 @@ public final class EpollSet: Sendable {
         descriptor = FileDescriptor(rawValue: fd)
     }
 
-    deinit { try? descriptor.close() }
+    deinit { Syscalls.close(descriptor) }
 
     /// Watches `fd`; its readiness is reported as `token`. The corresponding C function is
     /// `epoll_ctl(EPOLL_CTL_ADD)` with EPOLLIN.

@@ -26,7 +26,7 @@ public final class EventFD: Sendable {
         self.descriptor = descriptor
     }
 
-    deinit { try? descriptor.close() }
+    deinit { Syscalls.close(descriptor) }
 
     /// Reads and resets the counter: the number of signals since the last read (coalesced),
     /// or nil when nothing has been signalled yet (EAGAIN).

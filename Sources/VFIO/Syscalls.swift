@@ -6,6 +6,7 @@ import Glibc
 import Musl
 #endif
 import CVFIO
+import Synchronization
 import SystemPackage
 
 /// Runs `body` until it stops failing with EINTR; any other failure becomes the current errno.
@@ -20,6 +21,18 @@ internal func retryingOnInterrupt<T: BinaryInteger>(_ body: () -> T) -> Result<T
 }
 
 internal enum Syscalls {
+    /// Closes a descriptor its one owner is done with. Never retried (Linux frees the number
+    /// even when close fails with EINTR). EBADF means a second owner closed a number that
+    /// was already closed, which could have closed another device's file that reused it:
+    /// a bug, counted so that tests can catch it.
+    static func close(_ fd: FileDescriptor) {
+        if Glibc.close(fd.rawValue) != 0 && errno == EBADF {
+            closesOfClosedDescriptors.add(1, ordering: .relaxed)
+        }
+    }
+
+    static let closesOfClosedDescriptors = Atomic<Int>(0)
+
     /// The corresponding C function is `ioctl` with a pointer argument.
     static func ioctl(_ fd: FileDescriptor, _ request: UInt, _ argument: UnsafeMutableRawPointer) -> Result<CInt, Errno> {
         retryingOnInterrupt { cvfio_ioctl_pointer(fd.rawValue, request, argument) }
@@ -71,7 +84,7 @@ internal enum Syscalls {
     static func readSmallFile(_ path: FilePath) -> Result<String, Errno> {
         do {
             let fd = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
-            defer { try? fd.close() }
+            defer { close(fd) }
             var bytes: [UInt8] = []
             var chunk = [UInt8](repeating: 0, count: 4096)
             while true {
@@ -92,7 +105,7 @@ internal enum Syscalls {
     static func writeSmallFile(_ path: FilePath, _ text: String) -> Result<Void, Errno> {
         do {
             let fd = try FileDescriptor.open(path, .writeOnly, options: [.closeOnExec])
-            defer { try? fd.close() }
+            defer { close(fd) }
             _ = try fd.writeAll(Array(text.utf8))
             return .success(())
         } catch let error as Errno {

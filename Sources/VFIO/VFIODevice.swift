@@ -70,15 +70,22 @@ final class VFIOGroup {
             }
         }
 
+        // Each fd has one owner at a time: these locals until every step has succeeded,
+        // then the group (whose deinit closes them). A throw after both properties were
+        // set would run deinit too (Swift deinitialises a fully initialised object whose
+        // init throws), and a second close could close another device's file that reused
+        // the number.
+        let container: FileDescriptor
         do {
             container = try FileDescriptor.open(vfio.appending("vfio"), .readWrite, options: [.closeOnExec])
         } catch {
             throw fail(error as? Errno ?? .ioError, "opening \(vfio.appending("vfio"))")
         }
+        let descriptor: FileDescriptor
         do {
             descriptor = try FileDescriptor.open(node, .readWrite, options: [.closeOnExec])
         } catch {
-            try? container.close()
+            Syscalls.close(container)
             let errno = error as? Errno ?? .ioError
             if errno == .resourceBusy {
                 let holders = ProcessHolding.holders(of: node, procRoot: procRoot)
@@ -93,39 +100,49 @@ final class VFIOGroup {
         }
 
         do throws(VFIOError) {
-            // The container must speak the API this header describes and offer type1v2.
-            let version = Syscalls.ioctl(container, CVFIO_GET_API_VERSION)
-            guard case .success(let api) = version, api == CVFIO_API_VERSION_VALUE else {
-                throw VFIOError(.unexpected, device: device, operation: operation,
-                                explanation: "the VFIO container speaks an unknown API version")
-            }
-            var status = vfio_group_status()
-            status.argsz = UInt32(MemoryLayout<vfio_group_status>.size)
-            if case .failure(let errno) = Syscalls.ioctl(descriptor, CVFIO_GROUP_GET_STATUS, &status) {
-                throw fail(errno, "VFIO_GROUP_GET_STATUS")
-            }
-            guard status.flags & CVFIO_GROUP_FLAGS_VIABLE != 0 else {
-                throw VFIOError(.groupNotViable, device: device, operation: operation,
-                                explanation: "the kernel says group \(name) is not viable: a device in it is bound to a host driver",
-                                advice: "Bind every device of /sys/kernel/iommu_groups/\(name.split(separator: "-").last ?? "")/devices to vfio-pci")
-            }
-            var containerFD = container.rawValue
-            if case .failure(let errno) = Syscalls.ioctl(descriptor, CVFIO_GROUP_SET_CONTAINER, &containerFD) {
-                throw fail(errno, "VFIO_GROUP_SET_CONTAINER")
-            }
-            if case .failure(let errno) = Syscalls.ioctl(container, CVFIO_SET_IOMMU, value: CVFIO_TYPE1v2_IOMMU) {
-                throw fail(errno, "VFIO_SET_IOMMU (type1v2)")
-            }
+            try VFIOGroup.attach(group: descriptor, to: container, name: name, device: device, operation: operation, fail: fail)
         } catch {
-            try? descriptor.close()
-            try? container.close()
+            Syscalls.close(descriptor)
+            Syscalls.close(container)
             throw error
+        }
+        self.container = container
+        self.descriptor = descriptor
+    }
+
+    /// Checks the container's API and the group's viability, then joins the group to the
+    /// container with the type1v2 IOMMU.
+    private static func attach(group descriptor: FileDescriptor, to container: FileDescriptor, name: String,
+                               device: PCIAddress, operation: String,
+                               fail: (Errno, String) -> VFIOError) throws(VFIOError) {
+        // The container must speak the API this header describes and offer type1v2.
+        let version = Syscalls.ioctl(container, CVFIO_GET_API_VERSION)
+        guard case .success(let api) = version, api == CVFIO_API_VERSION_VALUE else {
+            throw VFIOError(.unexpected, device: device, operation: operation,
+                            explanation: "the VFIO container speaks an unknown API version")
+        }
+        var status = vfio_group_status()
+        status.argsz = UInt32(MemoryLayout<vfio_group_status>.size)
+        if case .failure(let errno) = Syscalls.ioctl(descriptor, CVFIO_GROUP_GET_STATUS, &status) {
+            throw fail(errno, "VFIO_GROUP_GET_STATUS")
+        }
+        guard status.flags & CVFIO_GROUP_FLAGS_VIABLE != 0 else {
+            throw VFIOError(.groupNotViable, device: device, operation: operation,
+                            explanation: "the kernel says group \(name) is not viable: a device in it is bound to a host driver",
+                            advice: "Bind every device of /sys/kernel/iommu_groups/\(name.split(separator: "-").last ?? "")/devices to vfio-pci")
+        }
+        var containerFD = container.rawValue
+        if case .failure(let errno) = Syscalls.ioctl(descriptor, CVFIO_GROUP_SET_CONTAINER, &containerFD) {
+            throw fail(errno, "VFIO_GROUP_SET_CONTAINER")
+        }
+        if case .failure(let errno) = Syscalls.ioctl(container, CVFIO_SET_IOMMU, value: CVFIO_TYPE1v2_IOMMU) {
+            throw fail(errno, "VFIO_SET_IOMMU (type1v2)")
         }
     }
 
     deinit {
-        try? descriptor.close()
-        try? container.close()
+        Syscalls.close(descriptor)
+        Syscalls.close(container)
     }
 }
 
@@ -173,13 +190,13 @@ public final class VFIODevice: @unchecked Sendable {
         case .failure(let errno):
             throw VFIODevice.error(errno, device: address, operation: operation)
         }
+        // The fd is this init's until every step has succeeded, then the device's.
         let descriptor = FileDescriptor(rawValue: fd)
-        self.descriptor = descriptor
 
         var info = vfio_device_info()
         info.argsz = UInt32(MemoryLayout<vfio_device_info>.size)
         if case .failure(let errno) = Syscalls.ioctl(descriptor, CVFIO_DEVICE_GET_INFO, &info) {
-            try? descriptor.close()
+            Syscalls.close(descriptor)
             throw VFIODevice.error(errno, device: address, operation: "read the device's info (VFIO_DEVICE_GET_INFO)")
         }
         deviceFlags = info.flags
@@ -204,6 +221,7 @@ public final class VFIODevice: @unchecked Sendable {
             }
         }
         lowPowerSupport = LowPowerSupport(refusals: refusals)
+        self.descriptor = descriptor
     }
 
     deinit { close() }
@@ -349,7 +367,7 @@ public final class VFIODevice: @unchecked Sendable {
         guard let fd = descriptor else { return }
         descriptor = nil
         engagement = .none
-        try? fd.close()
+        Syscalls.close(fd)
         group = nil
     }
 

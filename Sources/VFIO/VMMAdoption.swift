@@ -20,7 +20,7 @@ public final class VMMProcess: @unchecked Sendable {
         self.exitNotifier = exitNotifier
     }
 
-    deinit { try? exitNotifier.close() }
+    deinit { Syscalls.close(exitNotifier) }
 }
 
 /// Which processes may be adopted from: glob patterns (fnmatch(3)) over the executable's
@@ -144,7 +144,7 @@ public final class AdoptedDevice: LowPowerDevice, @unchecked Sendable {
     public func close() {
         guard let fd = descriptor else { return }
         descriptor = nil
-        try? fd.close()
+        Syscalls.close(fd)
     }
 
     /// Whether the VMM still has the device file open under the descriptor number it was
@@ -289,7 +289,7 @@ public struct VMMFinder: Sendable {
         let isDevice = copyTarget == Self.deviceFileLink || cdevFile.map { $0.target == copyTarget } == true
         let copyNamesOther = Self.syspath(ownInfo).map { !Self.names($0, address) } ?? false
         guard isDevice, !copyNamesOther else {
-            try? descriptor.close()
+            Syscalls.close(descriptor)
             return .refused(process, .noDeviceFile)
         }
         return .adopted(AdoptedDevice(address: address, descriptor: descriptor, vmmPID: pid, vmmDescriptor: target.fd,
@@ -315,7 +315,7 @@ public struct VMMFinder: Sendable {
     public func takeHandedOver(_ fd: Int32, for address: PCIAddress, sender: Int32) -> Result<(any LowPowerDevice, VMMProcess), HandoffRefusal> {
         let descriptor = FileDescriptor(rawValue: fd)
         func refuse(_ reason: HandoffRefusal) -> Result<(any LowPowerDevice, VMMProcess), HandoffRefusal> {
-            try? descriptor.close()
+            Syscalls.close(descriptor)
             return .failure(reason)
         }
         let target = (try? Syscalls.readlink(procRoot.appending("self/fd/\(fd)")).get()) ?? "?"

@@ -1,6 +1,6 @@
 import Foundation
 import SystemPackage
-import VFIO
+@testable import VFIO
 import VFIOSimulator
 import XCTest
 
@@ -118,5 +118,31 @@ final class DevicePreflightTests: XCTestCase {
         XCTAssertEqual(ProcessHolding.holders(of: "/dev/vfio/1", procRoot: FilePath(proc.path)),
                        [ProcessHolding(pid: 812, command: "qemu-system-x86")])
         XCTAssertEqual("\(ProcessHolding(pid: 812, command: "qemu-system-x86"))", "qemu-system-x86 (pid 812)")
+    }
+}
+
+/// Every fd of the VFIO layer has one owner that closes it once. A second close of a number
+/// that is already closed could close another device's file that reused it.
+final class DescriptorOwnershipTests: XCTestCase {
+    func testAGroupThatFailsAfterOpeningClosesEachDescriptorOnce() throws {
+        // Regular files stand in for the container and the group: both open, and the first
+        // ioctl (VFIO_GET_API_VERSION) fails with ENOTTY, after both fds are the group's.
+        let tree = try FakeSysfsTree()
+        defer { tree.remove() }
+        let dev = tree.root.appendingPathComponent("dev")
+        try FileManager.default.createDirectory(at: dev.appendingPathComponent("vfio"), withIntermediateDirectories: true)
+        for node in ["vfio/vfio", "vfio/1"] {
+            XCTAssertTrue(FileManager.default.createFile(atPath: dev.appendingPathComponent(node).path, contents: nil))
+        }
+        let nic = PCIAddress("0000:00:02.0")!
+        try tree.add(.init(nic, iommuGroup: "1"))
+        let session = VFIOSession(sysfsRoot: FilePath(tree.path), devRoot: FilePath(dev.path))
+
+        let before = Syscalls.closesOfClosedDescriptors.load(ordering: .relaxed)
+        XCTAssertThrowsError(try session.openDevice(nic)) { error in
+            XCTAssertTrue("\(error)".contains("unknown API version"), "\(error)")
+        }
+        XCTAssertEqual(Syscalls.closesOfClosedDescriptors.load(ordering: .relaxed), before,
+                       "a descriptor was closed a second time")
     }
 }
