@@ -10,7 +10,7 @@ public enum Rendering {
              holder(device) ?? "-",
              String(device.wakes),
              device.lastWakeRealtimeUsec.map { ago($0, now: nowRealtimeUsec) } ?? "-",
-             device.lowPowerShare.map { percent($0) } ?? "-"]
+             device.lowPowerShare.map { percent($0) } ?? "-"].map(shown)
         }
         // Numbers right-aligned, words left-aligned.
         let rightAligned: Set<Int> = [6, 7, 8]
@@ -22,7 +22,7 @@ public enum Rendering {
                 return rightAligned.contains(index) ? padding + cell : cell + padding
             }.joined(separator: "  ").trimmingTrailingSpaces()
         }
-        var out = "vfio-powerd: \(status)\n"
+        var out = "vfio-powerd: \(shown(status))\n"
         if devices.isEmpty { return out + "no devices configured (see /etc/vfio-powerd/devices.d)\n" }
         out += line(header) + "\n"
         for row in rows { out += line(row) + "\n" }
@@ -56,7 +56,7 @@ public enum Rendering {
             ("Configured at", device.configuredAt),
         ]
         let width = lines.map(\.0.count).max() ?? 0
-        return lines.map { $0.0 + ":" + String(repeating: " ", count: width - $0.0.count + 1) + $0.1 }.joined(separator: "\n") + "\n"
+        return lines.map { $0.0 + ":" + String(repeating: " ", count: width - $0.0.count + 1) + shown($0.1) }.joined(separator: "\n") + "\n"
     }
 
     /// `vfio-powerctl monitor`: one line per change.
@@ -69,7 +69,29 @@ public enum Rendering {
         text += "; \(device.wakes) wake\(device.wakes == 1 ? "" : "s")"
         if device.flapping { text += "; flapping" }
         if let error = device.lastError, ["failed", "gone", "unsupported"].contains(device.state) { text += "; \(error)" }
-        return text
+        return shown(text)
+    }
+
+    /// What the daemon sends, safe to print on a terminal: a device's name comes from a
+    /// configuration file, and an escape sequence or a line break in it must not reach the
+    /// operator's terminal as one. Control characters and the invisible bidirectional
+    /// overrides become `\u{1B}`-style escapes, as Swift writes them.
+    public static func shown(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: isHidden) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            if isHidden(scalar) {
+                out += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    private static func isHidden(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.properties.generalCategory == .control || (0x202A...0x202E).contains(scalar.value)
+            || (0x2066...0x2069).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
     }
 
     /// "qemu-system-x86_64 (pid 4242)"

@@ -62,6 +62,11 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
     /// A `vmm` device: a launcher or VMM sent its device file over the control socket, and
     /// the kernel confirmed it is this device's.
     case handoffReceived
+    /// A device was armed, but the kernel did not suspend it within the bound: the status
+    /// says "armed, but the kernel keeps it awake", and this entry says why, once.
+    case keptAwake
+    /// A device the kernel had kept awake after arming has suspended after all.
+    case suspendedAtLast
 
     /// The journal MESSAGE_ID: 32 lowercase hex digits.
     public var messageID: String {
@@ -88,6 +93,8 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
         case .adoptionRefused: return "328d7da0c5e94e239e77ee26ae650300"
         case .armedInGuestD3: return "ddb52301f2e44aa4bc327743d4f353e7"
         case .handoffReceived: return "53c8b930b2954eb390af1cd0c421dddb"
+        case .keptAwake: return "35be08c21f3d4446a61f40f0f60e1f83"
+        case .suspendedAtLast: return "6394f886530b43dea9dab48f1cf77987"
         }
     }
 
@@ -96,8 +103,8 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
         switch self {
         case .armed, .woke, .rearmed, .deviceReleased, .armedInGuestD3: return .info
         case .started, .stopping, .reloaded, .flappingEnded, .deviceBack, .heldAwake, .adopted, .vmmReleased,
-             .handoffReceived: return .notice
-        case .flappingStarted, .deviceSkipped, .deviceGone, .controlRefused, .adoptionRefused: return .warning
+             .handoffReceived, .suspendedAtLast: return .notice
+        case .flappingStarted, .deviceSkipped, .deviceGone, .controlRefused, .adoptionRefused, .keptAwake: return .warning
         case .configRejected, .armFailed, .wakeFailed: return .error
         }
     }

@@ -13,7 +13,9 @@ protocol DeviceControllerDelegate: AnyObject {
     /// The state machine asked to tell the operator something.
     func device(_ controller: DeviceController, reported event: PolicyEvent, context: DeviceController.Context)
     /// The device's phase or counters changed (the STATUS line may need an update).
-    func deviceDidChange(_ controller: DeviceController)
+    /// `visibly`: something a status shows changed (the phase, a counter, the holder); a
+    /// change only the machine sees (a confirmed arming) updates the bookkeeping alone.
+    func deviceDidChange(_ controller: DeviceController, visibly: Bool)
     /// `vmm`: what one look for the device's VMM found (for `--log-level debug`).
     func device(_ controller: DeviceController, looked outcome: @autoclosure () -> String)
 }
@@ -63,6 +65,9 @@ final class DeviceController: @unchecked Sendable {
     /// its pidfd.
     private var vmm: VMMProcess?
     private var vmmExitWatch: EventFDWatcher.Token?
+    /// `own`: the processes that held the group when opening it failed with EBUSY, followed by
+    /// their pidfds: the first exit opens the device again.
+    private var busyHolderWatches: [EventFDWatcher.Token] = []
     /// `vmm`: which processes may be adopted from (the daemon's `vmm_executables`).
     var allowedExecutables = ExecutableAllowList()
     /// `vmm`: a file handed over, for the `adopt` the machine asks for next.
@@ -72,6 +77,9 @@ final class DeviceController: @unchecked Sendable {
     private var candidates: [Int32]?
     /// When the daemon began managing this entry (for the share of time in low power).
     let managedSince: MonotonicInstant
+    /// The kernel's `power/runtime_suspended_time` when management began: time in low power
+    /// is the kernel's count since then. Nil where sysfs has no counter (the simulator).
+    var kernelSuspendedAtStart: Duration?
     /// What this device last added to the manager's STATUS tally (the manager's field).
     var tallied: StatusTally.Contribution?
 
@@ -206,6 +214,23 @@ final class DeviceController: @unchecked Sendable {
         run { $0.sampled(sample, now: $1) }
     }
 
+    /// One turn of the daemon's sampler for an armed device the kernel has not been seen to
+    /// suspend: reads `power/runtime_status` (and why it is awake), never waking it.
+    func residencyTick() {
+        guard machine.wantsResidencySample, let read = source.residency(address) else { return }
+        let sample: ResidencySample
+        if read.runtimeStatus == .suspended {
+            sample = ResidencySample(suspended: true)
+        } else if read.powerControl == .on {
+            sample = ResidencySample(suspended: false, keptAwakeBy: .runtimePMForbidden)
+        } else if let children = read.activeChildren, children > 0 {
+            sample = ResidencySample(suspended: false, keptAwakeBy: .activeChildren(children))
+        } else {
+            sample = ResidencySample(suspended: false, keptAwakeBy: .unknown)
+        }
+        run { $0.residencySampled(sample, now: $1) }
+    }
+
     private typealias Event = (inout DeviceStateMachine, MonotonicInstant) -> [DeviceAction]
 
     /// A look for the device's VMM is running off the queue: its outcome is the machine's next
@@ -225,6 +250,7 @@ final class DeviceController: @unchecked Sendable {
             deferred.append(event)
             return
         }
+        let shown = Shown(machine)
         var actions = event(&machine, clock.now())
         // Each list holds at most one action with an outcome; the outcome is the next event.
         outcomes: while !actions.isEmpty {
@@ -242,8 +268,22 @@ final class DeviceController: @unchecked Sendable {
             }
             actions = outcome.map { $0(&machine, clock.now()) } ?? []
         }
-        delegate?.deviceDidChange(self)
+        delegate?.deviceDidChange(self, visibly: Shown(machine) != shown)
         settleHandoff()
+    }
+
+    /// What a device's status shows of its machine.
+    private struct Shown: Equatable {
+        var phase: DevicePhase
+        var statistics: DeviceStatistics
+        var isFlapping: Bool
+        var holder: VMMHolder?
+        init(_ machine: DeviceStateMachine) {
+            phase = machine.phase
+            statistics = machine.statistics
+            isFlapping = machine.isFlapping
+            holder = machine.holder
+        }
     }
 
     private struct Outcome {
@@ -429,12 +469,14 @@ final class DeviceController: @unchecked Sendable {
     // MARK: Opening and closing
 
     private func open() -> Outcome {
+        stopFollowingBusyHolders()
         let opened: any LowPowerDevice
         do {
             opened = try source.openDevice(address)
         } catch {
             lastError = error
             let errno = Self.errorNumber(error)
+            if error.code == .groupBusy { followBusyHolders(error.holders) }
             return Outcome(event: { $0.openFailed(errno, now: $1) })
         }
         // The machine arms in the policy's mode: that entry and EXIT must both be there.
@@ -470,6 +512,38 @@ final class DeviceController: @unchecked Sendable {
         self.wakeup = wakeup
         lastError = nil
         return Outcome(event: { $0.opened(now: $1) })
+    }
+
+    /// Follows the processes that hold the group: the first to exit opens the device again.
+    /// One that exited already (ESRCH) has let go: the device is opened again at once, after
+    /// this open's failure has been reported.
+    private func followBusyHolders(_ holders: [ProcessHolding]) {
+        var exited = false
+        for holder in holders {
+            switch VMMProcess.follow(pid: holder.pid, executable: holder.command) {
+            case .success(let process):
+                if let token = try? watcher.watchExit(process.exitNotifier, owner: process, { [weak self] in
+                    self?.busyHolderExited()
+                }) {
+                    busyHolderWatches.append(token)
+                }
+            case .failure(.noSuchProcess):
+                exited = true
+            case .failure:
+                break  // cannot follow it: `systemctl reload` retries
+            }
+        }
+        if exited { queue.async { [weak self] in self?.busyHolderExited() } }
+    }
+
+    private func busyHolderExited() {
+        stopFollowingBusyHolders()
+        run { $0.busyHolderExited(now: $1) }
+    }
+
+    private func stopFollowingBusyHolders() {
+        for token in busyHolderWatches { watcher.unwatch(token) }
+        busyHolderWatches.removeAll()
     }
 
     /// Stops watching its eventfds, then closes the device; the kernel exits low power on

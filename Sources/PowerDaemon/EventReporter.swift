@@ -51,7 +51,7 @@ enum EventReporter {
         case .exitFailed: kind = .wakeFailed
         case .deviceGone where context.error.map({ waitingCodes.contains($0.code) }) == true: kind = .deviceSkipped
         case .deviceGone: kind = .deviceGone
-        case .deviceBack: kind = .deviceBack
+        case .deviceBack, .busyHolderExited: kind = .deviceBack
         case .released: kind = .deviceReleased
         case .heldAwake: kind = .heldAwake
         case .adopted(_, .handoff): kind = .handoffReceived
@@ -59,6 +59,8 @@ enum EventReporter {
         case .adoptionRefused: kind = .adoptionRefused
         case .vmmReleased: kind = .vmmReleased
         case .armedInGuestD3, .keptArmed: kind = .armedInGuestD3
+        case .keptAwake: kind = .keptAwake
+        case .suspendedAtLast: kind = .suspendedAtLast
         }
         return (kind, kind.defaultPriority)
     }
@@ -109,6 +111,8 @@ enum EventReporter {
             return make("cannot arm: \(because(errno, explanation))")
         case .d3coldWriteFailed(let errno, let explanation):
             return make("cannot write d3cold_allowed: \(because(errno, explanation))")
+        case .openFailed(let errno, let explanation) where context.error.map({ $0.code == .groupBusy && !$0.holders.isEmpty }) == true:
+            return make("not managed yet: \(because(errno, explanation)); it is taken as soon as \(context.error!.holders.count == 1 ? "that process exits" : "one of them exits")")
         case .openFailed(let errno, let explanation):
             return make("not managed: \(because(errno, explanation))")
         case .unsupported(let errno, let explanation):
@@ -125,6 +129,8 @@ enum EventReporter {
             return make("gone\(why); closed so the kernel can finish removing it; it is managed again when it returns")
         case .deviceBack:
             return make("back; managing it again")
+        case .busyHolderExited:
+            return make("the process that held its group exited; opening it now")
         case .released where context.source == .vmm:
             return make("no longer managed; the daemon's copy of the VMM's device file is closed and the device left as its guest has it")
         case .released:
@@ -167,6 +173,19 @@ enum EventReporter {
         case .armedInGuestD3:
             fields[JournalField.mode] = .string(ArmMode.oneShot.rawValue)
             return make("armed one-shot low power: the guest put the device into D3hot")
+        case .keptAwake(let reason):
+            let bound = DurationText.format(DeviceStateMachine.residencyBound)
+            let why = switch reason {
+            case .runtimePMForbidden:
+                "power/control is \"on\", which forbids runtime suspend. Write \"auto\" to /sys/bus/pci/devices/\(context.addressText)/power/control (and find what set it: a udev rule, tlp, powertop's counterpart)"
+            case .activeChildren(let count):
+                "\(count) device\(count == 1 ? "" : "s") below it \(count == 1 ? "is" : "are") active (power/runtime_active_kids); it suspends once \(count == 1 ? "that one does" : "they do")"
+            case .unknown:
+                "sysfs shows no reason (power/control is auto and no child is active): look for a consumer link or a driver holding a runtime PM reference"
+            }
+            return make("armed, but the kernel keeps it awake \(bound) later: \(why). Checked again every guest_d3_interval")
+        case .suspendedAtLast(let afterArmedFor):
+            return make("suspended at last, \(DurationText.format(afterArmedFor)) after it was armed: the kernel no longer keeps it awake")
         case .keptArmed:
             fields[JournalField.mode] = .string(ArmMode.oneShot.rawValue)
             return make("still in one-shot low power from before the daemon restarted (its wakeup eventfd came back from systemd's fd store); not armed again, which would have woken it")

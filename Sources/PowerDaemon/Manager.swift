@@ -49,6 +49,9 @@ public final class Manager: @unchecked Sendable {
     /// `vmm` devices in use by their guests, which the sampler looks at every
     /// guest_d3_interval; the sampler's timer runs only while there is one.
     private var inUse = Set<PCIAddress>()
+    /// Armed devices the kernel has not been seen to suspend yet (or keeps awake): the same
+    /// sampler reads their `power/runtime_status` until it says suspended.
+    private var confirming = Set<PCIAddress>()
     private var sampler: DispatchSourceTimer?
     private var samplerInterval: Duration?
     /// `vmm` devices: wakeup eventfds the previous run kept in systemd's fd store, until the
@@ -87,9 +90,11 @@ public final class Manager: @unchecked Sendable {
         case eventLoopUnavailable(Errno)
     }
 
-    /// Loads and validates the configuration, opens and arms every device it selects, then
+    /// Loads and validates the configuration, opens and arms every device it selects, runs
+    /// `beforeReady` (the daemon starts listening on its control socket there, so that
+    /// `systemctl start vfio-powerd && vfio-powerctl status` never finds it missing), then
     /// tells systemd READY=1. An invalid configuration starts nothing.
-    public func start() throws(StartError) {
+    public func start(beforeReady: () -> Void = {}) throws(StartError) {
         dispatchPrecondition(condition: .onQueue(queue))
         let (loaded, resolution) = loadConfiguration()
         let problems = loaded.problems + resolution.problems
@@ -125,6 +130,7 @@ public final class Manager: @unchecked Sendable {
         isStarted = true
         startedAt = clock.now()
         returnFreedMemory()
+        beforeReady()
         notifier.ready()
         updateStatus()
         log(.started, "started: \(summary())", [:])
@@ -326,9 +332,13 @@ public final class Manager: @unchecked Sendable {
 
     private func snapshot(_ controller: DeviceController, now: MonotonicInstant) -> DeviceSnapshot {
         let sysfs = SysfsPCIDevice(address: controller.address, sysfsRoot: options.sysfsRoot)
+        let suspendedTime = try? sysfs.runtimeSuspendedTime()
+        // The kernel's count of suspended time since management began: the truth, where the
+        // daemon's own arm-to-wake bookkeeping would count an arming the kernel never honoured.
+        let kernelTimeInLowPower = controller.kernelSuspendedAtStart.flatMap { start in suspendedTime.map { max(.zero, $0 - start) } }
         return DeviceSnapshot(address: controller.address, name: controller.policy.name, policy: controller.policy,
                        phase: controller.phase, statistics: controller.machine.statistics,
-                       timeInLowPower: controller.machine.statistics.timeInLowPower(asOf: now),
+                       timeInLowPower: kernelTimeInLowPower ?? controller.machine.statistics.timeInLowPower(asOf: now),
                        isFlapping: controller.machine.isFlapping, origin: controller.origin,
                        lastError: controller.lastVFIOError?.description ?? controller.machine.statistics.lastError.map {
                            "\($0.operation.rawValue): \($0.errno.name)"
@@ -338,7 +348,7 @@ public final class Manager: @unchecked Sendable {
                        holder: controller.machine.holder,
                        // The kernel's word, from files that never wake the device.
                        power: PowerView(runtimeStatus: try? sysfs.runtimeStatus(), powerState: try? sysfs.powerState(),
-                                        runtimeSuspendedTime: try? sysfs.runtimeSuspendedTime()))
+                                        runtimeSuspendedTime: suspendedTime))
     }
 
     /// Sends STATUS= now if the line changed.
@@ -378,6 +388,7 @@ public final class Manager: @unchecked Sendable {
                                           source: source, queue: queue, watcher: watcher, clock: clock)
         controller.delegate = self
         controller.wakeupStore = self
+        controller.kernelSuspendedAtStart = try? SysfsPCIDevice(address: device.address, sysfsRoot: options.sysfsRoot).runtimeSuspendedTime()
         applyVMMSettings(controller)
         controllers[device.address] = controller
         // Watch before the first look, so an open between the two is not missed.
@@ -481,7 +492,7 @@ public final class Manager: @unchecked Sendable {
     /// cost most of what sampling costs (docs/BENCHMARKS.md).
     private func updateSampler() {
         let interval = daemonSettings.guestD3Interval.value
-        if isStopping || inUse.isEmpty {
+        if isStopping || (inUse.isEmpty && confirming.isEmpty) {
             sampler?.cancel()
             sampler = nil
             return
@@ -501,6 +512,9 @@ public final class Manager: @unchecked Sendable {
     private func sampleGuests() {
         for address in inUse {
             controllers[address]?.sampleTick()
+        }
+        for address in confirming {
+            controllers[address]?.residencyTick()
         }
     }
 
@@ -607,7 +621,7 @@ extension Manager: DeviceControllerDelegate {
         logger.debug("\(controller.address): looked for its VMM: \(outcome())", source: Self.logSource)
     }
 
-    func deviceDidChange(_ controller: DeviceController) {
+    func deviceDidChange(_ controller: DeviceController, visibly: Bool) {
         // A controller a reload retired while its look for a VMM was under way finishes that
         // look, and its release, on its own: it no longer counts here.
         guard controllers[controller.address] === controller else { return }
@@ -617,10 +631,16 @@ extension Manager: DeviceControllerDelegate {
         } else if inUse.remove(controller.address) != nil {
             updateSampler()
         }
+        if controller.machine.wantsResidencySample {
+            if confirming.insert(controller.address).inserted { updateSampler() }
+        } else if confirming.remove(controller.address) != nil {
+            updateSampler()
+        }
         updateRescanTimer()
         updateVMMScanTimer()
         // A device bound late has a group node only now.
         if controller.phase == .idle { watchForVMM(controller) }
+        guard visibly else { return }
         scheduleStatusUpdate()
         if let onDeviceChange { onDeviceChange(snapshot(controller, now: clock.now())) }
     }

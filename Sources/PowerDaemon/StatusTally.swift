@@ -24,7 +24,7 @@ struct StatusTally: Equatable {
             switch phase {
             case .lowPower: category = .lowPower
             case .unconfigured, .opening, .arming, .exiting, .waitingToRearm, .backingOff, .heldAwake,
-                 .adopting: category = .awake
+                 .adopting, .keptAwake: category = .awake
             case .guestActive: category = .inUse
             case .idle: category = .idle
             case .notAdopted: category = .notAdopted

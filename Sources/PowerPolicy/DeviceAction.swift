@@ -50,6 +50,11 @@ public enum PolicyEvent: Hashable, Sendable {
     /// Armed for the first time since the device was opened (or after a policy change or the
     /// recovery from "already engaged").
     case armed(ArmMode)
+    /// Armed, yet still awake `DeviceStateMachine.residencyBound` later: the kernel keeps it
+    /// awake, for this reason. Said once per arming.
+    case keptAwake(KeptAwakeReason)
+    /// A device the kernel kept awake after arming has suspended after all.
+    case suspendedAtLast(afterArmedFor: Duration)
     /// The device woke (one-shot): `count` coalesced eventfd signals, after this long in low power.
     case woke(count: UInt64, inLowPowerFor: Duration)
     /// Armed again after a wake, having been quiet this long.
@@ -73,6 +78,8 @@ public enum PolicyEvent: Hashable, Sendable {
     case deviceGone(ErrorNumber?)
     /// A gone or failed device is present again and is being opened.
     case deviceBack
+    /// The process that held the device's group (EBUSY) exited; the device is being opened.
+    case busyHolderExited
     /// Policy changed so that the device is no longer managed; it is left awake and closed.
     case released
     /// The operator woke the device; it is kept out of low power for `for` (nil: until the

@@ -107,6 +107,8 @@ public struct DeviceStateMachine: Sendable {
         var since: MonotonicInstant
         /// While flapping: when the quiet check fires (the timer runs).
         var quietCheckAt: MonotonicInstant?
+        /// Whether the kernel has been seen to suspend the device since this arming.
+        var residency: Residency = .unconfirmed
     }
 
     private enum AfterExit: Sendable {
@@ -134,7 +136,12 @@ public struct DeviceStateMachine: Sendable {
         case .disabled: .disabled
         case .opening: .opening
         case .arming: .arming
-        case .lowPower(let lowPower): .lowPower(lowPower.mode, since: lowPower.since)
+        case .lowPower(let lowPower):
+            if case .keptAwake(let reason) = lowPower.residency {
+                .keptAwake(lowPower.mode, reason)
+            } else {
+                .lowPower(lowPower.mode, since: lowPower.since)
+            }
         case .waitingToRearm(let until, _): .waitingToRearm(until: until)
         case .backingOff(let until, _): .backingOff(until: until)
         case .heldAwake(let until): .heldAwake(until: until)
@@ -180,6 +187,15 @@ public struct DeviceStateMachine: Sendable {
         }
     }
 
+    /// A process that held the device's group when it was opened (EBUSY) has exited: open it
+    /// again. (The daemon follows each holder's pidfd; no timer polls for the group.)
+    public mutating func busyHolderExited(now: MonotonicInstant) -> [DeviceAction] {
+        guard case .failed = state, let failure = statistics.lastError, failure.operation == .open,
+              failure.errno == .EBUSY, policy.isManaged else { return [] }
+        state = .opening
+        return [.log(.busyHolderExited), .open]
+    }
+
     /// The device is open, its eventfd exists, and the low-power feature probed fine.
     public mutating func opened(now: MonotonicInstant) -> [DeviceAction] {
         guard case .opening = state else { preconditionFailure("opened(now:) without an open action in \(phase.name)") }
@@ -199,7 +215,7 @@ public struct DeviceStateMachine: Sendable {
             return [.log(.deviceGone(errno))]
         }
         let explanation: String = switch errno {
-        case .EBUSY: "the device or its IOMMU group is held by another process (a VMM?); run `systemctl reload vfio-powerd` to try again once it is free"
+        case .EBUSY: "the device or its IOMMU group is held by another process (a VMM?); it is taken as soon as that process exits"
         case .EPERM, .EACCES: "permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root)"
         default: "cannot open the device"
         }
@@ -416,6 +432,45 @@ public struct DeviceStateMachine: Sendable {
     /// leaves those out (the common case, every interval for every device) unless this says so.
     public var wantsEverySample: Bool { mayStillBeArmed }
 
+    /// How long after arming the kernel has to suspend the device before the status says it
+    /// keeps it awake. vfio-pci sets no autosuspend delay: a device that may suspend does so
+    /// within milliseconds of the arm.
+    public static let residencyBound: Duration = .seconds(2)
+
+    /// Whether the daemon's sampler should read this device's `power/runtime_status`: armed,
+    /// and not yet seen suspended (or kept awake). Once suspended, nothing is read: a wake
+    /// of a one-shot arming comes as an eventfd, and a re-entrant one suspends again itself.
+    public var wantsResidencySample: Bool {
+        guard case .lowPower(let lowPower) = state else { return false }
+        return lowPower.residency != .suspended
+    }
+
+    /// The daemon's sampler read `power/runtime_status` of an armed device.
+    public mutating func residencySampled(_ sample: ResidencySample, now: MonotonicInstant) -> [DeviceAction] {
+        guard case .lowPower(var lowPower) = state else { return [] }
+        let before = lowPower.residency
+        if sample.suspended {
+            lowPower.residency = .suspended
+            state = .lowPower(lowPower)
+            if case .keptAwake = before { return [.log(.suspendedAtLast(afterArmedFor: now - lowPower.since))] }
+            return []
+        }
+        switch before {
+        case .unconfirmed:
+            guard now - lowPower.since >= Self.residencyBound else { return [] }
+            lowPower.residency = .keptAwake(sample.keptAwakeBy)
+            state = .lowPower(lowPower)
+            return [.log(.keptAwake(sample.keptAwakeBy))]
+        case .keptAwake:
+            // Said once per arming; the status follows the latest reason.
+            lowPower.residency = .keptAwake(sample.keptAwakeBy)
+            state = .lowPower(lowPower)
+            return []
+        case .suspended:
+            return []
+        }
+    }
+
     /// The daemon's sampler read the power state of a device in use by its guest.
     public mutating func sampled(_ sample: GuestPowerSample, now: MonotonicInstant) -> [DeviceAction] {
         // A sample taken before the state changed (the sampler and the device's own events
@@ -428,7 +483,7 @@ public struct DeviceStateMachine: Sendable {
                 // The previous run's arming is engaged (its eventfd has not fired): another
                 // entry would resume the device first. Take it as armed.
                 statistics.lowPowerSince = now
-                state = .lowPower(LowPower(mode: .oneShot, since: now, quietCheckAt: nil))
+                state = .lowPower(LowPower(mode: .oneShot, since: now, quietCheckAt: nil, residency: .suspended))
                 return [.log(.keptArmed)]
             }
         }
@@ -871,6 +926,8 @@ public enum DevicePhase: Hashable, Sendable, CustomStringConvertible {
     case opening
     case arming
     case lowPower(ArmMode, since: MonotonicInstant)
+    /// Armed, but the kernel has not suspended the device (see `KeptAwakeReason`).
+    case keptAwake(ArmMode, KeptAwakeReason)
     case waitingToRearm(until: MonotonicInstant)
     case backingOff(until: MonotonicInstant)
     case heldAwake(until: MonotonicInstant?)
@@ -895,6 +952,7 @@ public enum DevicePhase: Hashable, Sendable, CustomStringConvertible {
         case .opening: "opening"
         case .arming: "arming"
         case .lowPower: "low power"
+        case .keptAwake: "armed, but the kernel keeps it awake"
         case .waitingToRearm: "waiting to re-arm"
         case .backingOff: "backing off"
         case .heldAwake: "held awake"

@@ -19,13 +19,14 @@ public enum DurationText {
         var index = 0
         var total: Int64 = 0
         var lastUnitRank = -1
+        // A well-formed duration past `maximum` is out of range, not junk: said apart.
+        var tooLarge = false
         while index < chars.count {
             var digits: Int64 = 0
             var digitCount = 0
             while index < chars.count, let digit = asciiDigit(chars[index]) {
                 digitCount += 1
-                guard digitCount <= 12 else { return fail }  // more digits than any sane duration
-                digits = digits * 10 + Int64(digit)
+                if digitCount > 12 { tooLarge = true } else { digits = digits * 10 + Int64(digit) }
                 index += 1
             }
             guard digitCount > 0 else { return fail }
@@ -37,13 +38,13 @@ public enum DurationText {
             guard let rank = units.firstIndex(where: { $0.name == unitText }), rank > lastUnitRank else { return fail }
             lastUnitRank = rank
             let (product, overflow) = digits.multipliedReportingOverflow(by: units[rank].milliseconds)
-            guard !overflow else { return fail }
             let (sum, overflow2) = total.addingReportingOverflow(product)
-            guard !overflow2 else { return fail }
-            total = sum
+            if overflow || overflow2 { tooLarge = true } else { total = sum }
         }
         let duration = Duration.milliseconds(total)
-        guard duration <= maximum else { return fail }
+        guard !tooLarge, duration <= maximum else {
+            return .failure(DurationSyntaxError(text: text, outOfRange: true))
+        }
         return .success(duration)
     }
 
@@ -74,9 +75,17 @@ public enum DurationText {
 /// Text that is not a duration in the configuration's syntax.
 public struct DurationSyntaxError: Error, Equatable, Sendable, CustomStringConvertible {
     public let text: String
-    public init(text: String) { self.text = text }
+    /// Well formed, but longer than `DurationText.maximum`.
+    public let outOfRange: Bool
+    public init(text: String, outOfRange: Bool = false) {
+        self.text = text
+        self.outOfRange = outOfRange
+    }
     public var description: String {
-        "\"\(text)\" is not a duration: write it like \"30s\", \"2m\", \"1h30m\" or \"500ms\" (units d, h, m, s, ms; largest first; whole numbers)"
+        if outOfRange {
+            return "\"\(text)\" is out of range: a duration is at most \(DurationText.format(DurationText.maximum))"
+        }
+        return "\"\(text)\" is not a duration: write it like \"30s\", \"2m\", \"1h30m\" or \"500ms\" (units d, h, m, s, ms; largest first; whole numbers)"
     }
 }
 

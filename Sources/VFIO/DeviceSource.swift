@@ -43,9 +43,27 @@ public protocol DeviceSource: AnyObject {
     /// `power_state` and `runtime_status` from sysfs (never wakes the device), and whether the
     /// VMM still holds the adopted file. Nil when sysfs no longer has the device.
     func sampleGuest(_ device: any LowPowerDevice) -> GuestSample?
+    /// Whether the kernel suspended an armed device, and the facts that say why not:
+    /// `power/runtime_status`, and only when it is not suspended `power/control` and
+    /// `power/runtime_active_kids`. Never wakes the device. Nil when sysfs no longer has it.
+    func residency(_ address: PCIAddress) -> ResidencyRead?
     /// Checks a device file sent over the control socket and takes it over (see
     /// `VMMFinder.takeHandedOver`); closes `fd` when it refuses.
     func takeHandedOver(_ fd: Int32, for address: PCIAddress, sender: Int32) -> Result<(any LowPowerDevice, VMMProcess), HandoffRefusal>
+}
+
+/// One look at an armed device's runtime PM, from files that never wake it.
+public struct ResidencyRead: Equatable, Sendable {
+    public var runtimeStatus: RuntimeStatus
+    /// Read only when the device is not suspended.
+    public var powerControl: PowerControl?
+    public var activeChildren: Int?
+
+    public init(runtimeStatus: RuntimeStatus, powerControl: PowerControl? = nil, activeChildren: Int? = nil) {
+        self.runtimeStatus = runtimeStatus
+        self.powerControl = powerControl
+        self.activeChildren = activeChildren
+    }
 }
 
 /// One look at an adopted device, from files that never wake it.
@@ -96,6 +114,14 @@ public final class KernelDeviceSource: DeviceSource, @unchecked Sendable {
             runtimeStatus = status
         }
         return GuestSample(powerState: powerState, runtimeStatus: runtimeStatus, vmmHoldsDevice: adopted.vmmStillHoldsDevice())
+    }
+
+    public func residency(_ address: PCIAddress) -> ResidencyRead? {
+        let sysfs = SysfsPCIDevice(address: address, sysfsRoot: session.preflight.sysfsRoot)
+        guard let status = try? sysfs.runtimeStatus() else { return nil }
+        if status == .suspended { return ResidencyRead(runtimeStatus: status) }
+        return ResidencyRead(runtimeStatus: status, powerControl: try? sysfs.powerControl(),
+                             activeChildren: try? sysfs.runtimeActiveChildren())
     }
 
     public func openDevice(_ address: PCIAddress) throws(VFIOError) -> any LowPowerDevice {

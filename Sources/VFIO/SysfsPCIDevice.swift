@@ -91,6 +91,12 @@ public struct SysfsPCIDevice: Sendable {
         return PowerControl(rawValue: text) ?? .unknown(text)
     }
 
+    /// `power/runtime_active_kids`: how many devices below this one are runtime-active (each
+    /// keeps it awake).
+    public func runtimeActiveChildren() throws(SysfsError) -> Int {
+        Int(try readDecimal("power/runtime_active_kids"))
+    }
+
     /// `d3cold_allowed`.
     public func d3coldAllowed() throws(SysfsError) -> Bool { try readDecimal("d3cold_allowed") != 0 }
 

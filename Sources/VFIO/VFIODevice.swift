@@ -94,7 +94,8 @@ final class VFIOGroup {
                     : holders.map(\.description).joined(separator: ", ")
                 throw VFIOError(.groupBusy, device: device, operation: operation, errno: errno,
                                 explanation: "\(node) is held by \(who)",
-                                advice: "A VFIO group can be open in one process at a time: stop that process, or leave this device to it")
+                                advice: "A VFIO group can be open in one process at a time: stop that process, or leave this device to it",
+                                holders: holders)
             }
             throw fail(errno, "opening \(node)")
         }

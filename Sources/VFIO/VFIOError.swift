@@ -55,15 +55,18 @@ public struct VFIOError: Error, Equatable, Sendable, CustomStringConvertible {
     public let explanation: String
     /// What to do about it; nil when there is nothing to do.
     public let advice: String?
+    /// `groupBusy`: the processes /proc shows holding the group (empty when it shows none).
+    public let holders: [ProcessHolding]
 
     public init(_ code: Code, device: PCIAddress?, operation: String, errno: Errno? = nil,
-                explanation: String, advice: String? = nil) {
+                explanation: String, advice: String? = nil, holders: [ProcessHolding] = []) {
         self.code = code
         self.device = device
         self.operation = operation
         self.errno = errno
         self.explanation = explanation
         self.advice = advice
+        self.holders = holders
     }
 
     public var description: String {

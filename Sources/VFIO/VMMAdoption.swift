@@ -21,6 +21,14 @@ public final class VMMProcess: @unchecked Sendable {
     }
 
     deinit { Syscalls.close(exitNotifier) }
+
+    /// Follows a running process: a pidfd on it (pidfd_open(2)). Nil when it has already
+    /// exited (ESRCH) or the kernel refuses (EPERM under a filter, ENOSYS before 5.3).
+    public static func follow(pid: Int32, executable: String) -> Result<VMMProcess, Errno> {
+        let pidfd = cvfio_pidfd_open(pid)
+        guard pidfd >= 0 else { return .failure(Errno(rawValue: errno)) }
+        return .success(VMMProcess(pid: pid, executable: executable, exitNotifier: FileDescriptor(rawValue: pidfd)))
+    }
 }
 
 /// Which processes may be adopted from: glob patterns (fnmatch(3)) over the executable's

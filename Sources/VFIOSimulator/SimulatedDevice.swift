@@ -27,6 +27,8 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
     private let lock = NSLock()
     private var engaged: Engaged = .none
     private var suspended = false
+    /// `power/control` is `on`: the PM core never suspends the device.
+    private var runtimePMForbidden = false
     private var gone = false
     private var closed = false
     private var injected: [Operation: Errno] = [:]
@@ -77,7 +79,7 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
                 case .oneShot(let wakeup): engaged = .oneShot(wakeup)
                 case .reentrant: engaged = .reentrant
                 }
-                suspended = true
+                suspended = !runtimePMForbidden
                 return .success(())
             }
         }
@@ -121,7 +123,7 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
         lock.withLock {
             guard !gone else { return }
             resumeForCall()
-            if case .reentrant = engaged { suspended = true }
+            if case .reentrant = engaged { suspended = !runtimePMForbidden }
         }
     }
 
@@ -134,6 +136,23 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
         }
         try? removalRequest?.signal()
     }
+
+    /// Writes sysfs `power/control`: `on` (true) forbids runtime PM, which resumes the device
+    /// (a one-shot entry fires and ends) and keeps it awake; `auto` (false) lets an engaged
+    /// device suspend again.
+    public func forbidRuntimePM(_ forbidden: Bool) {
+        lock.withLock {
+            runtimePMForbidden = forbidden
+            if forbidden {
+                resumeForCall()
+            } else if case .none = engaged {} else {
+                suspended = true
+            }
+        }
+    }
+
+    /// `power/control` as sysfs shows it.
+    public var isRuntimePMForbidden: Bool { lock.withLock { runtimePMForbidden } }
 
     /// Makes the next call of `operation` fail with `errno` (ENODEV, EIO, ...).
     public func failNext(_ operation: Operation, with errno: Errno) {
@@ -351,6 +370,8 @@ public final class SimulatedDeviceSource: DeviceSource, @unchecked Sendable {
             }
             // A reopened device is a new open file: nothing engaged, nothing suspended.
             let fresh = SimulatedDevice(address: address, support: device.lowPowerSupport)
+            // power/control belongs to the device, not to the open file.
+            if device.isRuntimePMForbidden { fresh.forbidRuntimePM(true) }
             fresh.armObserver = _armObserver
             fresh.wakeObserver = _wakeObserver
             devices[address] = fresh
@@ -426,6 +447,13 @@ public final class SimulatedDeviceSource: DeviceSource, @unchecked Sendable {
     public func takeHandedOver(_ fd: Int32, for address: PCIAddress, sender: Int32) -> Result<(any LowPowerDevice, VMMProcess), HandoffRefusal> {
         let what = (try? FileDescriptor(rawValue: fd).close()).map { "a file that is not a device's" } ?? "?"
         return .failure(.notAVFIODeviceFile(what))
+    }
+
+    public func residency(_ address: PCIAddress) -> ResidencyRead? {
+        guard let device = device(address) else { return nil }
+        if device.isSuspended { return ResidencyRead(runtimeStatus: .suspended) }
+        return ResidencyRead(runtimeStatus: .active, powerControl: device.isRuntimePMForbidden ? .on : .auto,
+                             activeChildren: 0)
     }
 
     public func sampleGuest(_ device: any LowPowerDevice) -> GuestSample? {

@@ -68,7 +68,14 @@ struct VFIOPowerd: ParsableCommand {
         let signals = SignalSources(queue: manager.queue)
         manager.queue.async {
             do throws(Manager.StartError) {
-                try manager.start()
+                try manager.start(beforeReady: {
+                    do {
+                        try control.start()
+                    } catch {
+                        // The devices are managed either way; only vfio-powerctl cannot reach us.
+                        logger.error("control socket \(controlSocket) unavailable: \(error); vfio-powerctl cannot reach the daemon (devices are managed all the same)")
+                    }
+                })
             } catch {
                 // Every problem is already in the journal (and on stderr when run by hand).
                 switch error {
@@ -79,12 +86,6 @@ struct VFIOPowerd: ParsableCommand {
                     SystemdNotifier().errno(errno.rawValue)
                     Glibc.exit(EXIT_FAILURE)
                 }
-            }
-            do {
-                try control.start()
-            } catch {
-                // The devices are managed either way; only vfio-powerctl cannot reach us.
-                logger.error("control socket \(controlSocket) unavailable: \(error); vfio-powerctl cannot reach the daemon (devices are managed all the same)")
             }
             signals.start(
                 reload: { manager.reload() },

@@ -31,6 +31,23 @@ final class RenderingTests: XCTestCase {
             """)
     }
 
+    /// A name from a configuration file never reaches the terminal as an escape sequence or a
+    /// line break: every view escapes control characters.
+    func testControlCharactersInWhatTheDaemonSaysAreEscaped() {
+        let device = DeviceRecord(address: "0000:00:02.0", name: "nic\u{1B}]0;pwned\u{07}\ninjected\u{202E}", state: "low power",
+                                  arms: 1, configuredAt: "/etc/vfio-powerd/devices.d/10-lab.conf:3")
+        let escaped = "nic\\u{1B}]0;pwned\\u{7}\\u{A}injected\\u{202E}"
+        let table = Rendering.statusTable([device], status: "1 device: 1 in low power; 0 wakes", nowRealtimeUsec: now)
+        let detail = Rendering.detail(device, nowRealtimeUsec: now)
+        let monitor = Rendering.monitorLine(device, nowRealtimeUsec: now)
+        for output in [table, detail, monitor] {
+            XCTAssertFalse(output.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 || $0.value == 0x202E }, output)
+            XCTAssertTrue(output.contains(escaped), output)
+        }
+        XCTAssertEqual(table.split(separator: "\n").count, 3, "the status line, the header and one row")
+        XCTAssertEqual(Rendering.shown("plain: déjà vu"), "plain: déjà vu")
+    }
+
     func testStatusWithoutDevices() {
         XCTAssertEqual(Rendering.statusTable([], status: "no devices configured", nowRealtimeUsec: now), """
             vfio-powerd: no devices configured

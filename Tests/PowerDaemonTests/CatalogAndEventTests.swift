@@ -177,12 +177,20 @@ final class CatalogAndEventTests: XCTestCase {
     func testOpenFailedBusyNamesTheHolder() {
         let busy = VFIOError(.groupBusy, device: gpu, operation: "open IOMMU group 5", errno: .resourceBusy,
                              explanation: "/dev/vfio/5 is held by qemu-system-x86 (pid 4242)",
-                             advice: "A VFIO group can be open in one process at a time: stop that process, or leave this device to it")
-        assertEntry(.openFailed(.EBUSY, explanation: "the device or its IOMMU group is held by another process (a VMM?); run `systemctl reload vfio-powerd` to try again once it is free"),
+                             advice: "A VFIO group can be open in one process at a time: stop that process, or leave this device to it",
+                             holders: [ProcessHolding(pid: 4242, command: "qemu-system-x86")])
+        assertEntry(.openFailed(.EBUSY, explanation: "the device or its IOMMU group is held by another process (a VMM?); it is taken as soon as that process exits"),
                     context(error: busy), .init(
             event: .deviceSkipped, level: .warning,
-            message: "0000:01:00.0 (gpu0): not managed: /dev/vfio/5 is held by qemu-system-x86 (pid 4242) (EBUSY). A VFIO group can be open in one process at a time: stop that process, or leave this device to it",
+            message: "0000:01:00.0 (gpu0): not managed yet: /dev/vfio/5 is held by qemu-system-x86 (pid 4242) (EBUSY). A VFIO group can be open in one process at a time: stop that process, or leave this device to it; it is taken as soon as that process exits",
             fields: gpuFields(["ERRNO": "16"])))
+    }
+
+    func testABusyHolderThatExitedIsSaid() {
+        assertEntry(.busyHolderExited, context(), .init(
+            event: .deviceBack, level: .notice,
+            message: "0000:01:00.0 (gpu0): the process that held its group exited; opening it now",
+            fields: gpuFields()))
     }
 
     func testOpenFailedWithoutAVFIOError() {
@@ -289,6 +297,24 @@ final class CatalogAndEventTests: XCTestCase {
             fields: gpuFields()))
     }
 
+    func testKeptAwakeSaysWhyAndWhatToDo() {
+        assertEntry(.keptAwake(.runtimePMForbidden), context(), .init(
+            event: .keptAwake, level: .warning,
+            message: "0000:01:00.0 (gpu0): armed, but the kernel keeps it awake 2s later: power/control is \"on\", which forbids runtime suspend. Write \"auto\" to /sys/bus/pci/devices/0000:01:00.0/power/control (and find what set it: a udev rule, tlp, powertop's counterpart). Checked again every guest_d3_interval",
+            fields: gpuFields()))
+        assertEntry(.keptAwake(.activeChildren(2)), context(), .init(
+            event: .keptAwake, level: .warning,
+            message: "0000:01:00.0 (gpu0): armed, but the kernel keeps it awake 2s later: 2 devices below it are active (power/runtime_active_kids); it suspends once they do. Checked again every guest_d3_interval",
+            fields: gpuFields()))
+    }
+
+    func testSuspendedAtLast() {
+        assertEntry(.suspendedAtLast(afterArmedFor: .seconds(12)), context(), .init(
+            event: .suspendedAtLast, level: .notice,
+            message: "0000:01:00.0 (gpu0): suspended at last, 12s after it was armed: the kernel no longer keeps it awake",
+            fields: gpuFields()))
+    }
+
     /// Every DaemonEvent is reachable: the device events from a PolicyEvent (the cases
     /// above), the daemon's own from the manager.
     func testEveryDaemonEventIsProducedByTheReporterOrTheManager() {
@@ -300,7 +326,7 @@ final class CatalogAndEventTests: XCTestCase {
             .d3coldWriteFailed(.EACCES, explanation: "x"), .unsupported(.ENOTTY, explanation: "x"),
             .deviceGone(nil), .deviceBack, .released, .heldAwake(for: nil),
             .adopted(qemu, .fdinfo), .adopted(qemu, .handoff), .adoptionRefused(qemu, .executableNotAllowed), .vmmReleased(qemu, .vmmExited),
-            .armedInGuestD3,
+            .armedInGuestD3, .keptAwake(.runtimePMForbidden), .suspendedAtLast(afterArmedFor: .seconds(12)),
         ]
         var produced = Set(samples.map { EventReporter.entry(for: $0, context()).event })
         // The manager logs these itself (start, stop, reload, configuration, control socket).

@@ -77,6 +77,34 @@ final class DaemonTests: XCTestCase {
         ])
     }
 
+    /// power/control=on: the arm succeeds but the kernel never suspends the device. The status
+    /// says so, the journal says why once, and the daemon follows the device until it does.
+    func testAnArmedDeviceTheKernelKeepsAwakeIsReportedUntilItSuspends() throws {
+        let daemon = try harness(main: "[daemon]\nguest_d3_interval = \"100ms\"\n[defaults]\nsource = \"own\"\n")
+        let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
+        daemon.device(a).forbidRuntimePM(true)
+        try daemon.start()
+        XCTAssertEqual(daemon.device(a).engagement, .oneShot, "the arm itself succeeds")
+        XCTAssertFalse(daemon.device(a).isSuspended)
+        XCTAssertEqual(daemon.phase(a), "low power", "within the bound, the arming is not yet in doubt")
+        // (waitUntil's condition runs on the daemon's queue: it reads the manager directly.)
+        let phaseOfA = { daemon.manager.devices().first { $0.address == a }?.phase.name }
+        XCTAssertTrue(daemon.waitUntil(timeout: 10) { phaseOfA() == "armed, but the kernel keeps it awake" },
+                      daemon.phase(a) ?? "-")
+        let kept = daemon.logs.entries(.keptAwake, device: a)
+        XCTAssertEqual(kept.count, 1)
+        XCTAssertTrue(kept.first?.message.contains("power/control is \"on\"") == true, kept.first?.message ?? "")
+        XCTAssertEqual(daemon.onQueue { $0.statistics().lowPower }, 1)
+        XCTAssertEqual(daemon.phase(b), "low power", "the other device is in low power, as the kernel says")
+        XCTAssertEqual(daemon.logs.entries(.keptAwake, device: b).count, 0)
+
+        daemon.device(a).forbidRuntimePM(false)
+        XCTAssertTrue(daemon.waitUntil { phaseOfA() == "low power" }, daemon.phase(a) ?? "-")
+        XCTAssertEqual(daemon.logs.entries(.suspendedAtLast, device: a).count, 1)
+        XCTAssertEqual(daemon.logs.entries(.keptAwake, device: a).count, 1, "said once")
+        XCTAssertEqual(daemon.device(a).calls(.arm), 1, "following the device makes no call on it")
+    }
+
     func testReloadAppliesOnlyTheDifference() throws {
         let daemon = try harness()
         let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
@@ -187,6 +215,33 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(daemon.device(a).engagement, .none, "backing off: the 2s re-arm delay is doubled")
         XCTAssertTrue(daemon.waitUntil { daemon.device(a).engagement == .oneShot }, "re-armed after the backoff")
         XCTAssertEqual(daemon.logs.entries(.rearmed, device: a).count, 1, "re-arms while flapping are summarised, not logged")
+    }
+
+    /// A process holds the group at start (EBUSY): the status names it, and its exit (its
+    /// pidfd) opens and arms the device, with no reload and no timer.
+    func testABusyDeviceIsTakenWhenItsHolderExits() throws {
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        holder.arguments = ["60"]
+        try holder.run()
+        defer { if holder.isRunning { holder.terminate() } }
+        let daemon = try harness()
+        let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
+        daemon.source.failOpen(a, with: VFIOError(.groupBusy, device: a, operation: "open IOMMU group 5", errno: .resourceBusy,
+                                                  explanation: "/dev/vfio/5 is held by sleep (pid \(holder.processIdentifier))",
+                                                  holders: [ProcessHolding(pid: holder.processIdentifier, command: "sleep")]))
+        try daemon.start()
+        XCTAssertEqual(daemon.phase(a), "failed")
+        let shown = daemon.onQueue { $0.devices().first { $0.address == a }?.lastError } ?? nil
+        XCTAssertTrue(shown?.contains("sleep (pid \(holder.processIdentifier))") == true, shown ?? "no last error")
+        XCTAssertEqual(daemon.device(b).engagement, .oneShot)
+
+        daemon.source.plug(a)  // the group is free once the holder is gone
+        holder.terminate()
+        XCTAssertTrue(daemon.waitUntil { daemon.source.device(a)?.engagement == .oneShot }, "armed after the holder exited")
+        XCTAssertEqual(daemon.logs.entries(.deviceBack, device: a).map(\.message),
+                       ["0000:00:02.0 (nic): the process that held its group exited; opening it now"])
+        XCTAssertEqual(daemon.phase(a), "low power")
     }
 
     func testOneFailingDeviceNeverDisturbsAnother() throws {

@@ -140,7 +140,7 @@ let transitions: [Row] = operatorTransitions + [
     Row(start: .opening, event: .opened, actions: [.arm(.oneShot)], phase: .arming),
     Row(start: .opening, event: .openFailed(.ENODEV), actions: [.log(.deviceGone(.ENODEV))], phase: .gone),
     Row(start: .opening, event: .openFailed(.ENOTTY), actions: [.log(.unsupported(.ENOTTY, explanation: "the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried"))], phase: .unsupported),
-    Row(start: .opening, event: .openFailed(.EBUSY), actions: [.log(.openFailed(.EBUSY, explanation: "the device or its IOMMU group is held by another process (a VMM?); run `systemctl reload vfio-powerd` to try again once it is free"))], phase: .failed(reason: "open: EBUSY")),
+    Row(start: .opening, event: .openFailed(.EBUSY), actions: [.log(.openFailed(.EBUSY, explanation: "the device or its IOMMU group is held by another process (a VMM?); it is taken as soon as that process exits"))], phase: .failed(reason: "open: EBUSY")),
     Row(start: .opening, event: .woke(1), actions: [], phase: .opening, note: "stale count, selfWakes"),
     // arming
     Row(start: .arming, event: .armed, actions: [.log(.armed(.oneShot))], phase: .lowPower(.oneShot, since: at(110))),

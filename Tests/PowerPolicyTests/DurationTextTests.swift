@@ -13,7 +13,7 @@ import Testing
     }
 
     @Test(arguments: ["", "30", "s", "1.5h", "30 s", "-5s", "1m1h", "1s1s", "5sec", "1H", "+1s", "1h 30m",
-                      "1ms1s", "9999999999999d", "0x10s", "３s"])
+                      "1ms1s", "0x10s", "３s", "9999999999999x"])
     func rejectsJunk(_ text: String) {
         #expect(DurationText.parse(text) == .failure(DurationSyntaxError(text: text)))
     }
@@ -24,6 +24,12 @@ import Testing
         #expect(DurationText.format(.milliseconds(500)) == "500ms")
         #expect(DurationText.format(.zero) == "0s")
         #expect(DurationText.format(.seconds(86_400 + 1)) == "1d1s")
+    }
+
+    @Test(arguments: ["999999999999h", "9999999999999d", "367d", "366d1ms", "99999999999999999999999s"])
+    func saysAWellFormedDurationPastTheMaximumIsOutOfRange(_ text: String) {
+        #expect(DurationText.parse(text) == .failure(DurationSyntaxError(text: text, outOfRange: true)))
+        #expect(DurationSyntaxError(text: text, outOfRange: true).description == "\"\(text)\" is out of range: a duration is at most 366d")
     }
 
     @Test func errorMessageGivesExamples() {

@@ -97,6 +97,10 @@ check("d3cold = forbid wrote d3cold_allowed=0 for disk", sysfs(DISK, "d3cold_all
 check("d3cold = allow left nic's d3cold_allowed=1", sysfs(NIC, "d3cold_allowed") == "1")
 started = journal("started")
 check("journal: started", len(started) == 1 and "2 in low power" in started[0]["MESSAGE"], json.dumps(started))
+noise = [line for line in run("journalctl", "-u", UNIT, "--no-pager", "-o", "cat").stdout.splitlines()
+         if "Failed to set thread priority" in line]
+check("a healthy start's journal has no 'Failed to set thread priority' lines (libdispatch vs the unit's filter)",
+      not noise and len(run("journalctl", "-u", UNIT, "--no-pager", "-o", "cat").stdout.splitlines()) >= 3, "\n".join(noise[:3]))
 explained = run("journalctl", "-u", UNIT, "-x", "--no-pager", f"MESSAGE_ID={MESSAGE_ID['armed']}").stdout
 check("journalctl -x explains the armed message from the catalog", "Documentation: man:vfio-powerd(8)" in explained
       or "vfio-powerd" in explained.split("--")[-1], explained[-400:])
@@ -200,6 +204,45 @@ run("systemctl", "reload", UNIT)
 check("a good reload is applied and logged", wait(lambda: count("reloaded") == 1), str(count("reloaded")))
 check("an unchanged device gets no call on reload: disk stays suspended", runtime_status(DISK) == "suspended")
 
+# --- the kernel keeps an armed device awake: power/control=on ---------------------------
+def show_json(address):
+    result = powerctl("show", address, "--json")
+    return json.loads(result.stdout) if result.returncode == 0 else {"error": result.stderr}
+
+
+KEPT = "armed, but the kernel keeps it awake"
+woke_before = count("woke", DISK)
+with open(f"/sys/bus/pci/devices/{DISK}/power/control", "w") as f:
+    f.write("on")  # forbids runtime PM: resumes the armed disk (a wake), and keeps it awake
+check("power/control=on wakes the armed disk (the one-shot eventfd fires)",
+      wait(lambda: count("woke", DISK) == woke_before + 1), str(count("woke", DISK)))
+check("after its re-arm the kernel keeps it awake: the status says so, not 'low power'",
+      wait(lambda: show_json(DISK).get("state") == KEPT, timeout=20), json.dumps(show_json(DISK)))
+kept = journal("keptAwake", DISK)
+check("the journal says why, once: power/control is \"on\", with the fix",
+      len(kept) == 1 and 'power/control is "on"' in kept[0]["MESSAGE"] and f"{DISK}/power/control" in kept[0]["MESSAGE"],
+      json.dumps([e["MESSAGE"] for e in kept]))
+check("sysfs agrees: the disk is active", runtime_status(DISK) == "active", runtime_status(DISK))
+kept_view = show_json(DISK)
+check("vfio-powerctl show gives runtime_status and power_state as sysfs has them",
+      kept_view.get("runtimeStatus") == runtime_status(DISK) and kept_view.get("powerState") == sysfs(DISK, "power_state"),
+      json.dumps(kept_view))
+with open(f"/sys/bus/pci/devices/{DISK}/power/control", "w") as f:
+    f.write("auto")
+check("power/control=auto: the disk suspends, the status says low power again",
+      wait(lambda: runtime_status(DISK) == "suspended" and show_json(DISK).get("state") == "low power", timeout=10),
+      json.dumps(show_json(DISK)))
+check("journal: suspended at last", wait(lambda: count("suspendedAtLast", DISK) == 1), str(count("suspendedAtLast", DISK)))
+check("and it was said only once that it was kept awake", count("keptAwake", DISK) == 1, str(count("keptAwake", DISK)))
+wait(lambda: (show_json(DISK).get("runtimeSuspendedMs") or 0) > (kept_view.get("runtimeSuspendedMs") or 0) + 1000, timeout=5)
+later = show_json(DISK)
+# Time in low power is the kernel's count since management began: the two records differ
+# from the kernel's counter by the same baseline, although the disk was armed all along.
+offsets = [v["runtimeSuspendedMs"] - v["lowPowerUsec"] // 1000 for v in (kept_view, later)]
+check("time in low power is the kernel's runtime_suspended_time (kept-awake time is not counted)",
+      later["runtimeSuspendedMs"] > kept_view["runtimeSuspendedMs"] + 1000 and abs(offsets[0] - offsets[1]) <= 2,
+      f"offsets {offsets}, {json.dumps(kept_view)} -> {json.dumps(later)}")
+
 # --- unbind while armed: released at once, managed again when bound ---------------------
 unbind = subprocess.Popen(["sh", "-c", f"echo {DISK} > /sys/bus/pci/drivers/vfio-pci/unbind"])
 try:
@@ -231,6 +274,47 @@ check("journal: systemd saw the watchdog timeout",
 check("after the restart both devices are armed again",
       wait(lambda: count("started") == 2 and show("StatusText").startswith("2 devices: 2 in low power"), timeout=15),
       f"{count('started')} started, {show('StatusText')}")
+
+# --- READY=1 only once the control socket listens ---------------------------------------
+failures = []
+for attempt in range(20):
+    run("systemctl", "stop", UNIT)
+    started_ok = run("systemctl", "start", UNIT).returncode == 0
+    answer = powerctl("status")
+    if not started_ok or answer.returncode != 0:
+        failures.append(f"#{attempt}: start ok={started_ok}, status rc={answer.returncode}: {answer.stderr.strip()}")
+check("systemctl start vfio-powerd && vfio-powerctl status, 20 times back to back: the status answers every time",
+      not failures, "; ".join(failures[:3]))
+wait(lambda: show("StatusText").startswith("2 devices: 2 in low power"), timeout=15)
+
+# --- a busy device is taken when its holder exits -----------------------------------------
+run("systemctl", "stop", UNIT)
+group = os.path.basename(os.readlink(f"/sys/bus/pci/devices/{NIC}/iommu_group"))
+holder = subprocess.Popen(["/usr/bin/python3", "-c", f"import os, time; fd = os.open('/dev/vfio/{group}', os.O_RDWR); "
+                           "print('held', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+check("a process holds nic's group", holder.stdout.readline().strip() == "held")
+armed_nic = count("armed", NIC)
+run("systemctl", "start", UNIT)
+held = show_json(NIC)
+check("the status names the holder (pid and command) under the shipped unit",
+      held.get("state") == "failed" and f"(pid {holder.pid})" in (held.get("lastError") or "") and "python3" in held["lastError"],
+      json.dumps(held))
+skipped = [e["MESSAGE"] for e in journal("deviceSkipped", NIC)]
+check("the journal names it and says the device is taken once it exits",
+      any(f"(pid {holder.pid})" in m and "taken as soon as that process exits" in m for m in skipped), json.dumps(skipped[-2:]))
+reloads = count("reloaded")
+killed_at = time.time()
+holder.kill()
+holder.wait()
+wait(lambda: count("armed", NIC) == armed_nic + 1, timeout=10)
+rearmed = journal("armed", NIC)[armed_nic:]
+# By the journal's stamp (when the daemon logged it), not when this script saw it.
+after = (int(rearmed[0].get("_SOURCE_REALTIME_TIMESTAMP", rearmed[0]["__REALTIME_TIMESTAMP"])) / 1e6 - killed_at) if rearmed else None
+check("the holder exits, and nic is armed within 2 s, without a reload",
+      after is not None and after <= 2 and count("reloaded") == reloads, f"armed {after}s after the kill, {json.dumps(rearmed)}")
+check("journal: the holder's exit is said", any("the process that held its group exited" in e["MESSAGE"]
+                                                for e in journal("deviceBack", NIC)))
+check("nic suspends", wait(lambda: runtime_status(NIC) == "suspended"), runtime_status(NIC))
 
 # --- stop leaves every device usable ------------------------------------------------------
 stop = run("systemctl", "stop", UNIT)

@@ -56,6 +56,7 @@ final class SysfsReadingSource: DeviceSource, @unchecked Sendable {
     func takeHandedOver(_ fd: Int32, for address: PCIAddress, sender: Int32) -> Result<(any LowPowerDevice, VMMProcess), HandoffRefusal> {
         simulated.takeHandedOver(fd, for: address, sender: sender)
     }
+    func residency(_ address: PCIAddress) -> ResidencyRead? { simulated.residency(address) }
 
     /// Each device's power_state, open as the kernel source's AdoptedDevice keeps it.
     private var files: [PCIAddress: PowerStateFile] = [:]
