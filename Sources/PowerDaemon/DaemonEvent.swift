@@ -67,6 +67,9 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
     case keptAwake
     /// A device the kernel had kept awake after arming has suspended after all.
     case suspendedAtLast
+    /// A call on a device (open, arm, exit, a d3cold_allowed write) has not returned within
+    /// the bound: the device may be hung. No other device waits for it.
+    case deviceStuck
 
     /// The journal MESSAGE_ID: 32 lowercase hex digits.
     public var messageID: String {
@@ -95,6 +98,7 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
         case .handoffReceived: return "53c8b930b2954eb390af1cd0c421dddb"
         case .keptAwake: return "35be08c21f3d4446a61f40f0f60e1f83"
         case .suspendedAtLast: return "6394f886530b43dea9dab48f1cf77987"
+        case .deviceStuck: return "463cf77d34014ce4b01a801c284d15cb"
         }
     }
 
@@ -104,7 +108,7 @@ public enum DaemonEvent: String, CaseIterable, Sendable {
         case .armed, .woke, .rearmed, .deviceReleased, .armedInGuestD3: return .info
         case .started, .stopping, .reloaded, .flappingEnded, .deviceBack, .heldAwake, .adopted, .vmmReleased,
              .handoffReceived, .suspendedAtLast: return .notice
-        case .flappingStarted, .deviceSkipped, .deviceGone, .controlRefused, .adoptionRefused, .keptAwake: return .warning
+        case .flappingStarted, .deviceSkipped, .deviceGone, .controlRefused, .adoptionRefused, .keptAwake, .deviceStuck: return .warning
         case .configRejected, .armFailed, .wakeFailed: return .error
         }
     }

@@ -37,7 +37,10 @@ protocol WakeupStore: AnyObject {
 /// protocol in `DeviceStateMachine`).
 ///
 /// Confined to the daemon's serial queue: every method runs there, and so does every
-/// source handler. That is the whole of its thread-safety.
+/// source handler. That is the whole of its thread-safety. The one exception is the work of
+/// a call that touches the device (open, arm, exit, close, a d3cold_allowed write): it runs
+/// on the device's own serial queue, sees only what was handed to it, and hands its result
+/// back to the daemon's queue; the controller takes no other event meanwhile.
 final class DeviceController: @unchecked Sendable {
     let address: PCIAddress
     private(set) var machine: DeviceStateMachine
@@ -46,6 +49,14 @@ final class DeviceController: @unchecked Sendable {
 
     private let source: any DeviceSource
     private let queue: DispatchQueue
+    /// Where this device's calls run. Each can resume the device: hundreds of milliseconds
+    /// on a real GPU, and no end on a broken one. A queue of its own, so that one device's
+    /// slow call never delays another device, the control socket or the watchdog; serial,
+    /// so that its calls keep their order (a close before the next open).
+    private let deviceQueue: DispatchQueue
+    /// Every call under way on any device: the manager waits for them (within a bound)
+    /// before READY=1 and before it exits.
+    private let calls: DispatchGroup
     private let watcher: EventFDWatcher
     private let clock: any DaemonClock
     weak var delegate: (any DeviceControllerDelegate)?
@@ -127,12 +138,18 @@ final class DeviceController: @unchecked Sendable {
     private var names: Names
 
     init(address: PCIAddress, policy: DevicePolicy, origin: String, source: any DeviceSource,
-         queue: DispatchQueue, watcher: EventFDWatcher, clock: any DaemonClock) {
+         queue: DispatchQueue, watcher: EventFDWatcher, clock: any DaemonClock, calls: DispatchGroup = DispatchGroup(),
+         stuckBound: Duration = .seconds(10)) {
         self.address = address
         self.machine = DeviceStateMachine(policy: policy)
         self.origin = origin
         self.source = source
         self.queue = queue
+        // A serial queue targets an overcommitting root queue: a call that hangs holds one
+        // thread, and the next device's call gets another.
+        self.deviceQueue = DispatchQueue(label: "vfio-powerd.device.\(address)")
+        self.calls = calls
+        self.stuckBound = stuckBound
         self.watcher = watcher
         self.clock = clock
         self.managedSince = clock.now()
@@ -186,7 +203,7 @@ final class DeviceController: @unchecked Sendable {
         handoffDecided = false
         handoffCompletion = nil
         let taken = pendingHandoff == nil
-        pendingHandoff?.device.close()
+        if let refused = pendingHandoff?.device { closeOnDeviceQueue(refused) }
         pendingHandoff = nil
         completion(taken)
     }
@@ -233,10 +250,21 @@ final class DeviceController: @unchecked Sendable {
 
     private typealias Event = (inout DeviceStateMachine, MonotonicInstant) -> [DeviceAction]
 
-    /// A look for the device's VMM is running off the queue: its outcome is the machine's next
-    /// event, so events that come meanwhile wait here, in order.
-    private var awaitingLook = false
+    /// What the controller waits for before it takes its next event: a look for the device's
+    /// VMM, or a call on the device. Both run off the daemon's queue, and their outcome is the
+    /// machine's next event, so events that come meanwhile wait in `deferred`, in order.
+    private enum Waiting {
+        case look
+        case call(String, since: MonotonicInstant)
+    }
+    private var waitingFor: Waiting?
     private var deferred: [Event] = []
+
+    /// How long a call on the device may take before the status calls the device stuck.
+    private let stuckBound: Duration
+    /// A call that has not returned within `stuckBound`: which, and since when.
+    private(set) var stuck: (call: String, since: MonotonicInstant)?
+    private var stuckCheck: DispatchWorkItem?
 
     /// Where looks for VMMs run: /proc of other processes can be slow to read (seen in the lab:
     /// over ten seconds while a VMM started under TCG), and the daemon's queue must keep
@@ -246,30 +274,127 @@ final class DeviceController: @unchecked Sendable {
     /// Feeds one event to the machine and carries out what it returns.
     private func run(_ event: @escaping Event) {
         dispatchPrecondition(condition: .onQueue(queue))
-        if awaitingLook {
+        if waitingFor != nil {
             deferred.append(event)
             return
         }
         let shown = Shown(machine)
-        var actions = event(&machine, clock.now())
-        // Each list holds at most one action with an outcome; the outcome is the next event.
-        outcomes: while !actions.isEmpty {
-            var outcome: Event?
-            for action in actions {
+        proceed(event(&machine, clock.now())[...], outcome: nil, shown: shown)
+    }
+
+    /// Carries out `actions` in order. Each list holds at most one action with an outcome,
+    /// which is the machine's next event once the list is done (or at once, when the action
+    /// says to skip the rest). A look or a device call suspends the turn; it goes on from
+    /// here when the result is back on the queue.
+    private func proceed(_ actions: ArraySlice<DeviceAction>, outcome: Outcome?, shown: Shown) {
+        var actions = actions
+        var outcome = outcome
+        while true {
+            while let action = actions.popFirst() {
                 if case .adopt = action, pendingHandoff == nil {
                     // The last action of its list; the outcome comes back in lookFinished.
-                    startLook()
-                    break outcomes
+                    startLook(shown: shown)
+                    return
+                }
+                if let call = deviceCall(action) {
+                    start(call, rest: actions, outcome: outcome, shown: shown)
+                    return
                 }
                 if let result = perform(action) {
-                    outcome = result.event
-                    if result.skipRest { break }
+                    outcome = result
+                    if result.skipRest { actions = [] }
                 }
             }
-            actions = outcome.map { $0(&machine, clock.now()) } ?? []
+            guard let next = outcome else { break }
+            outcome = nil
+            actions = next.event(&machine, clock.now())[...]
         }
         delegate?.deviceDidChange(self, visibly: Shown(machine) != shown)
         settleHandoff()
+        let waiting = deferred
+        deferred = []
+        for (index, event) in waiting.enumerated() {
+            run(event)
+            if waitingFor != nil {
+                // That event started a look or a call: the rest wait for it, still in order.
+                deferred = Array(waiting[(index + 1)...]) + deferred
+                break
+            }
+        }
+        if waitingFor == nil, !settledWaiters.isEmpty {
+            let waiters = settledWaiters
+            settledWaiters = []
+            for waiter in waiters { waiter() }
+        }
+    }
+
+    /// A call that touches the device: `work` runs on the device's queue and returns what
+    /// the daemon's queue does with its result.
+    private struct DeviceCall {
+        let name: String
+        let work: () -> (() -> Outcome?)
+    }
+
+    /// Hands values between the two queues: made on one, used on the other, never by both
+    /// at once.
+    private final class Handover<Value>: @unchecked Sendable {
+        let value: Value
+        init(_ value: Value) { self.value = value }
+    }
+
+    private func start(_ call: DeviceCall, rest: ArraySlice<DeviceAction>, outcome: Outcome?, shown: Shown) {
+        let since = clock.now()
+        waitingFor = .call(call.name, since: since)
+        calls.enter()
+        let check = DispatchWorkItem { [weak self] in self?.callIsSlow(call.name, since: since) }
+        stuckCheck = check
+        let bound = Int(stuckBound.components.seconds * 1000 + stuckBound.components.attoseconds / 1_000_000_000_000_000)
+        queue.asyncAfter(deadline: .now() + .milliseconds(bound), execute: check)
+        let turn = Handover((call.work, rest, outcome, shown))
+        deviceQueue.async { [self] in
+            let finish = Handover(turn.value.0())
+            queue.async { [self] in
+                let (_, rest, outcome, shown) = turn.value
+                callReturned()
+                var actions = rest
+                var next = outcome
+                if let result = finish.value() {
+                    next = result
+                    if result.skipRest { actions = [] }
+                }
+                proceed(actions, outcome: next, shown: shown)
+                calls.leave()
+            }
+        }
+    }
+
+    /// The call has run for `stuckBound`: the device is reported stuck until it returns.
+    private func callIsSlow(_ call: String, since: MonotonicInstant) {
+        guard case .call(let name, let started)? = waitingFor, name == call, started == since else { return }
+        stuck = (call, since)
+        delegate?.device(self, reported: .stuck(call: call, for: clock.now() - since), context: context(clock.now()))
+        delegate?.deviceDidChange(self, visibly: true)
+    }
+
+    private func callReturned() {
+        stuckCheck?.cancel()
+        stuckCheck = nil
+        waitingFor = nil
+        if let stuck {
+            self.stuck = nil
+            delegate?.device(self, reported: .unstuck(call: stuck.call, after: clock.now() - stuck.since),
+                             context: context(clock.now()))
+        }
+    }
+
+    /// Whether a call or a look is under way.
+    var isWaiting: Bool { waitingFor != nil }
+
+    private var settledWaiters: [() -> Void] = []
+
+    /// Runs `body` on the queue once no look or call is under way and no event waits.
+    func whenSettled(_ body: @escaping () -> Void) {
+        if waitingFor == nil { body() } else { settledWaiters.append(body) }
     }
 
     /// What a device's status shows of its machine.
@@ -291,8 +416,9 @@ final class DeviceController: @unchecked Sendable {
         var skipRest = false
     }
 
-    private func startLook() {
-        awaitingLook = true
+    private func startLook(shown: Shown) {
+        waitingFor = .look
+        lookShown = shown
         let candidates = self.candidates
         let allowed = allowedExecutables
         Self.lookout.async { [self] in
@@ -308,57 +434,93 @@ final class DeviceController: @unchecked Sendable {
         init(_ outcome: AdoptionOutcome) { self.outcome = outcome }
     }
 
+    /// What the status showed when the turn that started the look began.
+    private var lookShown: Shown?
+
     private func lookFinished(_ outcome: AdoptionOutcome) {
-        awaitingLook = false
-        let result = adopted(outcome)
-        run(result.event)
-        let waiting = deferred
-        deferred = []
-        for event in waiting { run(event) }
+        waitingFor = nil
+        let shown = lookShown ?? Shown(machine)
+        lookShown = nil
+        proceed([], outcome: adopted(outcome), shown: shown)
+    }
+
+    /// The work of an action that touches the device, or nil for one the queue does itself.
+    private func deviceCall(_ action: DeviceAction) -> DeviceCall? {
+        let source = self.source, address = self.address
+        switch action {
+        case .open:
+            return DeviceCall(name: "open") {
+                let result: Result<any LowPowerDevice, VFIOError>
+                do throws(VFIOError) { result = .success(try source.openDevice(address)) } catch { result = .failure(error) }
+                return { [self] in opened(result) }
+            }
+        case .setD3coldAllowed(let allowed):
+            return DeviceCall(name: "d3cold_allowed write") {
+                do throws(SysfsError) {
+                    try source.setD3coldAllowed(allowed, for: address)
+                    return { nil }
+                } catch {
+                    let errno = ErrorNumber(error.errno?.rawValue ?? ErrorNumber.EIO.rawValue)
+                    return { Outcome(event: { $0.d3coldWriteFailed(errno, now: $1) }, skipRest: true) }
+                }
+            }
+        case .arm(let mode):
+            guard let device else { return nil }
+            let wakeup = self.wakeup
+            return DeviceCall(name: "arm") {
+                do throws(VFIOError) {
+                    switch mode {
+                    case .oneShot:
+                        guard let wakeup else { return { Outcome(event: { $0.armFailed(.EBADF, now: $1) }) } }
+                        try device.arm(.oneShot(wakeup: wakeup))
+                    case .reentrant:
+                        try device.arm(.reentrant)
+                    }
+                    return { [self] in
+                        lastError = nil
+                        return Outcome(event: { $0.armed(now: $1) })
+                    }
+                } catch {
+                    return { [self] in
+                        lastError = error
+                        let errno = Self.errorNumber(error)
+                        return Outcome(event: { $0.armFailed(errno, now: $1) })
+                    }
+                }
+            }
+        case .exitLowPower:
+            guard let device else { return nil }
+            let wakeup = self.wakeup
+            return DeviceCall(name: "exit low power") {
+                do throws(VFIOError) {
+                    try device.exitLowPower()
+                    // EXIT on a suspended one-shot device resumes it, which fires the eventfd:
+                    // drain it now so the machine can count that wake as our own. (The
+                    // watcher may read it first; the machine then takes it as stale.)
+                    let drained = ((try? wakeup?.read()) ?? nil) ?? 0
+                    return { Outcome(event: { $0.exited(drainedWakes: drained, now: $1) }) }
+                } catch {
+                    return { [self] in
+                        lastError = error
+                        let errno = Self.errorNumber(error)
+                        return Outcome(event: { $0.exitFailed(errno, now: $1) })
+                    }
+                }
+            }
+        case .startTimer, .cancelTimer, .close, .adopt, .log:
+            return nil
+        }
     }
 
     private func perform(_ action: DeviceAction) -> Outcome? {
         switch action {
-        case .open:
-            return open()
-        case .setD3coldAllowed(let allowed):
-            do {
-                try source.setD3coldAllowed(allowed, for: address)
-                return nil
-            } catch {
-                let errno = ErrorNumber(error.errno?.rawValue ?? ErrorNumber.EIO.rawValue)
-                return Outcome(event: { $0.d3coldWriteFailed(errno, now: $1) }, skipRest: true)
-            }
-        case .arm(let mode):
-            guard let device else { return Outcome(event: { $0.armFailed(.ENODEV, now: $1) }) }
-            do {
-                switch mode {
-                case .oneShot:
-                    guard let wakeup else { return Outcome(event: { $0.armFailed(.EBADF, now: $1) }) }
-                    try device.arm(.oneShot(wakeup: wakeup))
-                case .reentrant:
-                    try device.arm(.reentrant)
-                }
-                lastError = nil
-                return Outcome(event: { $0.armed(now: $1) })
-            } catch {
-                lastError = error
-                let errno = Self.errorNumber(error)
-                return Outcome(event: { $0.armFailed(errno, now: $1) })
-            }
+        case .open, .setD3coldAllowed:
+            preconditionFailure("\(action) runs on the device's queue")
+        case .arm:
+            // `deviceCall` takes an arm whenever a device is open.
+            return Outcome(event: { $0.armFailed(.ENODEV, now: $1) })
         case .exitLowPower:
-            guard let device else { return Outcome(event: { $0.exitFailed(.ENODEV, now: $1) }) }
-            do {
-                try device.exitLowPower()
-                // EXIT on a suspended one-shot device resumes it, which fires the eventfd:
-                // drain it now so the machine can count that wake as our own.
-                let drained = (try? wakeup?.read()) ?? nil
-                return Outcome(event: { $0.exited(drainedWakes: drained ?? 0, now: $1) })
-            } catch {
-                lastError = error
-                let errno = Self.errorNumber(error)
-                return Outcome(event: { $0.exitFailed(errno, now: $1) })
-            }
+            return Outcome(event: { $0.exitFailed(.ENODEV, now: $1) })
         case .startTimer(let delay):
             startTimer(delay)
             return nil
@@ -420,7 +582,7 @@ final class DeviceController: @unchecked Sendable {
                 }
                 wakeupWatch = try watcher.watch(wakeup) { [weak self] in self?.wakeupFired($0) }
             } catch {
-                adopted.close()
+                closeOnDeviceQueue(adopted)
                 follow(process)
                 let holder = VMMHolder(pid: process.pid, executable: process.executable)
                 return Outcome(event: { $0.adoptionRefused(holder, .notPermitted(ErrorNumber(error.rawValue)), now: $1) })
@@ -468,12 +630,14 @@ final class DeviceController: @unchecked Sendable {
 
     // MARK: Opening and closing
 
-    private func open() -> Outcome {
+    /// Takes up what opening the device (on its queue) gave.
+    private func opened(_ result: Result<any LowPowerDevice, VFIOError>) -> Outcome {
         stopFollowingBusyHolders()
         let opened: any LowPowerDevice
-        do {
-            opened = try source.openDevice(address)
-        } catch {
+        switch result {
+        case .success(let device):
+            opened = device
+        case .failure(let error):
             lastError = error
             let errno = Self.errorNumber(error)
             if error.code == .groupBusy { followBusyHolders(error.holders) }
@@ -482,7 +646,7 @@ final class DeviceController: @unchecked Sendable {
         // The machine arms in the policy's mode: that entry and EXIT must both be there.
         let needed: LowPowerFeature = policy.mode == .reentrant ? .reentrantEntry : .oneShotEntry
         for feature in [needed, .exit] where !opened.lowPowerSupport.supports(feature) {
-            opened.close()
+            closeOnDeviceQueue(opened)
             lastError = VFIOError(.featureAbsent, device: address, operation: "manage low power",
                                   errno: opened.lowPowerSupport.refusals[feature],
                                   explanation: "the kernel does not offer \(feature) for this device",
@@ -493,7 +657,7 @@ final class DeviceController: @unchecked Sendable {
         do {
             wakeup = try EventFD()
         } catch {
-            opened.close()
+            closeOnDeviceQueue(opened)
             return Outcome(event: { $0.openFailed(ErrorNumber(error.rawValue), now: $1) })
         }
         do {
@@ -505,7 +669,7 @@ final class DeviceController: @unchecked Sendable {
             // epoll refused (max_user_watches, memory): without a watch a wake would go unseen.
             wakeupWatch.map(watcher.unwatch)
             wakeupWatch = nil
-            opened.close()
+            closeOnDeviceQueue(opened)
             return Outcome(event: { $0.openFailed(ErrorNumber(error.rawValue), now: $1) })
         }
         device = opened
@@ -546,6 +710,17 @@ final class DeviceController: @unchecked Sendable {
         busyHolderWatches.removeAll()
     }
 
+    /// Closing a device file can wait for the device (vfio resets it on the last close): it
+    /// runs on the device's queue, after the calls before it, and the turn goes on without it.
+    private func closeOnDeviceQueue(_ device: any LowPowerDevice) {
+        let file = Handover(device)
+        calls.enter()
+        deviceQueue.async { [calls] in
+            file.value.close()
+            calls.leave()
+        }
+    }
+
     /// Stops watching its eventfds, then closes the device; the kernel exits low power on
     /// close (without signalling) and can finish an unbind that was waiting for us.
     private func close() {
@@ -556,7 +731,7 @@ final class DeviceController: @unchecked Sendable {
         wakeupWatch = nil
         removalWatch.map(watcher.unwatch)
         removalWatch = nil
-        device?.close()
+        if let device { closeOnDeviceQueue(device) }
         device = nil
         if wakeup != nil, policy.source == .vmm { wakeupStore?.forget(address) }
         wakeup = nil

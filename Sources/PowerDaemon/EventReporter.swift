@@ -61,6 +61,8 @@ enum EventReporter {
         case .armedInGuestD3, .keptArmed: kind = .armedInGuestD3
         case .keptAwake: kind = .keptAwake
         case .suspendedAtLast: kind = .suspendedAtLast
+        case .stuck: kind = .deviceStuck
+        case .unstuck: kind = .deviceBack
         }
         return (kind, kind.defaultPriority)
     }
@@ -184,6 +186,10 @@ enum EventReporter {
                 "sysfs shows no reason (power/control is auto and no child is active): look for a consumer link or a driver holding a runtime PM reference"
             }
             return make("armed, but the kernel keeps it awake \(bound) later: \(why). Checked again every guest_d3_interval")
+        case .stuck(let call, let duration):
+            return make("stuck: its \(call) has not returned for \(DurationText.format(duration)); the device may be hung (dmesg may say why). Other devices are not held up; this one takes no other call until it returns")
+        case .unstuck(let call, let after):
+            return make("its \(call) returned after \(DurationText.format(after)); managing it again")
         case .suspendedAtLast(let afterArmedFor):
             return make("suspended at last, \(DurationText.format(afterArmedFor)) after it was armed: the kernel no longer keeps it awake")
         case .keptArmed:

@@ -14,10 +14,19 @@ import VFIO
 public struct DaemonOptions: Sendable {
     public var config: ConfigLoadOptions
     public var sysfsRoot: FilePath
+    /// How long a call on a device (open, arm, exit, a d3cold_allowed write) may take before
+    /// the device is reported stuck.
+    public var stuckBound: Duration
+    /// How long start waits for the devices' first calls before READY=1, and stop for the
+    /// last ones before the daemon exits (the unit's TimeoutStopSec= is 30 s).
+    public var settleBound: Duration
 
-    public init(config: ConfigLoadOptions = ConfigLoadOptions(), sysfsRoot: FilePath = "/sys") {
+    public init(config: ConfigLoadOptions = ConfigLoadOptions(), sysfsRoot: FilePath = "/sys",
+                stuckBound: Duration = .seconds(10), settleBound: Duration = .seconds(20)) {
         self.config = config
         self.sysfsRoot = sysfsRoot
+        self.stuckBound = stuckBound
+        self.settleBound = settleBound
     }
 }
 
@@ -25,7 +34,8 @@ public struct DaemonOptions: Sendable {
 ///
 /// Everything runs on one serial Dispatch queue (`queue`): device eventfds, timers, signals
 /// and control requests all arrive there, so no state is ever shared between threads. Call
-/// every method on that queue. Nothing polls: with every device armed and nothing missing,
+/// every method on that queue. Only calls that touch a device run elsewhere, each device's
+/// on a queue of its own (see `DeviceController`), so that a slow device delays no other. Nothing polls: with every device armed and nothing missing,
 /// the only source that fires on its own is the watchdog ping.
 public final class Manager: @unchecked Sendable {
     public let queue: DispatchQueue
@@ -49,6 +59,8 @@ public final class Manager: @unchecked Sendable {
     /// `vmm` devices in use by their guests, which the sampler looks at every
     /// guest_d3_interval; the sampler's timer runs only while there is one.
     private var inUse = Set<PCIAddress>()
+    /// Every call under way on a device (each runs on the device's own queue).
+    private let calls = DispatchGroup()
     /// Armed devices the kernel has not been seen to suspend yet (or keeps awake): the same
     /// sampler reads their `power/runtime_status` until it says suspended.
     private var confirming = Set<PCIAddress>()
@@ -94,7 +106,7 @@ public final class Manager: @unchecked Sendable {
     /// `beforeReady` (the daemon starts listening on its control socket there, so that
     /// `systemctl start vfio-powerd && vfio-powerctl status` never finds it missing), then
     /// tells systemd READY=1. An invalid configuration starts nothing.
-    public func start(beforeReady: () -> Void = {}) throws(StartError) {
+    public func start(beforeReady: @escaping () -> Void = {}, whenReady: @escaping () -> Void = {}) throws(StartError) {
         dispatchPrecondition(condition: .onQueue(queue))
         let (loaded, resolution) = loadConfiguration()
         let problems = loaded.problems + resolution.problems
@@ -127,13 +139,36 @@ public final class Manager: @unchecked Sendable {
         startWatchdog()
         updateRescanTimer()
         updateVMMScanTimer()
-        isStarted = true
-        startedAt = clock.now()
-        returnFreedMemory()
-        beforeReady()
-        notifier.ready()
-        updateStatus()
-        log(.started, "started: \(summary())", [:])
+        // READY=1 once every device's first calls have returned, so that the first STATUS=
+        // tells how they went; but a stuck device must not hold up the start.
+        whenSettled(within: options.settleBound) { [self] in
+            isStarted = true
+            startedAt = clock.now()
+            returnFreedMemory()
+            beforeReady()
+            notifier.ready()
+            updateStatus()
+            log(.started, "started: \(summary())", [:])
+            whenReady()
+        }
+    }
+
+    /// Runs `body` on the queue once no call on any device is under way, or after `bound`.
+    private func whenSettled(within bound: Duration, _ body: @escaping () -> Void) {
+        let once = Once(body)
+        calls.notify(queue: queue) { once.run() }
+        queue.asyncAfter(deadline: .now() + .milliseconds(Int(bound.components.seconds * 1000 + bound.components.attoseconds / 1_000_000_000_000_000))) { once.run() }
+    }
+
+    /// A body that runs the first time it is asked to (both asks come on the queue).
+    private final class Once: @unchecked Sendable {
+        private var body: (() -> Void)?
+        init(_ body: @escaping () -> Void) { self.body = body }
+        func run() {
+            let body = self.body
+            self.body = nil
+            body?()
+        }
     }
 
     // MARK: Reload
@@ -147,16 +182,13 @@ public final class Manager: @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         guard isStarted, !isStopping else { return [] }
         notifier.reloading(monotonicUsec: MonotonicClock.nowMicroseconds())
-        defer {
-            returnFreedMemory()
-            notifier.ready()
-            updateStatus()
-        }
         let (loaded, resolution) = loadConfiguration()
         let problems = loaded.problems + resolution.problems
         logWarnings(problems)
         if loaded.hasErrors || resolution.hasErrors {
             logRejected(problems.filter(\.isError), when: "on reload; the running configuration stays in force")
+            returnFreedMemory()
+            notifier.ready()
             return problems.filter(\.isError)
         }
         let scanIntervalChanged = daemonSettings.vmmScanInterval.value != loaded.configuration.daemon.vmmScanInterval.value
@@ -197,7 +229,13 @@ public final class Manager: @unchecked Sendable {
         }
         updateRescanTimer()
         updateVMMScanTimer()
-        log(.reloaded, "reloaded: \(added) added, \(removed) removed, \(changed) changed, \(unchanged) unchanged; \(summary())", [:])
+        // READY=1 (the reload is done) once the calls it made have returned, within a bound.
+        whenSettled(within: options.settleBound) { [self] in
+            returnFreedMemory()
+            notifier.ready()
+            updateStatus()
+            log(.reloaded, "reloaded: \(added) added, \(removed) removed, \(changed) changed, \(unchanged) unchanged; \(summary())", [:])
+        }
         return []
     }
 
@@ -216,19 +254,37 @@ public final class Manager: @unchecked Sendable {
 
     /// Wakes a device now and keeps it out of low power for `duration` (nil: until `arm`).
     /// Nil when the daemon has no such device.
-    public func wake(_ address: PCIAddress, for duration: Duration?) -> DeviceSnapshot? {
+    /// `reply` gets the device once the calls the request made have returned (nil: no such
+    /// device).
+    public func wake(_ address: PCIAddress, for duration: Duration?, then reply: @escaping (DeviceSnapshot?) -> Void) {
         dispatchPrecondition(condition: .onQueue(queue))
-        guard let controller = controllers[address] else { return nil }
+        guard let controller = controllers[address] else { return reply(nil) }
         controller.wake(for: duration)
-        return snapshot(controller, now: clock.now())
+        afterTurn(of: controller, reply)
     }
 
     /// Arms a device now (an awake one at once; a failed or missing one is opened again).
-    public func arm(_ address: PCIAddress) -> DeviceSnapshot? {
+    public func arm(_ address: PCIAddress, then reply: @escaping (DeviceSnapshot?) -> Void) {
         dispatchPrecondition(condition: .onQueue(queue))
-        guard let controller = controllers[address] else { return nil }
+        guard let controller = controllers[address] else { return reply(nil) }
         controller.arm()
-        return snapshot(controller, now: clock.now())
+        afterTurn(of: controller, reply)
+    }
+
+    /// How long an operator's request waits for the device's calls before it is answered
+    /// with the device as it stands (a stuck one says so).
+    static let answerBound: Duration = .seconds(5)
+
+    private func afterTurn(of controller: DeviceController, _ reply: @escaping (DeviceSnapshot?) -> Void) {
+        let once = Once { [self] in reply(snapshot(controller, now: clock.now())) }
+        controller.whenSettled { once.run() }
+        queue.asyncAfter(deadline: .now() + .seconds(Int(Self.answerBound.components.seconds))) { once.run() }
+    }
+
+    /// Runs `body` on the queue once no call on any device is under way (within
+    /// `settleBound`): for tests and benchmarks that change something and then look.
+    public func whenDevicesSettled(_ body: @escaping () -> Void) {
+        whenSettled(within: options.settleBound, body)
     }
 
     /// `vmm`: looks for the VMM holding the device now (only `pid`, when given): what a VMM's
@@ -284,7 +340,10 @@ public final class Manager: @unchecked Sendable {
     /// SIGTERM/SIGINT: STOPPING=1, then each device per its `on_stop` (by default out of
     /// low power, so it is left usable), every fd closed. Synchronous: when it returns the
     /// daemon can exit.
-    public func stop() {
+    /// Stops every device as its policy says, and runs `completion` once their last calls
+    /// have returned (or after `settleBound`: a stuck device must not keep the daemon from
+    /// exiting). The watchdog is pinged until then.
+    public func stop(then completion: @escaping () -> Void = {}) {
         dispatchPrecondition(condition: .onQueue(queue))
         guard !isStopping else { return }
         isStopping = true
@@ -300,9 +359,12 @@ public final class Manager: @unchecked Sendable {
         sampler?.cancel()
         sampler = nil
         openWatcher?.cancel()
-        watchdogTimer?.cancel()
-        watchdogTimer = nil
-        watcher?.cancel()
+        whenSettled(within: options.settleBound) { [self] in
+            watchdogTimer?.cancel()
+            watchdogTimer = nil
+            watcher?.cancel()
+            completion()
+        }
     }
 
     // MARK: Status
@@ -346,6 +408,7 @@ public final class Manager: @unchecked Sendable {
                        driver: sysfs.driver(),
                        managedFor: now - controller.managedSince, source: controller.policy.source.rawValue,
                        holder: controller.machine.holder,
+                       stuck: controller.stuck.map { ($0.call, now - $0.since) },
                        // The kernel's word, from files that never wake the device.
                        power: PowerView(runtimeStatus: try? sysfs.runtimeStatus(), powerState: try? sysfs.powerState(),
                                         runtimeSuspendedTime: suspendedTime))
@@ -385,7 +448,8 @@ public final class Manager: @unchecked Sendable {
     private func addController(_ device: ResolvedDevice) {
         guard let watcher else { preconditionFailure("devices are added only after start() made the watcher") }
         let controller = DeviceController(address: device.address, policy: device.policy, origin: origin(of: device),
-                                          source: source, queue: queue, watcher: watcher, clock: clock)
+                                          source: source, queue: queue, watcher: watcher, clock: clock, calls: calls,
+                                          stuckBound: options.stuckBound)
         controller.delegate = self
         controller.wakeupStore = self
         controller.kernelSuspendedAtStart = try? SysfsPCIDevice(address: device.address, sysfsRoot: options.sysfsRoot).runtimeSuspendedTime()
@@ -680,8 +744,16 @@ public struct DeviceSnapshot: Sendable {
     public var source: String = "own"
     /// `vmm`: the process that holds the device, if one is known.
     public var holder: VMMHolder?
+    /// A call on the device that has not returned within the bound, and for how long.
+    public var stuck: (call: String, for: Duration)?
     /// sysfs as the kernel has it when the snapshot was taken.
     public var power = PowerView()
+
+    /// The state as the status shows it: the phase, unless a call on the device is stuck.
+    public var stateText: String {
+        if let stuck { return "stuck (\(stuck.call) has not returned for \(DurationText.format(stuck.for)))" }
+        return phase.name
+    }
 }
 
 /// CLOCK_MONOTONIC, as systemd reads it.

@@ -53,6 +53,11 @@ public enum PolicyEvent: Hashable, Sendable {
     /// Armed, yet still awake `DeviceStateMachine.residencyBound` later: the kernel keeps it
     /// awake, for this reason. Said once per arming.
     case keptAwake(KeptAwakeReason)
+    /// A call on the device (open, arm, exit, a d3cold_allowed write) has not returned for
+    /// this long: the device may be hung. Other devices are not held up by it.
+    case stuck(call: String, for: Duration)
+    /// The call returned after all.
+    case unstuck(call: String, after: Duration)
     /// A device the kernel kept awake after arming has suspended after all.
     case suspendedAtLast(afterArmedFor: Duration)
     /// The device woke (one-shot): `count` coalesced eventfd signals, after this long in low power.

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import CVFIO
+import Synchronization
 import SystemPackage
 
 /// Opens VFIO devices through the group path (/dev/vfio/vfio + /dev/vfio/N), sharing one
@@ -14,7 +15,8 @@ import SystemPackage
 public final class VFIOSession: @unchecked Sendable {
     public let preflight: DevicePreflight
     public let procRoot: FilePath
-    private var groups: [String: WeakGroup] = [:]
+    /// Devices are opened on their own queues, several at once: the group table is shared.
+    private let groups = Mutex<[String: WeakGroup]>([:])
 
     public init(sysfsRoot: FilePath = "/sys", devRoot: FilePath = "/dev", procRoot: FilePath = "/proc") {
         self.preflight = DevicePreflight(sysfsRoot: sysfsRoot, devRoot: devRoot)
@@ -31,11 +33,16 @@ public final class VFIOSession: @unchecked Sendable {
     }
 
     private func group(named name: String, for address: PCIAddress) throws(VFIOError) -> VFIOGroup {
-        if let group = groups[name]?.group { return group }
-        let group = try VFIOGroup(name: name, devRoot: preflight.devRoot, procRoot: procRoot, device: address)
-        groups = groups.filter { $0.value.group != nil }
-        groups[name] = WeakGroup(group: group)
-        return group
+        // Held across the open: two devices of one group must not open it twice (the
+        // second open would fail with EBUSY against ourselves).
+        let (devRoot, procRoot) = (preflight.devRoot, procRoot)
+        return try groups.withLock { (groups: inout [String: WeakGroup]) throws(VFIOError) -> VFIOGroup in
+            if let group = groups[name]?.group { return group }
+            let group = try VFIOGroup(name: name, devRoot: devRoot, procRoot: procRoot, device: address)
+            groups = groups.filter { $0.value.group != nil }
+            groups[name] = WeakGroup(group: group)
+            return group
+        }
     }
 
     private struct WeakGroup { weak var group: VFIOGroup? }
@@ -43,7 +50,9 @@ public final class VFIOSession: @unchecked Sendable {
 
 /// An open VFIO group attached to its own type1v2 container. Closed when the last device
 /// fetched through it goes away.
-final class VFIOGroup {
+/// Sendable: its descriptors never change after init, and the kernel serialises the ioctls
+/// on them; devices of one group opened on their own queues share it.
+final class VFIOGroup: @unchecked Sendable {
     let name: String
     let node: FilePath
     private let container: FileDescriptor

@@ -65,7 +65,17 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
 
     // MARK: What the daemon calls
 
+    /// Runs at the start of every arm, on the caller's thread, before the device's lock: a
+    /// test makes a device slow (sleep) or hung (wait for a semaphore) with it. Like
+    /// `power/control`, it belongs to the device and survives a reopen.
+    public var armStall: (@Sendable () -> Void)? {
+        get { lock.withLock { _armStall } }
+        set { lock.withLock { _armStall = newValue } }
+    }
+    private var _armStall: (@Sendable () -> Void)?
+
     public func arm(_ entry: LowPowerEntry) throws(VFIOError) {
+        armStall?()
         let result: Result<Void, VFIOError> = lock.withLock {
             _calls[.arm, default: 0] += 1
             if let failure = check(.arm, feature: entry.feature) { return .failure(failure) }
@@ -372,6 +382,7 @@ public final class SimulatedDeviceSource: DeviceSource, @unchecked Sendable {
             let fresh = SimulatedDevice(address: address, support: device.lowPowerSupport)
             // power/control belongs to the device, not to the open file.
             if device.isRuntimePMForbidden { fresh.forbidRuntimePM(true) }
+            fresh.armStall = device.armStall
             fresh.armObserver = _armObserver
             fresh.wakeObserver = _wakeObserver
             devices[address] = fresh

@@ -91,8 +91,8 @@ struct VFIOPowerd: ParsableCommand {
                 reload: { manager.reload() },
                 stop: {
                     control.stop()
-                    manager.stop()
-                    Glibc.exit(0)
+                    // Exits once the devices' last calls have returned (at most 20 s).
+                    manager.stop { Glibc.exit(0) }
                 })
         }
         dispatchMain()

@@ -327,6 +327,7 @@ final class CatalogAndEventTests: XCTestCase {
             .deviceGone(nil), .deviceBack, .released, .heldAwake(for: nil),
             .adopted(qemu, .fdinfo), .adopted(qemu, .handoff), .adoptionRefused(qemu, .executableNotAllowed), .vmmReleased(qemu, .vmmExited),
             .armedInGuestD3, .keptAwake(.runtimePMForbidden), .suspendedAtLast(afterArmedFor: .seconds(12)),
+            .stuck(call: "arm", for: .seconds(10)), .unstuck(call: "arm", after: .seconds(14)),
         ]
         var produced = Set(samples.map { EventReporter.entry(for: $0, context()).event })
         // The manager logs these itself (start, stop, reload, configuration, control socket).

@@ -21,6 +21,9 @@ final class DaemonHarness {
     private(set) var manager: Manager!
     /// The logger's level (`vfio-powerd --log-level`); every entry by default.
     var logLevel: Logger.Level = .trace
+    /// DaemonOptions' bounds; tests of a stuck device shorten them.
+    var stuckBound: Duration = .seconds(10)
+    var settleBound: Duration = .seconds(20)
 
     init(mainConfig: String = "", devices: [String: String] = [:]) throws {
         tree = try FakeSysfsTree()
@@ -70,9 +73,12 @@ final class DaemonHarness {
     func start() throws {
         manager = Manager(
             options: DaemonOptions(config: .init(configRoot: .init(configRoot.path), allowInsecurePermissions: true),
-                                   sysfsRoot: .init(tree.path)),
+                                   sysfsRoot: .init(tree.path), stuckBound: stuckBound, settleBound: settleBound),
             source: source, logger: Logger(label: "test") { _ in self.logs.handler(level: self.logLevel) })
-        try manager.queue.sync { try manager.start() }
+        // READY=1 waits for the devices' first calls, which run on their own queues.
+        let ready = DispatchSemaphore(value: 0)
+        try manager.queue.sync { try manager.start(whenReady: { ready.signal() }) }
+        ready.wait()
     }
 
     func onQueue<T>(_ body: (Manager) throws -> T) rethrows -> T {
@@ -92,8 +98,24 @@ final class DaemonHarness {
 
     func stopControl() { onQueue { _ in control?.stop() } }
 
-    func reload() { _ = onQueue { $0.reload() } }
-    func stop() { onQueue { $0.stop() } }
+    /// Reloads and waits until the calls the reload made on devices have returned.
+    func reload() {
+        _ = onQueue { $0.reload() }
+        settle()
+    }
+
+    /// Waits until no call on any device is under way (they run on the devices' own queues).
+    func settle() {
+        let settled = DispatchSemaphore(value: 0)
+        onQueue { $0.whenDevicesSettled { settled.signal() } }
+        settled.wait()
+    }
+    /// Stops the daemon and waits until its devices' last calls have returned.
+    func stop() {
+        let stopped = DispatchSemaphore(value: 0)
+        onQueue { $0.stop { stopped.signal() } }
+        stopped.wait()
+    }
 
     /// The device the daemon holds open now (the source hands out a new one per open).
     func device(_ address: PCIAddress) -> SimulatedDevice { source.device(address)! }

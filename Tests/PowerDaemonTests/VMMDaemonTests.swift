@@ -86,7 +86,7 @@ final class VMMDaemonTests: XCTestCase {
         _ = daemon.onQueue { $0.adopt(a, pid: nil) }
         daemon.device(a).guestWrites(.d3hot)
         XCTAssertTrue(daemon.waitUntil { daemon.device(a).isSuspended })
-        daemon.onQueue { $0.stop() }
+        daemon.stop()
         XCTAssertEqual(daemon.source.openDuplicates(a), 0)
         XCTAssertTrue(daemon.device(a).isSuspended, "on_stop = keep: the VMM's device stays in low power")
         XCTAssertEqual(daemon.device(a).calls(.exit), 0)

@@ -62,7 +62,7 @@ final class CatalogTests: XCTestCase {
     func testEveryEntryIsWellFormed() throws {
         let contents = try String(contentsOfFile: Self.catalogPath, encoding: .utf8)
         let entries = try Self.parse(contents)
-        XCTAssertEqual(entries.count, 24, "one entry per DaemonEvent")
+        XCTAssertEqual(entries.count, 25, "one entry per DaemonEvent")
 
         var seen: Set<String> = []
         for entry in entries {
@@ -127,7 +127,7 @@ final class CatalogTests: XCTestCase {
         let list = try runProcess(journalctl, ["--root=\(root)", "--list-catalog"])
         XCTAssertEqual(list.status, 0, list.output)
         let listed = list.output.split(separator: "\n").filter { $0.contains("vfio-powerd") }
-        XCTAssertEqual(listed.count, 24, list.output)
+        XCTAssertEqual(listed.count, 25, list.output)
         XCTAssertTrue(list.output.contains("f0d77591cc6e4f6c84ae6fca434db188 vfio-powerd: Device @VFIO_DEVICE@ was put into low power"), list.output)
 
         let dump = try runProcess(journalctl, ["--root=\(root)", "--dump-catalog", "8387996d5f3942dc995eec09ee2d7b54"])

@@ -72,8 +72,10 @@ public final class ControlService: @unchecked Sendable {
         case "Arm":
             guard authorize(call, peer, reply) else { return }
             withAddress(call, reply) { address in
-                guard let device = manager.arm(address) else { return noSuchDevice(address, reply) }
-                reply.send(["device": record(device)])
+                manager.arm(address) { [self] device in
+                    guard let device else { return noSuchDevice(address, reply) }
+                    reply.send(["device": record(device)])
+                }
             }
         case "Wake":
             guard authorize(call, peer, reply) else { return }
@@ -85,8 +87,10 @@ public final class ControlService: @unchecked Sendable {
                     }
                     hold = .seconds(value)
                 }
-                guard let device = manager.wake(address, for: hold) else { return noSuchDevice(address, reply) }
-                reply.send(["device": record(device)])
+                manager.wake(address, for: hold) { [self] device in
+                    guard let device else { return noSuchDevice(address, reply) }
+                    reply.send(["device": record(device)])
+                }
             }
         case "Adopt":
             guard authorize(call, peer, reply) else { return }
@@ -266,7 +270,7 @@ public final class ControlService: @unchecked Sendable {
             "address": .string("\(device.address)"),
             "source": .string(device.source),
             "mode": .string(device.policy.isManaged ? device.policy.mode.rawValue : "off"),
-            "state": .string(device.phase.name),
+            "state": .string(device.stateText),
             "wakes": .integer(Int64(clamping: device.statistics.wakes)),
             "selfWakes": .integer(Int64(clamping: device.statistics.selfWakes)),
             "arms": .integer(Int64(clamping: device.statistics.arms)),

@@ -135,7 +135,9 @@ func runVMMBench(_ arguments: Arguments) throws {
                                                                allowInsecurePermissions: true),
                                                  sysfsRoot: .init(tree.path)),
                           source: source, logger: logger)
-    try manager.queue.sync { try manager.start() }
+    let ready = DispatchSemaphore(value: 0)
+    try manager.queue.sync { try manager.start(whenReady: { ready.signal() }) }
+    ready.wait()
 
     // One VMM per device, adopted as a start hook would ask.
     var vmms: [PCIAddress: SimulatedVMM] = [:]
@@ -210,7 +212,14 @@ func runVMMBench(_ arguments: Arguments) throws {
     precondition(releases.count == k, "released \(releases.count) of \(k) after their VMMs exited")
     results.vmmExitToReleaseMilliseconds = Percentiles(microseconds: releases)
 
-    manager.queue.sync { manager.stop() }
+    stopAndWait(manager)
     results.maxRSSKilobytes = maxRSSKilobytes()
     try write(results, to: arguments.out)
+}
+
+/// Stops the daemon and waits until its devices' last calls have returned.
+func stopAndWait(_ manager: Manager) {
+    let stopped = DispatchSemaphore(value: 0)
+    manager.queue.sync { manager.stop { stopped.signal() } }
+    stopped.wait()
 }

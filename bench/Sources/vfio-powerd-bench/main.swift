@@ -205,6 +205,8 @@ struct Results: Codable {
     var startupMilliseconds = 0.0
     var ready = false
     var latencyMicroseconds: Percentiles?
+    /// The same over the other N-1 devices while one device's re-arm hangs.
+    var latencyWithOneDeviceStalledMicroseconds: Percentiles?
     /// The same samples split: eventfd write → the daemon has read the wake (its read source
     /// ran), and wake read → re-arm issued (the decision, the timer, the bookkeeping).
     var wakeReadMicroseconds: Percentiles?
@@ -327,10 +329,13 @@ func runBench() throws {
     
     // Startup: configuration load and validation, resolution against sysfs, open and arm of every
     // device, READY=1 (all inside Manager.start).
+    // The devices' calls run on their own queues; READY=1 comes once they have returned.
     let startedAt = nowNanoseconds()
+    let ready = DispatchSemaphore(value: 0)
     let startOK: Bool = manager.queue.sync {
-        do { try manager.start(); return true } catch { return false }
+        do { try manager.start(whenReady: { ready.signal() }); return true } catch { return false }
     }
+    if startOK { ready.wait() }
     results.startupMilliseconds = Double(nowNanoseconds() - startedAt) / 1e6
     results.ready = startOK
     guard startOK, probe.count.load(ordering: .acquiring) == n else {
@@ -370,12 +375,16 @@ func runBench() throws {
     
     // MARK: Reload with N entries: unchanged, one entry changed, changed back
     
+    /// Until the reload is applied and the calls it made on devices have returned.
     func timedReload() -> Double {
+        let settled = DispatchSemaphore(value: 0)
+        let t0 = nowNanoseconds()
         manager.queue.sync {
-            let t0 = nowNanoseconds()
             manager.reload()
-            return Double(nowNanoseconds() - t0) / 1e6
+            manager.whenDevicesSettled { settled.signal() }
         }
+        settled.wait()
+        return Double(nowNanoseconds() - t0) / 1e6
     }
     do {
         results.reload.unchangedMilliseconds = timedReload()
@@ -417,11 +426,12 @@ func runBench() throws {
     // below the flap guard's 1000 wakes per second (1200 us gap) for every N alike.
     let gap = n == 1 ? max(arguments.gapMicroseconds, 1_200) : arguments.gapMicroseconds
     results.latencyGapMicroseconds = gap
-    do {
+    /// Wakes `devices` one at a time, round-robin, and times each wake to its re-arm.
+    func latency(over devices: [SimulatedDevice]) -> (total: [Double], reads: [Double], rest: [Double]) {
         var samples: [Double] = [], reads: [Double] = [], rest: [Double] = []
         samples.reserveCapacity(arguments.samples)
         for i in 0..<(arguments.warmup + arguments.samples) {
-            let device = held[i % n]
+            let device = devices[i % devices.count]
             let target = probe.count.load(ordering: .acquiring) + 1
             let t0 = nowNanoseconds()
             device.access()
@@ -435,9 +445,29 @@ func runBench() throws {
             }
             sleepMicroseconds(gap)
         }
+        return (samples, reads, rest)
+    }
+    do {
+        let (samples, reads, rest) = latency(over: held)
         results.latencyMicroseconds = Percentiles(microseconds: samples)
         results.wakeReadMicroseconds = Percentiles(microseconds: reads)
         results.readToRearmMicroseconds = Percentiles(microseconds: rest)
+    }
+    // The same, over the other devices, while one device's re-arm never returns (a hung
+    // device): its calls run on its own queue, so the others should not notice.
+    if n >= 2 {
+        let gate = DispatchSemaphore(value: 0)
+        let stalled = held[0]
+        let armsBefore = probe.count.load(ordering: .acquiring)
+        stalled.armStall = { gate.wait() }
+        stalled.access()
+        sleepMicroseconds(20_000)
+        let (samples, _, _) = latency(over: Array(held[1...]))
+        results.latencyWithOneDeviceStalledMicroseconds = Percentiles(microseconds: samples)
+        stalled.armStall = nil
+        gate.signal()
+        let armed = waitForArms(armsBefore + arguments.warmup + arguments.samples + 1)
+        precondition(armed, "the stalled device was not re-armed once let go")
     }
     results.currentRSSAfterLatencyKilobytes = currentRSSKilobytes()
     
@@ -475,7 +505,7 @@ func runBench() throws {
     
     results.flapEpisodes = manager.queue.sync { manager.statistics().flapEpisodes }
     precondition(lowPowerCount() == n, "after the storm not every device is in low power")
-    manager.queue.sync { manager.stop() }
+    stopAndWait(manager)
     results.maxRSSKilobytes = maxRSSKilobytes()
     results.currentRSSAtEndKilobytes = currentRSSKilobytes()
     results.notifyMessages = notify.messages
