@@ -72,7 +72,12 @@ public enum ConfigLoader {
         var byName: [String: [FilePath]] = [:]
         for directory in options.directories {
             let folder = directory.appending(ConfigLoadOptions.dropInDirectoryName)
-            for name in listConfFiles(folder) { byName[name, default: []].append(folder.appending(name)) }
+            switch listConfFiles(folder) {
+            case .success(let names):
+                for name in names { byName[name, default: []].append(folder.appending(name)) }
+            case .failure(let unreadable):
+                problems += unreadable.problems
+            }
         }
         var names = byName.keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
         if names.count > ConfigLoadOptions.maximumDropIns {
@@ -160,12 +165,12 @@ public enum ConfigLoader {
         if let index = records.firstIndex(where: { $0.path == file.string }) { records[index].status = .refused }
     }
 
-    /// A symlink to /dev/null, or /dev/null itself (a character device), masks a name.
+    /// A symlink to /dev/null, or /dev/null itself, masks a name: the character device
+    /// /dev/null is, by its device number, not any other (/dev/zero is no mask).
     static func isMask(_ path: FilePath) -> Bool {
-        if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: path.string), target == "/dev/null" { return true }
-        var info = stat()
-        guard stat(path.string, &info) == 0 else { return false }
-        return info.st_mode & S_IFMT == S_IFCHR
+        var info = stat(), null = stat()
+        guard stat(path.string, &info) == 0, stat("/dev/null", &null) == 0 else { return false }
+        return info.st_mode & S_IFMT == S_IFCHR && info.st_rdev == null.st_rdev
     }
 
     private static func exists(_ path: FilePath) -> Bool {
@@ -173,9 +178,25 @@ public enum ConfigLoader {
         return lstat(path.string, &info) == 0
     }
 
-    private static func listConfFiles(_ folder: FilePath) -> [String] {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder.string) else { return [] }
-        return names.filter { $0.hasSuffix(".conf") && !$0.hasPrefix(".") }
+    /// The `.conf` names in a devices.d directory. One that does not exist has none; one
+    /// that exists but cannot be listed (not a directory, a symlink loop, no permission) is
+    /// an error: taking it as empty would, on a reload, release every device it configures.
+    private static func listConfFiles(_ folder: FilePath) -> Result<[String], FileProblems> {
+        var info = stat()
+        if lstat(folder.string, &info) != 0 && errno == ENOENT { return .success([]) }
+        guard let directory = opendir(folder.string) else {
+            return .failure(FileProblems([ConfigProblem(file: folder.string, message:
+                "cannot read this devices.d directory (\(String(cString: strerror(errno)))); nothing was changed. Make it a directory root can read, or remove it")]))
+        }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name.hasSuffix(".conf") && !name.hasPrefix(".") { names.append(name) }
+        }
+        return .success(names)
     }
 
     /// The strict-modes check of one file or directory (after following symlinks).
@@ -202,12 +223,42 @@ public enum ConfigLoader {
         guard !options.allowInsecurePermissions else { return [] }
         var info = stat()
         guard stat(directory.string, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else { return [] }
-        return permissionProblems(directory, isDirectory: true)
+        let problems = permissionProblems(directory, isDirectory: true)
+        return problems.isEmpty ? ancestorProblems(of: directory, for: directory) : problems
+    }
+
+    /// The directories above a configuration file or directory, after symlinks: one that
+    /// another user owns, or that group or others can write without the sticky bit, lets
+    /// them put another file (or symlink) in its place.
+    static func ancestorProblems(of path: FilePath, for subject: FilePath) -> [ConfigProblem] {
+        guard let resolved = realpath(path.string, nil) else { return [] }
+        var current = FilePath(String(cString: resolved))
+        free(resolved)
+        while !current.isEmpty, current.string != "/" {
+            let parent = current.removingLastComponent()
+            var info = stat()
+            if stat(parent.string, &info) == 0 {
+                let writable = info.st_mode & 0o022 != 0 && info.st_mode & S_ISVTX == 0
+                if info.st_uid != 0 || writable {
+                    let mode = String(info.st_mode & 0o7777, radix: 8)
+                    let why = info.st_uid != 0 ? "is owned by uid \(info.st_uid), not root" : "can be written by group or others (mode \(mode))"
+                    return [ConfigProblem(file: subject.string, message:
+                        "refusing it: the directory \(parent.string) above it \(why), so another user could replace it; fix the directory (chown root:root, chmod go-w) or move the configuration")]
+                }
+            }
+            current = parent
+        }
+        return []
     }
 
     private static func read(_ path: FilePath, options: ConfigLoadOptions) -> Result<String, FileProblems> {
         if !options.allowInsecurePermissions {
-            let problems = permissionProblems(path, isDirectory: false)
+            var problems = permissionProblems(path, isDirectory: false)
+            // A symlink's target lives elsewhere: the directories above it count too.
+            var link = stat()
+            if problems.isEmpty, lstat(path.string, &link) == 0, link.st_mode & S_IFMT == S_IFLNK {
+                problems = ancestorProblems(of: path, for: path)
+            }
             if !problems.isEmpty { return .failure(FileProblems(problems)) }
         }
         var info = stat()

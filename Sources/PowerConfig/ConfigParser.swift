@@ -17,6 +17,14 @@ struct ConfigFileParser {
     /// Parses the text; a syntax error becomes the file's only problem (toml++ stops at the first).
     init(file: String, text: String) {
         self.file = file
+        let findings = TOMLPrecheck.check(text)
+        guard findings.isEmpty else {
+            // Parsing such a text would lose part of it or crash; it is refused unparsed.
+            document = nil
+            positions = TOMLPositionIndex(text: "")
+            problems = findings.map { ConfigProblem(file: file, line: $0.line, column: $0.column, message: $0.message) }
+            return
+        }
         do {
             document = ParsedDocument(try TOMLTable(string: text))
             positions = TOMLPositionIndex(text: text)

@@ -129,6 +129,53 @@ extension JSONValue {
         self = value
     }
 
+    /// The first key that appears twice in one object of a valid JSON text, at any depth, or
+    /// nil. JSONDecoder keeps the last of the two silently, so `{"method": "a", "method": "b"}`
+    /// would be a call of "b" that a reader of the message could take for "a": such a
+    /// message is refused. Keys are compared decoded ("\u006dethod" is "method").
+    public static func duplicateKey(in bytes: [UInt8]) -> String? {
+        var objects: [Set<String>?] = []  // nil: an array
+        var expectingKey = false
+        var index = 0
+        while index < bytes.count {
+            switch bytes[index] {
+            case UInt8(ascii: "{"):
+                objects.append([])
+                expectingKey = true
+            case UInt8(ascii: "["):
+                objects.append(nil)
+                expectingKey = false
+            case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                _ = objects.popLast()
+                expectingKey = false
+            case UInt8(ascii: ","):
+                expectingKey = objects.last.map { $0 != nil } ?? false
+            case UInt8(ascii: "\""):
+                var end = index + 1
+                var escaped = false
+                while end < bytes.count && bytes[end] != UInt8(ascii: "\"") {
+                    if bytes[end] == UInt8(ascii: "\\") {
+                        escaped = true
+                        end += 1
+                    }
+                    end += 1
+                }
+                if expectingKey, end < bytes.count, objects.last != nil {
+                    let token = bytes[index...end]
+                    let key = escaped ? (try? JSONDecoder().decode(String.self, from: Data(token))) ?? ""
+                        : String(decoding: token.dropFirst().dropLast(), as: UTF8.self)
+                    if objects[objects.count - 1]!.insert(key).inserted == false { return key }
+                }
+                expectingKey = false
+                index = end
+            default:
+                break
+            }
+            index += 1
+        }
+        return nil
+    }
+
     public init(parsing text: String, maxDepth: Int = 64) throws(JSONParseError) {
         try self.init(parsing: Array(text.utf8), maxDepth: maxDepth)
     }

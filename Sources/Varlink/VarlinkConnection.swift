@@ -275,7 +275,7 @@ final class VarlinkConnection: @unchecked Sendable {
     /// "more" (booleans, not both true), "upgrade" (false only). Anything else is refused.
     static func parseCall(_ bytes: [UInt8], maxDepth: Int) -> VarlinkCall? {
         guard let value = try? JSONValue(parsing: bytes, maxDepth: maxDepth),
-              case let .object(members) = value else { return nil }
+              case let .object(members) = value, JSONValue.duplicateKey(in: bytes) == nil else { return nil }
         var method: String?
         var parameters: JSONValue = [:]
         var oneway = false

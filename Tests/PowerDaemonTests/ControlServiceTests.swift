@@ -34,6 +34,20 @@ final class ControlServiceTests: XCTestCase {
 
     // MARK: Through vfio-powerctl's client
 
+    func testAParameterAMethodDoesNotHaveIsRefusedByName() throws {
+        let daemon = try daemon()
+        let client = try VarlinkClient(socketPath: daemon.socketPath)
+        XCTAssertThrowsError(try client.call("io.vfiopowerd.Manager.GetDevice", ["address": .string(nic), "adress": "x"])) { error in
+            XCTAssertEqual(error as? VarlinkError, VarlinkError(name: "io.vfiopowerd.Manager.InvalidParameter", parameters: [
+                "parameter": "adress", "reason": "GetDevice has no parameter \"adress\"; it takes address"]))
+        }
+        XCTAssertThrowsError(try client.call("io.vfiopowerd.Manager.ListDevices", ["verbose": true])) { error in
+            XCTAssertEqual((error as? VarlinkError)?.parameters.object?["reason"], "ListDevices has no parameter \"verbose\"; it takes none")
+        }
+        XCTAssertEqual(try client.call("io.vfiopowerd.Manager.GetDevice", ["address": .string(nic)]).object?["device"]?.object?["address"],
+                       .string(nic), "the known parameters still work")
+    }
+
     func testReadMethods() throws {
         let daemon = try daemon()
         let client = try ManagerClient(socketPath: daemon.socketPath)

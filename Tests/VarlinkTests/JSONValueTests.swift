@@ -37,6 +37,15 @@ final class JSONValueTests: XCTestCase {
         XCTAssertEqual(try JSONValue(parsing: #"{"a":1,"a":2}"#), ["a": 1], "the first of duplicate names wins")
     }
 
+    func testADuplicateKeyIsFoundAtAnyDepthAndOnlyWithinOneObject() {
+        func duplicate(_ text: String) -> String? { JSONValue.duplicateKey(in: Array(text.utf8)) }
+        XCTAssertEqual(duplicate(#"{"method": "a", "method": "b"}"#), "method")
+        XCTAssertEqual(duplicate(#"{"method": "a", "\u006dethod": "b"}"#), "method")
+        XCTAssertEqual(duplicate(#"{"p": {"x": 1, "y": [{"z": 1, "z": 2}]}}"#), "z")
+        XCTAssertNil(duplicate(#"{"a": {"x": 1}, "b": {"x": 1}, "c": ["a", "a"], "d": "a\"a"}"#))
+        XCTAssertNil(duplicate(#"{"a\"": 1, "a": 2}"#))
+    }
+
     func testDepthIsBounded() throws {
         let deep = String(repeating: "[", count: 65) + String(repeating: "]", count: 65)
         XCTAssertThrowsError(try JSONValue(parsing: deep)) {

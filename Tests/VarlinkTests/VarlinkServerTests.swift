@@ -252,6 +252,10 @@ final class VarlinkServerTests: XCTestCase {
             [0xFF, 0xFE, 0],
             [0],
             Array(repeating: UInt8(ascii: "["), count: 1000) + Array(repeating: UInt8(ascii: "]"), count: 1000) + [0],
+            // A key twice: JSONDecoder would keep the last one silently.
+            Array(#"{"method": "org.example.test.Echo", "method": "org.example.test.Other"}"#.utf8) + [0],
+            Array(#"{"method": "org.example.test.Echo", "method": "org.example.test.Other"}"#.utf8) + [0],
+            Array(#"{"method": "org.example.test.Echo", "parameters": {"value": "a", "value": "b"}}"#.utf8) + [0],
         ]
         for bytes in broken {
             let client = try harness.client()

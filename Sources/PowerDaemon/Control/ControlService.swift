@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import Foundation
 import Glibc
 #endif
 import Dispatch
@@ -59,7 +60,28 @@ public final class ControlService: @unchecked Sendable {
 
     // MARK: Calls
 
+    /// Each method's input parameters, read from the interface file itself, so that the
+    /// file stays the one place that defines them.
+    static let methodParameters: [String: Set<String>] = {
+        var methods: [String: Set<String>] = [:]
+        for line in interfaceDescription.split(separator: "\n") where line.hasPrefix("method ") {
+            guard let open = line.firstIndex(of: "("), let close = line.firstIndex(of: ")") else { continue }
+            let name = line[line.index(line.startIndex, offsetBy: 7)..<open].trimmingCharacters(in: .whitespaces)
+            let fields = line[line.index(after: open)..<close].split(separator: ",").compactMap {
+                $0.split(separator: ":").first?.trimmingCharacters(in: .whitespaces)
+            }
+            methods[name] = Set(fields.filter { !$0.isEmpty })
+        }
+        return methods
+    }()
+
     func handle(_ call: VarlinkCall, peer: PeerCredentials, reply: VarlinkReply) {
+        // A parameter the method does not have is a caller's mistake (a typo such as
+        // "adress" would otherwise act on nothing, or on a default): refused by name.
+        if let known = Self.methodParameters[call.member], let given = call.parameters.object,
+           let unknown = given.keys.sorted().first(where: { !known.contains($0) }) {
+            return invalid(unknown, "\(call.member) has no parameter \"\(unknown)\"; it takes \(known.isEmpty ? "none" : known.sorted().joined(separator: ", "))", reply)
+        }
         switch call.member {
         case "ListDevices":
             reply.send(["devices": .array(manager.devices().map(record))])
