@@ -46,6 +46,9 @@ final class VarlinkConnection: @unchecked Sendable {
     private var liveSources = 0
     private var fdClosed = false
 
+    /// The last time the client sent bytes or took replies (for the server's timeouts).
+    private(set) var lastProgress = DispatchTime.now()
+
     private var input: [UInt8] = []
     /// Next unhandled byte.
     private var inputStart = 0
@@ -96,8 +99,19 @@ final class VarlinkConnection: @unchecked Sendable {
 
     // MARK: Reading
 
+    /// Reads until the socket has nothing more (or a few chunks, then yields): an end of
+    /// input that arrives with the last bytes is seen now, not on a readiness event that
+    /// Dispatch may never deliver once the data is gone (a client that sent half a message
+    /// and closed was never reaped).
     private func readable() {
-        guard state == .open else { return }
+        for _ in 0..<4 {
+            guard state == .open, !readSuspended, readSource != nil else { return }
+            guard readOnce() else { return }
+        }
+    }
+
+    /// One read; true when it took a full chunk and more may wait.
+    private func readOnce() -> Bool {
         let oldCount = input.count
         var fds = [Int32](repeating: -1, count: Self.maxPendingFiles)
         var received: Int32 = 0
@@ -111,7 +125,7 @@ final class VarlinkConnection: @unchecked Sendable {
         }
         if truncated != 0 || fileBatches.reduce(0, { $0 + $1.fds.count }) > Self.maxPendingFiles {
             close(.tooManyFiles)
-            return
+            return false
         }
         let result: Socket.IOResult = if n > 0 { .done(n) } else if n == 0 { .disconnected } else {
             switch errno {
@@ -123,14 +137,18 @@ final class VarlinkConnection: @unchecked Sendable {
         switch result {
         case let .done(n):
             input.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch.bytes[..<n]))
-            guard scanForMessages(from: oldCount) else { return }
+            lastProgress = .now()
+            guard scanForMessages(from: oldCount) else { return false }
             processInput()
+            return true
         case .wouldBlock:
-            break
+            return false
         case .disconnected:
             endOfInput()
+            return false
         case let .failed(errno):
             close(.socketError(errno))
+            return false
         }
     }
 
@@ -295,9 +313,26 @@ final class VarlinkConnection: @unchecked Sendable {
         return VarlinkCall(method: method, parameters: parameters, oneway: oneway, more: more)
     }
 
+    /// The server's look, once a second: a departure that reading cannot see while it is
+    /// paused, and the client's timeouts (`Limits.idleTimeout`, `Limits.stallTimeout`).
+    func sweep(now: DispatchTime) {
+        guard state != .closed else { return }
+        if (readSuspended || state == .inputClosed || current != nil), Socket.peerHungUp(fd) {
+            close(.peerClosed)
+            return
+        }
+        let quiet = Duration.nanoseconds(Int64(clamping: now.uptimeNanoseconds &- lastProgress.uptimeNanoseconds))
+        let unread = outputStart < output.count
+        let halfMessage = input.count > completeEnd
+        if unread && quiet > limits.stallTimeout { return close(.slowReader) }
+        if halfMessage && current == nil && inputStart == completeEnd && quiet > limits.stallTimeout { return close(.stalled) }
+        if current == nil && inputStart == input.count && !unread && quiet > limits.idleTimeout { close(.idle) }
+    }
+
     /// The reply's final answer went out (or was dropped): the next call may be handled.
     func callAnswered(_ reply: VarlinkReply) {
         guard current === reply else { return }
+        lastProgress = .now()
         current = nil
         guard state != .closed else { return }
         processInput()
@@ -363,6 +398,7 @@ final class VarlinkConnection: @unchecked Sendable {
             switch result {
             case let .done(n):
                 outputStart += n
+                lastProgress = .now()
             case .wouldBlock:
                 if outputStart >= Self.readChunk {
                     output.removeFirst(outputStart)

@@ -29,6 +29,14 @@ public final class VarlinkServer: @unchecked Sendable {
         public var maxPendingOutputBytes = 1 << 20
         /// Nesting of arrays and objects in a message.
         public var maxJSONDepth = 64
+        /// Connections kept for root (uid 0) alone: other users together get at most
+        /// `maxConnections` minus these, so they cannot lock root's vfio-powerctl out.
+        public var reservedForRoot = 8
+        /// A client with no call open and nothing sent or unread for this long is closed.
+        public var idleTimeout: Duration = .seconds(60)
+        /// A client that stops halfway through a message, or stops reading its replies, for
+        /// this long is closed.
+        public var stallTimeout: Duration = .seconds(10)
 
         public init() {}
     }
@@ -42,8 +50,12 @@ public final class VarlinkServer: @unchecked Sendable {
         case messageTooLarge
         /// Not JSON, not an object, no "method", or a field of the wrong type.
         case protocolViolation
-        /// Unread replies past `maxPendingOutputBytes`.
+        /// Unread replies past `maxPendingOutputBytes`, or none read for `stallTimeout`.
         case slowReader
+        /// No call and no input for `idleTimeout`.
+        case idle
+        /// Half a message, and nothing more for `stallTimeout`.
+        case stalled
         /// More file descriptors passed (SCM_RIGHTS) than a call may carry.
         case tooManyFiles
         case socketError(Int32)
@@ -256,7 +268,8 @@ public final class VarlinkServer: @unchecked Sendable {
             }
             // Accept-and-close rather than leaving clients in the backlog: they learn at once
             // (EOF) instead of hanging in connect, and the listening source does not spin.
-            if connections.count >= limits.maxConnections
+            let room = credentials.uid == 0 ? limits.maxConnections : limits.maxConnections - limits.reservedForRoot
+            if connections.count >= room
                 || connectionsPerUser[credentials.uid, default: 0] >= limits.maxConnectionsPerUser {
                 _ = Glibc.close(fd)
                 onEvent?(.refused(credentials))
@@ -268,6 +281,31 @@ public final class VarlinkServer: @unchecked Sendable {
             connectionsPerUser[credentials.uid, default: 0] += 1
             onEvent?(.accepted(credentials))
             connection.start()
+            startSweeping()
+        }
+    }
+
+    // MARK: Timeouts
+
+    private var sweeper: (any DispatchSourceTimer)?
+
+    /// Once a second while any client is connected: reaps those that left while their reading
+    /// was paused, and closes idle and stalled ones.
+    private func startSweeping() {
+        guard sweeper == nil else { return }
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.schedule(deadline: .now() + .seconds(1), repeating: .seconds(1), leeway: .milliseconds(250))
+        timer.setEventHandler { @Sendable [weak self] in self?.sweep() }
+        timer.resume()
+        sweeper = timer
+    }
+
+    private func sweep() {
+        let now = DispatchTime.now()
+        for connection in Array(connections.values) { connection.sweep(now: now) }
+        if connections.isEmpty {
+            sweeper?.cancel()
+            sweeper = nil
         }
     }
 

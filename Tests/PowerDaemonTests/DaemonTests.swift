@@ -261,6 +261,7 @@ final class DaemonTests: XCTestCase {
         daemon.device(b).access()
         XCTAssertTrue(daemon.waitUntil { daemon.logs.entries(.deviceGone, device: b).count == 1 })
         XCTAssertEqual(daemon.logs.entries(.deviceGone, device: b).first?.metadata["ERRNO"], "5")
+        daemon.settle()  // the close runs on the device's queue
         XCTAssertTrue(daemon.device(b).isClosed)
         XCTAssertEqual(daemon.phase(a), "failed", "still failed, untouched")
 

@@ -49,6 +49,7 @@ final class VMMDaemonTests: XCTestCase {
         // The VMM exits: both duplicates are closed at once.
         vmm.exit()
         XCTAssertTrue(daemon.waitUntil { self.state(daemon, a) == .idle && self.state(daemon, b) == .idle })
+        daemon.settle()  // the closes run on the devices' queues
         XCTAssertEqual(daemon.source.openDuplicates(a) + daemon.source.openDuplicates(b), 0)
         XCTAssertEqual(daemon.logs.entries(.vmmReleased, device: a).count, 1)
         XCTAssertEqual(daemon.logs.entries(.vmmReleased, device: b).count, 1)
@@ -133,6 +134,7 @@ final class VMMDaemonTests: XCTestCase {
         XCTAssertTrue(reason.hasPrefix("the file passed is not a VFIO device file"), reason)
         XCTAssertEqual(out["none"]?["error"] as? String, "io.vfiopowerd.Manager.InvalidParameter")
         XCTAssertTrue(daemon.waitUntil { self.state(daemon, a) == .idle })
+        daemon.settle()
         XCTAssertEqual(daemon.source.openDuplicates(a), 0)
     }
 }

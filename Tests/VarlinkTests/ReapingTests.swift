@@ -1,0 +1,85 @@
+import Dispatch
+import Foundation
+import Varlink
+import XCTest
+
+/// Clients that leave are reaped, whatever they left behind, and idle or stalled ones time out.
+final class ReapingTests: XCTestCase {
+    func testClientsThatLeaveMidMessageAreReaped() throws {
+        let harness = try ServerHarness()
+        for _ in 0..<40 {
+            let client = try harness.client()
+            try client.writeRaw(Array(#"{"method":"org.example.test.Ech"#.utf8))
+            client.close()
+        }
+        XCTAssertTrue(harness.eventually { harness.server.connectionCount == 0 }, "\(harness.onQueue { harness.server.connectionCount }) left")
+    }
+
+    func testAStreamingClientThatLeavesWithCallsQueuedIsReaped() throws {
+        let harness = try ServerHarness()
+        for _ in 0..<4 {
+            let client = try harness.client()
+            // A call that never ends, then more than a message's worth of calls behind it.
+            var bytes = Array(#"{"method":"org.example.test.Hold","more":true}"#.utf8) + [0]
+            let echo = Array(#"{"method":"org.example.test.Echo","parameters":{"value":"x"}}"#.utf8) + [0]
+            while bytes.count < 70_000 { bytes += echo }
+            try client.writeRaw(bytes)
+            client.close()
+        }
+        XCTAssertTrue(harness.eventually { harness.server.connectionCount == 0 }, "\(harness.onQueue { harness.server.connectionCount }) left")
+    }
+}
+
+extension ReapingTests {
+    /// The disconnect reasons so far; read on the server's queue.
+    private func reasons(_ recorder: Recorder) -> [VarlinkServer.DisconnectReason] {
+        recorder.events.compactMap { if case .disconnected(_, let reason) = $0 { reason } else { nil } }
+    }
+
+    func testIdleAndStalledClientsTimeOutButAnOpenCallDoesNot() throws {
+        var limits = VarlinkServer.Limits()
+        limits.idleTimeout = .milliseconds(300)
+        limits.stallTimeout = .milliseconds(300)
+        let harness = try ServerHarness(limits: limits)
+        let monitor = try harness.client()
+        try monitor.writeRaw(Array(#"{"method":"org.example.test.Hold","more":true}"#.utf8) + [0])
+        XCTAssertTrue(harness.eventually { harness.recorder.held.count == 1 })
+        let idle = try harness.client()
+        let half = try harness.client()
+        try half.writeRaw(Array(#"{"method":"org.example.te"#.utf8))
+        let recorder = harness.recorder
+        XCTAssertTrue(harness.eventually { self.reasons(recorder).count == 2 })
+        XCTAssertEqual(Set(harness.onQueue { reasons(recorder) }.map { "\($0)" }), ["idle", "stalled"])
+        // Swept together with the two, the client with an open call was kept.
+        XCTAssertEqual(harness.onQueue { harness.server.connectionCount }, 1)
+        XCTAssertEqual(harness.onQueue { harness.recorder.cancelled }, [])
+        _ = (monitor, idle)
+    }
+
+    func testRootKeepsARoomOfItsOwn() throws {
+        var limits = VarlinkServer.Limits()
+        limits.maxConnections = 6
+        limits.reservedForRoot = 2
+        let harness = try ServerHarness(limits: limits, mode: 0o666)
+        guard getuid() == 0 else { throw XCTSkip("needs root, to connect as another user too") }
+        chmod(harness.directory.path, 0o755)
+        // Another user takes every connection it can get, and holds them.
+        let other = Process()
+        other.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        other.arguments = ["-c", """
+            import os, socket, sys, time
+            os.setgid(65534); os.setuid(65534)
+            held = []
+            for _ in range(10):
+                s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); held.append(s)
+            print("connected", flush=True); time.sleep(60)
+            """, harness.socketPath]
+        let output = Pipe()
+        other.standardOutput = output
+        try other.run()
+        defer { other.terminate() }
+        _ = output.fileHandleForReading.availableData
+        XCTAssertTrue(harness.eventually { harness.server.connectionCount == 4 }, "the other user got maxConnections - reservedForRoot")
+        XCTAssertEqual(try harness.client().call("org.example.test.Echo", ["value": "root"]), ["value": "root"], "root still gets in")
+    }
+}
