@@ -387,6 +387,11 @@ public final class Manager: @unchecked Sendable {
     }
 
     /// A snapshot of every device, for tests and the control interface.
+    /// Every managed device's address, in order.
+    public func deviceAddresses() -> [PCIAddress] {
+        controllers.keys.sorted()
+    }
+
     public func devices() -> [DeviceSnapshot] {
         let now = clock.now()
         return controllers.values.sorted { $0.address < $1.address }.map { snapshot($0, now: now) }

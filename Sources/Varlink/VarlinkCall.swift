@@ -131,6 +131,59 @@ public final class VarlinkReply: @unchecked Sendable {
         return deliver(.object(message), final: !continues)
     }
 
+    /// The final reply `{key: [element(0), element(1), ...]}`, written as the client reads it:
+    /// elements are made on the queue a few at a time, only while little of the reply waits
+    /// unread, so a reply of any length costs bounded memory and bounded time per turn of
+    /// the queue (other clients and the daemon's own events go between). An element that is
+    /// nil (gone meanwhile) is left out.
+    public func sendList(_ key: String, count: Int, element: @escaping (Int) -> JSONValue?) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard state == .open else { return }
+        state = .answered
+        cancelHandler = nil
+        guard let connection else { return }
+        var next = 0
+        var opened = false
+        var first = true
+        connection.enqueueProduced({
+            if !opened {
+                opened = true
+                return Array(#"{"parameters":{"#.utf8) + JSONValue.string(key).jsonBytes + Array(#":["#.utf8)
+            }
+            while next < count {
+                defer { next += 1 }
+                if let value = element(next) {
+                    defer { first = false }
+                    return (first ? [] : [UInt8(ascii: ",")]) + value.jsonBytes
+                }
+            }
+            return nil
+        }, end: Array("]}}".utf8) + [0]) { [weak self, weak connection] in
+            if let self { connection?.callAnswered(self) }
+        }
+    }
+
+    /// `count` replies that continue the call (`more`), `parameters(i)` each, written as the
+    /// client reads them, like `sendList`; then `then` runs. Nil parameters are left out.
+    public func sendEach(count: Int, parameters: @escaping (Int) -> JSONValue?, then: @escaping () -> Void) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard state == .open, let connection else { return }
+        guard call.more else {
+            error(VarlinkErrorName.expectedMore)
+            return
+        }
+        var next = 0
+        connection.enqueueProduced({
+            while next < count {
+                defer { next += 1 }
+                if let value = parameters(next) {
+                    return JSONValue.object(["continues": true, "parameters": Self.object(value)]).jsonBytes + [0]
+                }
+            }
+            return nil
+        }, end: [], done: then)
+    }
+
     /// `send` with an `Encodable` value as the parameters (it must encode to an object).
     @discardableResult
     public func send(encoding value: some Encodable, continues: Bool = false) throws -> Bool {

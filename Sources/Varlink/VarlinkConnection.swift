@@ -340,12 +340,62 @@ final class VarlinkConnection: @unchecked Sendable {
 
     // MARK: Writing
 
+    /// A reply made in pieces as the client reads (`VarlinkReply.sendList`, `sendEach`).
+    private struct Producer {
+        let next: () -> [UInt8]?
+        let end: [UInt8]
+        let done: () -> Void
+    }
+    private var producers: [Producer] = []
+    private var productionScheduled = false
+    /// Produce only while less than this waits unread, and at most `piecesPerTurn` pieces per
+    /// turn of the queue.
+    static let productionLowWater = 64 * 1024
+    static let piecesPerTurn = 32
+
+    /// Writes what `next` makes until it returns nil, then `end`, then runs `done`.
+    func enqueueProduced(_ next: @escaping () -> [UInt8]?, end: [UInt8], done: @escaping () -> Void) {
+        guard state != .closed else { return }
+        producers.append(Producer(next: next, end: end, done: done))
+        if producers.count == 1 { produce() }
+    }
+
+    private func produce() {
+        productionScheduled = false
+        var made = 0
+        while state != .closed, let producer = producers.first {
+            guard output.count - outputStart < Self.productionLowWater else { return }  // writable() goes on
+            guard made < Self.piecesPerTurn else {
+                // Yield: other clients, and the daemon's events, go first.
+                if !productionScheduled {
+                    productionScheduled = true
+                    queue.async { @Sendable [weak self] in self?.produce() }
+                }
+                return
+            }
+            made += 1
+            if let piece = producer.next() {
+                guard enqueue(bytes: piece) else { return }
+            } else {
+                producers.removeFirst()
+                if !producer.end.isEmpty { guard enqueue(bytes: producer.end) else { return } }
+                producer.done()
+            }
+        }
+    }
+
     /// Queues one message; false when the connection is closed or closes because of it.
     @discardableResult
     func enqueue(_ message: JSONValue) -> Bool {
         guard state != .closed else { return false }
         var bytes = message.jsonBytes
         bytes.append(0)
+        return enqueue(bytes: bytes)
+    }
+
+    /// Queues bytes: sent at once when the socket takes them, else kept for `writable`.
+    private func enqueue(bytes: [UInt8]) -> Bool {
+        guard state != .closed else { return false }
         if outputStart == output.count {
             let result = bytes.withUnsafeBytes { Socket.send(fd, $0) }
             switch result {
@@ -419,7 +469,8 @@ final class VarlinkConnection: @unchecked Sendable {
             writeSource?.suspend()
             writeResumed = false
         }
-        if closeWhenFlushed { close(.finished) }
+        if !producers.isEmpty { produce() }
+        if closeWhenFlushed && producers.isEmpty && outputStart == output.count { close(.finished) }
     }
 
     private func closeAfterFlush() {
@@ -446,6 +497,7 @@ final class VarlinkConnection: @unchecked Sendable {
         if liveSources == 0 { closeDescriptor() }
         input = []
         output = []
+        producers = []
         for batch in fileBatches { batch.fds.forEach { _ = Glibc.close($0) } }
         fileBatches = []
         server?.connectionClosed(self, reason: reason)

@@ -83,3 +83,36 @@ extension ReapingTests {
         XCTAssertEqual(try harness.client().call("org.example.test.Echo", ["value": "root"]), ["value": "root"], "root still gets in")
     }
 }
+
+/// A reply of any length is written as the client reads it: at max_devices (4096) records of
+/// a device's size (about 600 bytes), a listing is 2.5 MB, past the 1 MiB a client may leave
+/// unread, and arrives whole; and it never holds up another client.
+final class LongReplyTests: XCTestCase {
+    func testAListPastTheUnreadBoundArrivesWhole() throws {
+        let harness = try ServerHarness()
+        let reply = try harness.client().call("org.example.test.List", ["count": 4096, "size": 600], timeout: .seconds(60))
+        XCTAssertEqual(reply.object?["records"]?.array?.count, 4096)
+        XCTAssertEqual(reply.object?["records"]?.array?.last?.string?.count, 600)
+    }
+
+    func testManyContinuingRepliesArriveWholeAndInOrder() throws {
+        let harness = try ServerHarness()
+        var sizes: [Int] = []
+        try harness.client().call("org.example.test.Each", ["count": 4096, "size": 600], more: true, timeout: .seconds(60)) {
+            sizes.append($0.object?["record"]?.string?.count ?? -1)
+        }
+        XCTAssertEqual(sizes.count, 4097)
+        XCTAssertEqual(Set(sizes.dropLast()), [600])
+        XCTAssertEqual(sizes.last, 0, "the final reply comes after every continuing one")
+    }
+
+    func testAReaderThatDoesNotReadItsListingHoldsUpNobody() throws {
+        let harness = try ServerHarness()
+        let deaf = try harness.client()
+        try deaf.writeRaw(Array(#"{"method":"org.example.test.List","parameters":{"count":100000,"size":600}}"#.utf8) + [0])
+        for _ in 0..<20 {
+            XCTAssertEqual(try harness.client().call("org.example.test.Echo", ["value": "x"], timeout: .seconds(10)), ["value": "x"])
+        }
+        _ = deaf
+    }
+}

@@ -23,6 +23,12 @@ let testInterface = """
     # Sends `count` replies of `size` bytes each at once, to a client that may not read them.
     method Flood(count: int, size: int) -> (data: string)
 
+    # A list of `count` records of `size` bytes, written as the client reads (sendList).
+    method List(count: int, size: int) -> (records: []string)
+
+    # `count` replies with continues, written as the client reads (sendEach), then a final one.
+    method Each(count: int, size: int) -> (record: string)
+
     # Counts the calls (called oneway).
     method Ping() -> ()
 
@@ -132,6 +138,14 @@ final class ServerHarness {
                 recorder.floodAccepted += 1
             }
             reply.send(["data": ""])
+        case "List":
+            let record = JSONValue.string(String(repeating: "x", count: p["size"]?.int ?? 0))
+            reply.sendList("records", count: p["count"]?.int ?? 0) { _ in record }
+        case "Each":
+            let record = JSONValue.string(String(repeating: "x", count: p["size"]?.int ?? 0))
+            reply.sendEach(count: p["count"]?.int ?? 0, parameters: { _ in ["record": record] }) {
+                reply.send(["record": ""])
+            }
         case "Ping":
             recorder.pings += 1
             reply.send()

@@ -84,7 +84,12 @@ public final class ControlService: @unchecked Sendable {
         }
         switch call.member {
         case "ListDevices":
-            reply.send(["devices": .array(manager.devices().map(record))])
+            // Written as the client reads it, a few devices per turn: max_devices (4096) fits,
+            // in bounded memory, and a reader's listing never holds up wakes or other calls.
+            let addresses = manager.deviceAddresses()
+            reply.sendList("devices", count: addresses.count) { [self] index in
+                manager.device(addresses[index]).map(record)
+            }
         case "GetDevice":
             withDevice(call, reply) { reply.send(["device": record($0)]) }
         case "GetStatistics":
@@ -177,14 +182,17 @@ public final class ControlService: @unchecked Sendable {
             reply.error("org.varlink.service.ExpectedMore")
             return
         }
-        for device in manager.devices() {
-            reply.send(["device": record(device)], continues: true)
-        }
+        // Changes are followed from now on; the current state of every device is written as
+        // the client reads it (a device that changes meanwhile may come twice, newest last).
         let key = ObjectIdentifier(reply)
         monitors[key] = reply
         reply.onCancel = { [weak self] in self?.forget(key) }
         // Snapshots of every change are built only while someone is monitoring.
         manager.onDeviceChange = { [weak self] device in self?.publish(device) }
+        let addresses = manager.deviceAddresses()
+        reply.sendEach(count: addresses.count, parameters: { [self] index in
+            manager.device(addresses[index]).map { ["device": record($0)] }
+        }, then: {})
     }
 
     private func publish(_ device: DeviceSnapshot) {
