@@ -23,15 +23,18 @@ public struct VarlinkSocketError: Error, Equatable, CustomStringConvertible {
     public let operation: String
     public let path: String?
     public let errno: Int32
+    /// What the error means, when the errno alone would not say it.
+    public let detail: String?
 
-    public init(_ operation: String, path: String? = nil, errno: Int32) {
+    public init(_ operation: String, path: String? = nil, errno: Int32, detail: String? = nil) {
         self.operation = operation
         self.path = path
         self.errno = errno
+        self.detail = detail
     }
 
     public var description: String {
-        let message = String(cString: strerror(errno))
+        let message = detail ?? String(cString: strerror(errno))
         if let path { return "\(operation) \"\(path)\": \(message)" }
         return "\(operation): \(message)"
     }

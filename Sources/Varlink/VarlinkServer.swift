@@ -150,6 +150,20 @@ public final class VarlinkServer: @unchecked Sendable {
         }
     }
 
+    /// Refuses a socket directory that users other than root can write: one of them could
+    /// put a file or a symlink where the socket goes, or take it away.
+    static func checkDirectory(of path: String) throws {
+        let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        var st = stat()
+        guard stat(directory.isEmpty ? "/" : directory, &st) == 0 else { return }  // bind reports it
+        let othersWrite = st.st_mode & 0o002 != 0
+        let groupWrites = st.st_mode & 0o020 != 0 && st.st_gid != 0
+        if othersWrite || groupWrites || (st.st_uid != 0 && st.st_uid != getuid()) {
+            throw VarlinkSocketError("use the directory of", path: path, errno: EPERM,
+                                     detail: "\(directory) can be written by users other than its owner (mode \(String(st.st_mode & 0o7777, radix: 8)), uid \(st.st_uid)); put the socket in a directory only root can write, such as /run/vfio-powerd")
+        }
+    }
+
     private static func unlinkIfSame(_ path: String, _ file: (device: UInt64, inode: UInt64)) {
         var st = stat()
         if stat(path, &st) == 0, UInt64(st.st_dev) == file.device, UInt64(st.st_ino) == file.inode {
@@ -166,18 +180,26 @@ public final class VarlinkServer: @unchecked Sendable {
     public func start() throws {
         dispatchPrecondition(condition: .onQueue(queue))
         precondition(state == .idle, "a VarlinkServer starts once")
+        try Self.checkDirectory(of: socketPath)
         try removeStaleSocket()
         let fd = try Socket.makeStreamSocket(nonBlocking: true)
         do {
+            // The node gets its mode as bind(2) creates it (the umask, for this one call), and
+            // its group by lchown(2), which does not follow a symlink: nothing acts on a path
+            // that could have been swapped after the bind (chmod and chown on the path once
+            // turned a root-owned 0600 file that a user linked there into root:nogroup 0660).
+            let previous = umask(0o777 & ~mode)
             let bound = try Socket.withAddress(socketPath) { bind(fd, $0, $1) }
-            guard bound == 0 else { throw VarlinkSocketError("bind", path: socketPath, errno: errno) }
+            let bindErrno = errno
+            umask(previous)
+            guard bound == 0 else { throw VarlinkSocketError("bind", path: socketPath, errno: bindErrno) }
             do {
-                guard chmod(socketPath, mode) == 0 else { throw VarlinkSocketError("chmod", path: socketPath, errno: errno) }
-                if let group, chown(socketPath, uid_t.max, group) != 0 {
+                if let group, lchown(socketPath, uid_t.max, group) != 0 {
                     throw VarlinkSocketError("chown", path: socketPath, errno: errno)
                 }
                 var st = stat()
-                guard stat(socketPath, &st) == 0 else { throw VarlinkSocketError("stat", path: socketPath, errno: errno) }
+                guard lstat(socketPath, &st) == 0 else { throw VarlinkSocketError("stat", path: socketPath, errno: errno) }
+                guard st.st_mode & S_IFMT == S_IFSOCK else { throw VarlinkSocketError("bind", path: socketPath, errno: EEXIST) }
                 guard listen(fd, SOMAXCONN) == 0 else { throw VarlinkSocketError("listen", path: socketPath, errno: errno) }
                 boundFile = (UInt64(st.st_dev), UInt64(st.st_ino))
             } catch {

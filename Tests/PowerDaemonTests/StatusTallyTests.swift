@@ -37,3 +37,29 @@ final class StatusTallyTests: XCTestCase {
         XCTAssertEqual(tally.line, "1 device: 1 in low power; 0 wakes")
     }
 }
+
+/// Refused control calls: a few logged per user and window, the rest counted for one summary.
+final class RefusalLogTests: XCTestCase {
+    func testAFloodOfRefusalsIsLoggedAFewAtATimeAndSummarised() {
+        var log = RefusalLog()
+        let t0 = MonotonicInstant(.seconds(100))
+        let logged = (0..<20_000).filter { _ in log.admit(1000, now: t0) }.count
+        XCTAssertEqual(logged, RefusalLog.perWindow)
+        XCTAssertTrue(log.admit(2000, now: t0), "another user has a window of its own")
+        XCTAssertFalse(log.startedSuppressing(2000))
+        XCTAssertTrue(log.startedSuppressing(1000) == false, "the summary was due at the first suppressed call only")
+        XCTAssertEqual(log.takeSuppressed(1000), 20_000 - RefusalLog.perWindow)
+        XCTAssertTrue(log.admit(1000, now: t0 + .seconds(11)), "after the summary, a new window")
+    }
+
+    func testTheSummaryIsDueOnceAWindow() {
+        var log = RefusalLog()
+        let t0 = MonotonicInstant(.seconds(100))
+        for _ in 0..<RefusalLog.perWindow { XCTAssertTrue(log.admit(7, now: t0)) }
+        XCTAssertFalse(log.admit(7, now: t0))
+        XCTAssertTrue(log.startedSuppressing(7))
+        XCTAssertFalse(log.admit(7, now: t0 + .seconds(20)), "a window with a summary pending stays open until it is said")
+        XCTAssertFalse(log.startedSuppressing(7))
+        XCTAssertEqual(log.takeSuppressed(7), 2)
+    }
+}

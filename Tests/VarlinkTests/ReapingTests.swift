@@ -116,3 +116,48 @@ final class LongReplyTests: XCTestCase {
         _ = deaf
     }
 }
+
+/// The socket's file is never acted on by a path that could have been swapped.
+final class SocketPathTests: XCTestCase {
+    private func server(at path: String) -> VarlinkServer {
+        VarlinkServer(socketPath: path, mode: 0o660, queue: DispatchQueue(label: "socket-path-test"),
+                      info: (vendor: "v", product: "p", version: "1", url: "u"), interfaces: [:]) { _, _, reply in reply.send() }
+    }
+
+    func testADirectoryOthersCanWriteIsRefused() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("open-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        chmod(directory.path, 0o777)
+        let server = server(at: directory.appendingPathComponent("sock").path)
+        XCTAssertThrowsError(try server.queue.sync { try server.start() }) { error in
+            XCTAssertTrue("\(error)".contains("can be written by users other than its owner (mode 777"), "\(error)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: directory.appendingPathComponent("sock").path))
+    }
+
+    func testTheSocketIsMadeWithItsModeAndASymlinkInItsPlaceIsNeverFollowed() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("private-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        chmod(directory.path, 0o755)
+        let path = directory.appendingPathComponent("sock").path
+        let first = server(at: path)
+        try first.queue.sync { try first.start() }
+        var info = stat()
+        XCTAssertEqual(lstat(path, &info), 0)
+        XCTAssertEqual(info.st_mode & S_IFMT, S_IFSOCK)
+        XCTAssertEqual(info.st_mode & 0o777, 0o660, "the mode comes with the bind")
+        first.queue.sync { first.stop() }
+
+        // A symlink where the socket goes, to a private file: refused, and the file untouched.
+        let secret = directory.appendingPathComponent("secret").path
+        FileManager.default.createFile(atPath: secret, contents: Data("x".utf8))
+        chmod(secret, 0o600)
+        try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: secret)
+        let second = server(at: path)
+        XCTAssertThrowsError(try second.queue.sync { try second.start() })
+        XCTAssertEqual(stat(secret, &info), 0)
+        XCTAssertEqual(info.st_mode & 0o777, 0o600)
+    }
+}

@@ -415,7 +415,9 @@ final class VarlinkServerTests: XCTestCase {
             usleep(10_000)
             after = try openDescriptors()
         }
-        XCTAssertEqual(after, before)
+        // A leak leaves more; fewer means the warm-up client's descriptor was still closing
+        // when `before` was counted.
+        XCTAssertLessThanOrEqual(after, before)
     }
 
     // MARK: The socket

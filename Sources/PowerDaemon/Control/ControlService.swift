@@ -251,12 +251,32 @@ public final class ControlService: @unchecked Sendable {
     private func authorize(_ call: VarlinkCall, _ peer: PeerCredentials, _ reply: VarlinkReply) -> Bool {
         if peer.uid == 0 { return true }
         if let adminGroup, Self.groups(of: peer).contains(adminGroup) { return true }
-        manager.log(.controlRefused,
-                    "refused \(call.member) from uid \(peer.uid) (pid \(peer.pid)): only root\(adminGroup == nil ? "" : " and members of admin_group") may change devices",
-                    ["CALLER_UID": "\(peer.uid)", "CALLER_PID": "\(peer.pid)"])
+        if refusals.admit(peer.uid, now: manager.now()) {
+            manager.log(.controlRefused,
+                        "refused \(call.member) from uid \(peer.uid) (pid \(peer.pid)): only root\(adminGroup == nil ? "" : " and members of admin_group") may change devices",
+                        ["CALLER_UID": "\(peer.uid)", "CALLER_PID": "\(peer.pid)"])
+        } else if refusals.startedSuppressing(peer.uid) {
+            // Said once, when the window closes, however many were refused meanwhile.
+            manager.queue.asyncAfter(deadline: .now() + .seconds(Int(RefusalLog.window.components.seconds))) { [weak self] in
+                self?.summariseRefusals(of: peer.uid)
+            }
+        }
         reply.error("\(Self.interfaceName).PermissionDenied",
                     parameters: ["method": .string(call.member), "uid": .integer(Int64(peer.uid))])
         return false
+    }
+
+    /// Refused calls are logged a few per user and window; the rest are counted and said in
+    /// one entry, so that a flood of refused calls cannot push the daemon's own messages out
+    /// under journald's rate limit.
+    private var refusals = RefusalLog()
+
+    private func summariseRefusals(of uid: UInt32) {
+        let count = refusals.takeSuppressed(uid)
+        guard count > 0 else { return }
+        manager.log(.controlRefused,
+                    "refused \(count) more calls from uid \(uid) in the last \(DurationText.format(RefusalLog.window)) (not logged one by one)",
+                    ["CALLER_UID": "\(uid)"])
     }
 
     /// The peer's primary group and its user's supplementary groups (from the group
@@ -352,5 +372,36 @@ public final class ControlService: @unchecked Sendable {
         clock_gettime(CLOCK_REALTIME, &realtime)
         let realtimeNow = Int64(realtime.tv_sec) * 1_000_000 + Int64(realtime.tv_nsec) / 1000
         return realtimeNow - (now - instant).microseconds
+    }
+}
+
+/// How many refused calls of each user are logged one by one: `perWindow` in each `window`.
+struct RefusalLog {
+    static let window: Duration = .seconds(10)
+    static let perWindow = 5
+
+    private var users: [UInt32: (since: MonotonicInstant, logged: Int, suppressed: Int)] = [:]
+
+    /// Whether this refusal is logged; if not, it is counted.
+    mutating func admit(_ uid: UInt32, now: MonotonicInstant) -> Bool {
+        var entry = users[uid] ?? (now, 0, 0)
+        if now - entry.since >= Self.window, entry.suppressed == 0 { entry = (now, 0, 0) }
+        defer { users[uid] = entry }
+        if entry.logged < Self.perWindow {
+            entry.logged += 1
+            return true
+        }
+        entry.suppressed += 1
+        return false
+    }
+
+    /// True for the first refusal of a window that is not logged (the summary is then due).
+    func startedSuppressing(_ uid: UInt32) -> Bool { users[uid]?.suppressed == 1 }
+
+    /// The refusals counted and not logged, and a new window.
+    mutating func takeSuppressed(_ uid: UInt32) -> Int {
+        let count = users[uid]?.suppressed ?? 0
+        users[uid] = nil
+        return count
     }
 }
