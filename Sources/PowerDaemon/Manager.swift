@@ -177,12 +177,51 @@ public final class Manager: @unchecked Sendable {
     /// before touching anything. Any error keeps everything as it is. Otherwise only the
     /// difference is applied: devices whose policy did not change get no call at all
     /// (every ioctl would wake them).
-    @discardableResult
-    public func reload() -> [ConfigProblem] {
+    ///
+    /// Reading, parsing and resolving run off the queue (98 ms at 4096 entries), so wakes,
+    /// control calls and the watchdog go on meanwhile; only the validated result is applied
+    /// on the queue. `completion` gets the errors (empty: applied), on the queue. A reload
+    /// asked for while one is loading runs once that one is applied.
+    public func reload(then completion: @escaping ([ConfigProblem]) -> Void = { _ in }) {
         dispatchPrecondition(condition: .onQueue(queue))
-        guard isStarted, !isStopping else { return [] }
+        guard isStarted, !isStopping else { return completion([]) }
+        guard !isReloading else {
+            pendingReloads.append(completion)
+            return
+        }
+        isReloading = true
         notifier.reloading(monotonicUsec: MonotonicClock.nowMicroseconds())
-        let (loaded, resolution) = loadConfiguration()
+        let options = self.options
+        let answer = Handover(completion)
+        Self.loader.async { [self] in
+            let loaded = Handover(Self.loadConfiguration(options))
+            queue.async { [self] in
+                isReloading = false
+                let problems = isStopping ? [] : apply(loaded.value.0, loaded.value.1)
+                answer.value(problems)
+                if !pendingReloads.isEmpty {
+                    let waiting = pendingReloads
+                    pendingReloads = []
+                    reload { problems in waiting.forEach { $0(problems) } }
+                }
+            }
+        }
+    }
+
+    /// Where configurations are read and resolved: off the daemon's queue.
+    private static let loader = DispatchQueue(label: "vfio-powerd.loader")
+    private var isReloading = false
+    private var pendingReloads: [([ConfigProblem]) -> Void] = []
+
+    /// Hands a value made on the loader to the queue: made on one, used on the other.
+    private final class Handover<Value>: @unchecked Sendable {
+        let value: Value
+        init(_ value: Value) { self.value = value }
+    }
+
+    /// Applies a loaded configuration: nothing if it has errors (they are returned), else
+    /// only the difference.
+    private func apply(_ loaded: ConfigLoadResult, _ resolution: Resolution) -> [ConfigProblem] {
         let problems = loaded.problems + resolution.problems
         logWarnings(problems)
         if loaded.hasErrors || resolution.hasErrors {
@@ -489,6 +528,10 @@ public final class Manager: @unchecked Sendable {
     }
 
     private func loadConfiguration() -> (ConfigLoadResult, Resolution) {
+        Self.loadConfiguration(options)
+    }
+
+    private static func loadConfiguration(_ options: DaemonOptions) -> (ConfigLoadResult, Resolution) {
         let loaded = ConfigLoader.load(options.config)
         let resolution = DeviceResolver.resolve(loaded.configuration, sysfsRoot: options.sysfsRoot)
         return (loaded, resolution)

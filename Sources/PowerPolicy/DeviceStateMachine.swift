@@ -584,12 +584,14 @@ public struct DeviceStateMachine: Sendable {
     public mutating func timerFired(now: MonotonicInstant) -> [DeviceAction] {
         switch state {
         case .waitingToRearm(let until, let wokeAt), .backingOff(let until, let wokeAt):
-            // An expiry before the deadline belongs to a timer that was replaced (the re-arm
-            // delay changed): the replacement fires later.
-            guard now >= until else { return [] }
+            // Early: an expiry of a timer that was replaced (the re-arm delay changed), or
+            // the timer's clock a hair ahead of the one passed in. Either way the deadline
+            // stands: the timer is set for what is left of it.
+            guard now >= until else { return [.startTimer(until - now)] }
             return quietPeriodOver(wokeAt: wokeAt)
         case .heldAwake(let until):
-            guard let until, now >= until else { return [] }
+            guard let until else { return [] }
+            guard now >= until else { return [.startTimer(until - now)] }
             if policy.source == .vmm { return watchGuest() }
             return beginArming(armMode, reason: .operatorRequest)
         case .notAdopted(.noDeviceFile):

@@ -100,7 +100,9 @@ final class DaemonHarness {
 
     /// Reloads and waits until the calls the reload made on devices have returned.
     func reload() {
-        _ = onQueue { $0.reload() }
+        let applied = DispatchSemaphore(value: 0)
+        onQueue { $0.reload { _ in applied.signal() } }
+        applied.wait()
         settle()
     }
 

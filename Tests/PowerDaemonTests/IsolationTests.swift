@@ -71,12 +71,14 @@ final class IsolationTests: XCTestCase {
         }, "saw \(pings) pings")
 
         // The slow arm returns after 5 s: armed, and said to be back.
-        XCTAssertTrue(daemon.waitUntil(timeout: 10) { daemon.source.device(slow)?.engagement == .oneShot })
+        XCTAssertTrue(daemon.waitUntil(timeout: 10) {
+            daemon.source.device(slow)?.engagement == .oneShot && daemon.manager.device(slow)?.phase.isLowPower == true
+        })
         XCTAssertEqual(daemon.logs.entries(.deviceBack, device: slow).map(\.message).filter { $0.contains("returned after") }.count, 1)
 
         // The hung one returns when let go, and the events that waited behind it are taken.
         gate.open()
-        XCTAssertTrue(daemon.waitUntil { daemon.source.device(hung)?.engagement == .oneShot })
+        XCTAssertTrue(daemon.waitUntil { daemon.manager.device(hung)?.phase.isLowPower == true })
         XCTAssertEqual(try client.device("\(hung)").state, "low power")
         daemon.stop()
     }

@@ -167,7 +167,7 @@ let transitions: [Row] = operatorTransitions + [
     Row(start: .lowPower, event: .stopRequested, actions: [.exitLowPower], phase: .exiting),
     // waitingToRearm (woke at 100, until 130)
     Row(start: .waitingToRearm, event: .timerFired, time: 130, actions: [.arm(.oneShot)], phase: .arming),
-    Row(start: .waitingToRearm, event: .timerFired, time: 120, actions: [], phase: .waitingToRearm(until: at(130)), note: "early: replaced timer"),
+    Row(start: .waitingToRearm, event: .timerFired, time: 120, actions: [.startTimer(.seconds(10))], phase: .waitingToRearm(until: at(130)), note: "early: the timer is set for the rest"),
     Row(start: .waitingToRearm, event: .woke(1), actions: [], phase: .waitingToRearm(until: at(130)), note: "disarmed: stale"),
     Row(start: .waitingToRearm, event: .removed, actions: [.cancelTimer, .close, goneLog], phase: .gone),
     Row(start: .waitingToRearm, event: .returned, actions: [], phase: .waitingToRearm(until: at(130))),
@@ -179,7 +179,7 @@ let transitions: [Row] = operatorTransitions + [
     Row(start: .waitingToRearm, event: .stopRequested, actions: [.cancelTimer, .close], phase: .stopped),
     // backingOff (flappy: third wake in window at 100 → flapping, backoff 20s, until 120)
     Row(start: .backingOff, event: .timerFired, time: 120, actions: [.arm(.oneShot)], phase: .arming),
-    Row(start: .backingOff, event: .timerFired, time: 119, actions: [], phase: .backingOff(until: at(120)), note: "early"),
+    Row(start: .backingOff, event: .timerFired, time: 119, actions: [.startTimer(.seconds(1))], phase: .backingOff(until: at(120)), note: "early: the timer is set for the rest"),
     Row(start: .backingOff, event: .woke(2), actions: [], phase: .backingOff(until: at(120)), note: "stale"),
     Row(start: .backingOff, event: .removed, actions: [.cancelTimer, .close, goneLog], phase: .gone),
     Row(start: .backingOff, event: .policyChanged(DevicePolicy(source: .own, mode: .reentrant, rearmDelay: .seconds(10), flapGuard: flappy.flapGuard)),
@@ -292,7 +292,7 @@ let operatorTransitions: [Row] = [
         #expect(machine.exited(drainedWakes: 1, now: at(100)) == [.startTimer(.seconds(60)), .log(.heldAwake(for: .seconds(60)))])
         #expect(machine.statistics.selfWakes == 1, "the EXIT's own wake is not a device wake")
         #expect(machine.statistics.wakes == 0)
-        #expect(machine.timerFired(now: at(159)) == [], "early expiry of a replaced timer")
+        #expect(machine.timerFired(now: at(159)) == [.startTimer(.seconds(1))], "early: the deadline stands, the timer is set for the rest")
         #expect(machine.timerFired(now: at(160)) == [.arm(.oneShot)])
         #expect(machine.armed(now: at(160)) == [.log(.armed(.oneShot))])
         #expect(machine.phase == .lowPower(.oneShot, since: at(160)))

@@ -165,12 +165,13 @@ public final class ControlService: @unchecked Sendable {
             }
         case "Reload":
             guard authorize(call, peer, reply) else { return }
-            let problems = manager.reload()
-            if problems.isEmpty {
-                reply.send()
-            } else {
-                reply.error("\(Self.interfaceName).ConfigRejected",
-                            parameters: ["problems": .array(problems.map { .string("\($0)") })])
+            manager.reload { problems in
+                if problems.isEmpty {
+                    reply.send()
+                } else {
+                    reply.error("\(Self.interfaceName).ConfigRejected",
+                                parameters: ["problems": .array(problems.map { .string("\($0)") })])
+                }
             }
         default:
             reply.error("org.varlink.service.MethodNotFound", parameters: ["method": .string(call.method)])

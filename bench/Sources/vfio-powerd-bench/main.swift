@@ -380,8 +380,7 @@ func runBench() throws {
         let settled = DispatchSemaphore(value: 0)
         let t0 = nowNanoseconds()
         manager.queue.sync {
-            manager.reload()
-            manager.whenDevicesSettled { settled.signal() }
+            manager.reload { _ in manager.whenDevicesSettled { settled.signal() } }
         }
         settled.wait()
         return Double(nowNanoseconds() - t0) / 1e6
