@@ -59,6 +59,10 @@ public final class Manager: @unchecked Sendable {
     /// `vmm` devices in use by their guests, which the sampler looks at every
     /// guest_d3_interval; the sampler's timer runs only while there is one.
     private var inUse = Set<PCIAddress>()
+    /// The control socket systemd made and passed (vfio-powerd.socket, FileDescriptorName=
+    /// control), for the control service to listen on; nil without socket activation.
+    public private(set) var activatedControlSocket: Int32?
+
     /// Every call under way on a device (each runs on the device's own queue).
     private let calls = DispatchGroup()
     /// Armed devices the kernel has not been seen to suspend yet (or keeps awake): the same
@@ -689,6 +693,10 @@ extension Manager: WakeupStore {
     /// What systemd handed this run from the fd store.
     private func takeKeptWakeups() {
         for (name, descriptor) in SystemdNotifier.storedDescriptors() {
+            if name == "control", SystemdNotifier.isListeningUnixSocket(descriptor) {
+                activatedControlSocket = descriptor
+                continue
+            }
             let address = name.hasPrefix("wakeup-")
                 ? PCIAddress(String(name.dropFirst("wakeup-".count).map { $0 == "_" ? ":" : $0 })) : nil
             guard let address else {

@@ -135,6 +135,12 @@ public struct SystemdNotifier: Sendable {
         }
     }
 
+    /// Whether `descriptor` is a listening unix stream socket (one systemd made for a socket
+    /// unit), bound to `path` when one is given. The C function is `sd_is_socket_unix`.
+    public static func isListeningUnixSocket(_ descriptor: Int32, path: String? = nil) -> Bool {
+        sd_is_socket_unix(descriptor, Int32(SOCK_STREAM.rawValue), 1, path, 0) > 0
+    }
+
     /// The corresponding C function is `sd_notify`.
     @discardableResult
     public func send(_ assignments: [(String, String)]) -> NotifyResult {

@@ -210,6 +210,21 @@ public final class VarlinkServer: @unchecked Sendable {
             _ = Glibc.close(fd)
             throw error
         }
+        serve(on: fd)
+    }
+
+    /// Serves on a socket that systemd made and listens on (socket activation): the file's
+    /// mode and group are the socket unit's (SocketMode=, SocketGroup=), made by a process
+    /// that may chown; stop leaves the file to systemd.
+    public func start(listeningOn fd: Int32) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        precondition(state == .idle, "a VarlinkServer starts once")
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        serve(on: fd)
+    }
+
+    private func serve(on fd: Int32) {
         let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
         source.setEventHandler { @Sendable [weak self] in self?.acceptClients(fd) }
         source.setCancelHandler { @Sendable in _ = Glibc.close(fd) }

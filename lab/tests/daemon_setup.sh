@@ -16,6 +16,7 @@ read -r nic disk <<< "$LAB_VFIO_DEVICES"
 install -Dm755 "$build/vfio-powerd" /usr/local/sbin/vfio-powerd
 install -Dm755 "$build/vfio-powerctl" /usr/local/bin/vfio-powerctl
 install -Dm644 "$repo/systemd/vfio-powerd.service" /etc/systemd/system/vfio-powerd.service
+install -Dm644 "$repo/systemd/vfio-powerd.socket" /etc/systemd/system/vfio-powerd.socket
 mkdir -p /etc/systemd/system/vfio-powerd.service.d
 {
 	echo "[Service]"

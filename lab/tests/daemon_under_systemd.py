@@ -9,8 +9,10 @@ A device the daemon holds cannot be opened by anyone else, so an access from out
 write to its d3cold_allowed attribute: the kernel resumes the device for it
 (pm_runtime_resume), exactly as it does for a VMM's access, and the one-shot eventfd fires.
 """
+import grp
 import json
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -274,6 +276,46 @@ check("journal: systemd saw the watchdog timeout",
 check("after the restart both devices are armed again",
       wait(lambda: count("started") == 2 and show("StatusText").startswith("2 devices: 2 in low power"), timeout=15),
       f"{count('started')} started, {show('StatusText')}")
+
+# --- socket_group and admin_group under the shipped units (socket activation) ------------
+for group in ("vfioread", "vfioadmin"):
+    run("groupadd", "-f", group)
+run("useradd", "-M", "-N", "-g", "vfioread", "reader")
+run("useradd", "-M", "-N", "-g", "vfioread", "-G", "vfioadmin", "admin")
+run("useradd", "-M", "-N", "outsider")
+with open("/etc/vfio-powerd/vfio-powerd.conf") as f:
+    conf = f.read()
+with open("/etc/vfio-powerd/vfio-powerd.conf", "w") as f:
+    f.write(conf.replace("[daemon]\n", '[daemon]\nsocket_group = "vfioread"\nadmin_group = "vfioadmin"\n', 1))
+os.makedirs("/etc/systemd/system/vfio-powerd.socket.d", exist_ok=True)
+with open("/etc/systemd/system/vfio-powerd.socket.d/group.conf", "w") as f:
+    f.write("[Socket]\nSocketGroup=vfioread\n")
+run("systemctl", "daemon-reload")
+run("systemctl", "stop", UNIT, "vfio-powerd.socket")
+restarted = run("systemctl", "start", UNIT)
+check("with the socket unit's SocketGroup= the service starts", restarted.returncode == 0, restarted.stderr)
+sock = os.stat("/run/vfio-powerd/io.vfiopowerd.Manager")
+check("systemd made the socket: root:vfioread 0660", sock.st_uid == 0 and grp.getgrgid(sock.st_gid).gr_name == "vfioread"
+      and sock.st_mode & 0o777 == 0o660, f"{sock.st_uid}:{sock.st_gid} {oct(sock.st_mode)}")
+
+
+def powerctl_as(user, *args):
+    return run("setpriv", "--reuid", user, "--regid", pwd.getpwnam(user).pw_gid.__str__(), "--init-groups", POWERCTL, *args)
+
+
+read_status = powerctl_as("reader", "status")
+check("a member of socket_group reads the status", read_status.returncode == 0 and "vfio-powerd: 2 devices" in read_status.stdout,
+      read_status.stdout + read_status.stderr)
+denied = powerctl_as("reader", "arm", NIC)
+check("it may not arm: a clear refusal that names admin_group", denied.returncode == 77 and "admin_group" in denied.stderr,
+      f"{denied.returncode}: {denied.stderr}")
+armed = powerctl_as("admin", "arm", NIC)
+check("a member of admin_group arms", armed.returncode == 0 and f"{NIC}:" in armed.stdout, f"{armed.returncode}: {armed.stdout}{armed.stderr}")
+outside = powerctl_as("outsider", "status")
+check("anyone else is refused at the socket, told which group lets them in",
+      outside.returncode != 0 and "vfioread" in outside.stderr, f"{outside.returncode}: {outside.stderr}")
+check("the daemon did not report socket_group and the socket's group as different",
+      not any("is not the group of" in e["MESSAGE"] for e in journal()))
 
 # --- READY=1 only once the control socket listens ---------------------------------------
 failures = []

@@ -5,6 +5,7 @@ import Glibc
 import Dispatch
 import PowerConfig
 import PowerPolicy
+import Systemd
 import Varlink
 import VFIO
 
@@ -46,8 +47,27 @@ public final class ControlService: @unchecked Sendable {
                    url: "https://github.com/vfio-powerd/vfio-powerd"),
             interfaces: [Self.interfaceName: Self.interfaceDescription],
             handler: { [weak self] call, peer, reply in self?.handle(call, peer: peer, reply: reply) })
-        try server.start()
+        if let activated = manager.activatedControlSocket,
+           SystemdNotifier.isListeningUnixSocket(activated, path: socketPath) {
+            // vfio-powerd.socket made it, with SocketGroup=: the daemon cannot chown (no
+            // capability for it), so the group is the socket unit's to set.
+            server.start(listeningOn: activated)
+            checkActivatedGroup(socketGroup, named: settings.socketGroup?.value)
+        } else {
+            try server.start()
+        }
         self.server = server
+    }
+
+    /// socket_group names the group the socket should have; under socket activation it is
+    /// the socket unit's SocketGroup=, and a difference is said, with the fix.
+    private func checkActivatedGroup(_ gid: gid_t?, named name: String?) {
+        guard let gid, let name else { return }
+        var info = stat()
+        guard stat(socketPath, &info) == 0, info.st_gid != gid else { return }
+        manager.log(.configRejected,
+                    "socket_group = \"\(name)\" is not the group of \(socketPath) (gid \(info.st_gid)), which systemd made for vfio-powerd.socket: members of \(name) cannot connect. Set the same group there: systemctl edit vfio-powerd.socket, [Socket] SocketGroup=\(name)",
+                    [:])
     }
 
     public func stop() {
