@@ -102,7 +102,7 @@ struct ConfigFileParser {
                         }
                         var patterns: [String] = []
                         for index in 0..<array.count {
-                            guard let pattern = array[index].string, array[index].type == .string, !pattern.isEmpty else {
+                            guard let pattern = array[index].stringValue, array[index].type == .string, !pattern.isEmpty else {
                                 problems.append(problem(valuePath: path, message:
                                     "entry \(index + 1) is \(describe(array[index])): each entry is an executable's name or path (glob patterns allowed), like \"qemu-system-*\""))
                                 continue
@@ -407,9 +407,9 @@ struct ConfigFileParser {
     // MARK: Typed readers
 
     private mutating func readDuration(_ value: TOMLValueConvertible, path: [String], range: ClosedRange<Duration>) -> Duration? {
-        guard let text = value.string else {
+        guard let text = value.stringValue else {
             problems.append(problem(valuePath: path, message: "expected a duration like \"30s\", got \(describe(value))"
-                + (value.int.map { " (write \"\($0)s\" for \($0) seconds)" } ?? "")))
+                + (value.intValue.map { " (write \"\($0)s\" for \($0) seconds)" } ?? "")))
             return nil
         }
         switch DurationText.parse(text) {
@@ -427,7 +427,7 @@ struct ConfigFileParser {
     }
 
     private mutating func readInteger(_ value: TOMLValueConvertible, path: [String], range: ClosedRange<Int>) -> Int? {
-        guard value.type == .int, let number = value.int else {
+        guard value.type == .int, let number = value.intValue else {
             problems.append(problem(valuePath: path, message: "expected an integer like \(range.lowerBound), got \(describe(value))"))
             return nil
         }
@@ -440,7 +440,7 @@ struct ConfigFileParser {
     }
 
     private mutating func readBool(_ value: TOMLValueConvertible, path: [String]) -> Bool? {
-        guard value.type == .bool, let flag = value.bool else {
+        guard value.type == .bool, let flag = value.boolValue else {
             problems.append(problem(valuePath: path, message: "expected true or false, got \(describe(value))"))
             return nil
         }
@@ -448,7 +448,7 @@ struct ConfigFileParser {
     }
 
     private mutating func readString(_ value: TOMLValueConvertible, path: [String], advice: String? = nil) -> String? {
-        guard value.type == .string, let text = value.string else {
+        guard value.type == .string, let text = value.stringValue else {
             problems.append(problem(valuePath: path, message: advice.map { "\($0), got \(describe(value))" }
                 ?? "expected a string, got \(describe(value))"))
             return nil
@@ -458,14 +458,14 @@ struct ConfigFileParser {
 
     /// A vendor or device ID: an integer (0x10de) or a string of 4 hex digits ("10de", "0x10de").
     private mutating func readID(_ value: TOMLValueConvertible, path: [String]) -> UInt16? {
-        if value.type == .int, let number = value.int {
+        if value.type == .int, let number = value.intValue {
             guard (0...0xFFFF).contains(number) else {
                 problems.append(problem(valuePath: path, message: "\(number) is out of range: a PCI ID is 16 bits (0x0000 to 0xffff)"))
                 return nil
             }
             return UInt16(number)
         }
-        if value.type == .string, let text = value.string {
+        if value.type == .string, let text = value.stringValue {
             var digits = Substring(text)
             if digits.hasPrefix("0x") || digits.hasPrefix("0X") { digits = digits.dropFirst(2) }
             if digits.count == 4, digits.allSatisfy(\.isHexDigit), let number = UInt16(digits, radix: 16) { return number }
@@ -481,7 +481,7 @@ struct ConfigFileParser {
     where C.RawValue == String {
         let names = C.allCases.map(\.rawValue)
         let list = names.map { "\"\($0)\"" }.joined(separator: ", ")
-        guard value.type == .string, let text = value.string else {
+        guard value.type == .string, let text = value.stringValue else {
             problems.append(problem(valuePath: path, message: "expected one of \(list), got \(describe(value))"))
             return nil
         }
@@ -557,10 +557,10 @@ struct ConfigFileParser {
 
     private func describe(_ value: TOMLValueConvertible) -> String {
         switch value.type {
-        case .string: "\"\(value.string ?? "")\""
-        case .int: String(value.int ?? 0)
+        case .string: "\"\(value.stringValue ?? "")\""
+        case .int: String(value.intValue ?? 0)
         case .double: String(value.double ?? 0)
-        case .bool: (value.bool ?? false) ? "true" : "false"
+        case .bool: (value.boolValue ?? false) ? "true" : "false"
         case .table: "a table"
         case .array: "an array"
         case .date, .time, .dateTime: "a date or time"

@@ -98,3 +98,28 @@ import Testing
         #expect(strict.configuration.devices.isEmpty)
     }
 }
+
+/// A reload returns the process to where it was: TOMLKit's scalar accessors leaked every
+/// value they read (about 32 bytes each, 130 KB per reload at 4096 entries), and Foundation's
+/// file reader a page per empty file.
+@Suite struct ReloadMemoryTests {
+    private func residentKilobytes() throws -> Int {
+        let statm = try String(contentsOfFile: "/proc/self/statm", encoding: .utf8)
+        return Int(statm.split(separator: " ")[1])! * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
+    }
+
+    @Test func twoHundredLoadsDoNotGrowTheProcess() throws {
+        let root = try TempConfigRoot()
+        try root.write("etc/vfio-powerd/vfio-powerd.conf", "[daemon]\nrescan_interval = \"30s\"\n[defaults]\nrearm_delay = \"1s\"\n")
+        let entry = "[[device]]\naddress = \"0000:00:01.0\"\nname = \"n\"\nrearm_delay = \"1s\"\nmode = \"oneshot\"\n"
+        try root.write("etc/vfio-powerd/devices.d/10-a.conf", String(repeating: entry, count: 100))
+        try root.write("etc/vfio-powerd/devices.d/20-empty.conf", "")
+        for _ in 0..<50 { _ = ConfigLoader.load(root.options()) }
+        let before = try residentKilobytes()
+        for _ in 0..<200 { _ = ConfigLoader.load(root.options()) }
+        let grown = try residentKilobytes() - before
+        // Before the fix: about 13 KB per load here, 2.6 MB in all. After: about 150 bytes
+        // per load (TOMLKit's parse error record and table object, until TOMLKit goes).
+        #expect(grown < 1024, "grew by \(grown) KB over 200 loads")
+    }
+}

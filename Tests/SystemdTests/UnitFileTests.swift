@@ -35,7 +35,10 @@ final class UnitFileTests: XCTestCase {
         XCTAssertTrue(text.contains("ExecStart=/bin/true"), "the unit's ExecStart moved: update this test")
         let copy = directory.appendingPathComponent("vfio-powerd.service")
         try text.write(to: copy, atomically: true, encoding: .utf8)
-        let (status, output) = try systemdAnalyze(["verify", "--man=no", copy.path])
+        // The service requires its socket unit: verify both, side by side.
+        let socket = directory.appendingPathComponent("vfio-powerd.socket")
+        try FileManager.default.copyItem(at: unit.deletingLastPathComponent().appendingPathComponent("vfio-powerd.socket"), to: socket)
+        let (status, output) = try systemdAnalyze(["verify", "--man=no", copy.path, socket.path])
         XCTAssertEqual(status, 0, output)
         XCTAssertEqual(output.trimmingCharacters(in: .whitespacesAndNewlines), "", "systemd-analyze verify complains")
     }
