@@ -16,6 +16,9 @@ protocol DeviceControllerDelegate: AnyObject {
     /// `visibly`: something a status shows changed (the phase, a counter, the holder); a
     /// change only the machine sees (a confirmed arming) updates the bookkeeping alone.
     func deviceDidChange(_ controller: DeviceController, visibly: Bool)
+    /// A call on the device began, or returned: the manager looks for stuck calls while any
+    /// is under way (one timer for every device, not one per call).
+    func deviceCall(_ controller: DeviceController, underWay: Bool)
     /// `vmm`: what one look for the device's VMM found (for `--log-level debug`).
     func device(_ controller: DeviceController, looked outcome: @autoclosure () -> String)
 }
@@ -264,7 +267,6 @@ final class DeviceController: @unchecked Sendable {
     private let stuckBound: Duration
     /// A call that has not returned within `stuckBound`: which, and since when.
     private(set) var stuck: (call: String, since: MonotonicInstant)?
-    private var stuckCheck: DispatchWorkItem?
 
     /// Where looks for VMMs run: /proc of other processes can be slow to read (seen in the lab:
     /// over ten seconds while a VMM started under TCG), and the daemon's queue must keep
@@ -346,10 +348,7 @@ final class DeviceController: @unchecked Sendable {
         let since = clock.now()
         waitingFor = .call(call.name, since: since)
         calls.enter()
-        let check = DispatchWorkItem { [weak self] in self?.callIsSlow(call.name, since: since) }
-        stuckCheck = check
-        let bound = Int(stuckBound.components.seconds * 1000 + stuckBound.components.attoseconds / 1_000_000_000_000_000)
-        queue.asyncAfter(deadline: .now() + .milliseconds(bound), execute: check)
+        delegate?.deviceCall(self, underWay: true)
         let turn = Handover((call.work, rest, outcome, shown))
         deviceQueue.async { [self] in
             let finish = Handover(turn.value.0())
@@ -368,18 +367,18 @@ final class DeviceController: @unchecked Sendable {
         }
     }
 
-    /// The call has run for `stuckBound`: the device is reported stuck until it returns.
-    private func callIsSlow(_ call: String, since: MonotonicInstant) {
-        guard case .call(let name, let started)? = waitingFor, name == call, started == since else { return }
-        stuck = (call, since)
-        delegate?.device(self, reported: .stuck(call: call, for: clock.now() - since), context: context(clock.now()))
+    /// The manager's look at a call under way: one that has run for `stuckBound` makes the
+    /// device stuck until it returns.
+    func checkCall(now: MonotonicInstant) {
+        guard stuck == nil, case .call(let name, let since)? = waitingFor, now - since >= stuckBound else { return }
+        stuck = (name, since)
+        delegate?.device(self, reported: .stuck(call: name, for: now - since), context: context(now))
         delegate?.deviceDidChange(self, visibly: true)
     }
 
     private func callReturned() {
-        stuckCheck?.cancel()
-        stuckCheck = nil
         waitingFor = nil
+        delegate?.deviceCall(self, underWay: false)
         if let stuck {
             self.stuck = nil
             delegate?.device(self, reported: .unstuck(call: stuck.call, after: clock.now() - stuck.since),

@@ -65,6 +65,10 @@ public final class Manager: @unchecked Sendable {
 
     /// Every call under way on a device (each runs on the device's own queue).
     private let calls = DispatchGroup()
+    /// The controllers with a call under way, looked at once a second for stuck calls while
+    /// there are any.
+    private var calling: [ObjectIdentifier: DeviceController] = [:]
+    private var callWatch: DispatchSourceTimer?
     /// Armed devices the kernel has not been seen to suspend yet (or keeps awake): the same
     /// sampler reads their `power/runtime_status` until it says suspended.
     private var confirming = Set<PCIAddress>()
@@ -146,6 +150,8 @@ public final class Manager: @unchecked Sendable {
         // READY=1 once every device's first calls have returned, so that the first STATUS=
         // tells how they went; but a stuck device must not hold up the start.
         whenSettled(within: options.settleBound) { [self] in
+            // A stop that came first has said STOPPING=1: no READY=1 after it.
+            guard !isStopping else { return }
             isStarted = true
             startedAt = clock.now()
             returnFreedMemory()
@@ -291,6 +297,11 @@ public final class Manager: @unchecked Sendable {
         openWatcher?.unwatch(controller.address)
         tally.replace(controller.tallied, with: nil)
         controllers[controller.address] = nil
+        // Its turn may still be under way (a call on the device): it no longer counts here,
+        // and the sampler no longer visits it.
+        let sampled = inUse.remove(controller.address) != nil
+        let confirmed = confirming.remove(controller.address) != nil
+        if sampled || confirmed { updateSampler() }
     }
 
     // MARK: Operator requests (the control interface)
@@ -739,6 +750,28 @@ extension Manager: DeviceControllerDelegate {
     func device(_ controller: DeviceController, looked outcome: @autoclosure () -> String) {
         guard logger.logLevel <= .debug else { return }
         logger.debug("\(controller.address): looked for its VMM: \(outcome())", source: Self.logSource)
+    }
+
+    func deviceCall(_ controller: DeviceController, underWay: Bool) {
+        if underWay {
+            calling[ObjectIdentifier(controller)] = controller
+            guard callWatch == nil else { return }
+            let timer = DispatchSource.makeTimerSource(queue: queue)
+            timer.schedule(deadline: .now() + .seconds(1), repeating: .seconds(1), leeway: .milliseconds(100))
+            timer.setEventHandler { [weak self] in
+                guard let self else { return }
+                let now = clock.now()
+                for controller in calling.values { controller.checkCall(now: now) }
+            }
+            timer.activate()
+            callWatch = timer
+        } else {
+            calling[ObjectIdentifier(controller)] = nil
+            if calling.isEmpty {
+                callWatch?.cancel()
+                callWatch = nil
+            }
+        }
     }
 
     func deviceDidChange(_ controller: DeviceController, visibly: Bool) {
