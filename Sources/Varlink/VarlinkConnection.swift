@@ -110,7 +110,7 @@ final class VarlinkConnection: @unchecked Sendable {
         }
     }
 
-    /// One read; true when it took a full chunk and more may wait.
+    /// One read; true when it took bytes (more may wait), false at EAGAIN, EOF or an error.
     private func readOnce() -> Bool {
         let oldCount = input.count
         var fds = [Int32](repeating: -1, count: Self.maxPendingFiles)
