@@ -274,7 +274,9 @@ else:
           reply.get("error") == "io.vfiopowerd.Manager.HandoffRefused" and "cannot be checked" in reason, json.dumps(reply))
     launcher_says("exit")
     launcher.wait(timeout=10)
-    check("the device stays idle", wait(lambda: device().get("state") == "idle", timeout=5), json.dumps(device()))
+    # The launcher's open of the group starts looks for its VMM that go on for up to 5 s
+    # (look_again), each of them seconds long under TCG: the device is idle once they end.
+    check("the device stays idle", wait(lambda: device().get("state") == "idle", timeout=15), json.dumps(device()))
 
 # --- check-config refuses what would kill a VM ---------------------------------------------
 for key, value, words in (("trigger", '"immediate"', "kills the VM"), ("mode", '"reentrant"', "BARs blocked")):
