@@ -22,7 +22,10 @@ DESTDIR ?=
 # Both kernels of the lab: Debian 12's own (the oldest with the features) and the newest.
 LAB_KERNELS ?= 6.1 newest
 KERNEL_TESTS := KernelTests.DeviceLifecycleKernelTests,KernelTests.LowPowerKernelTests
-HOST_PACKAGES := libsystemd-dev pkg-config scdoc
+HOST_PACKAGES := libsystemd-dev pkg-config scdoc python3-venv
+# PyPI's varlink, the independent client the tests call, lives in a virtual environment:
+# Debian 12 refuses pip into its own Python (PEP 668).
+VENV := .build/venv
 
 .PHONY: all deps build build-tests check unit-tests kernel-tests daemon-tests demo probe-demo bench man install clean
 
@@ -37,7 +40,8 @@ deps:
 	fi
 	@test -x "$(SWIFT)" || { echo "make: no Swift toolchain: install Swift 6.1 or later (swift.org) and put swift on PATH" >&2; exit 1; }
 	@# The control interface is also tested with an independent client: PyPI's varlink.
-	@python3 -c 'import varlink' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check varlink
+	@$(VENV)/bin/python3 -c 'import varlink' 2>/dev/null || { \
+		python3 -m venv $(VENV) && $(VENV)/bin/pip install --quiet --disable-pip-version-check varlink; }
 
 build: deps
 	$(SWIFT) build -c $(CONFIG)
@@ -51,7 +55,7 @@ check: unit-tests kernel-tests daemon-tests
 # XCTest's failures scroll by long before the run ends: on failure they are repeated last,
 # where a CI log's tail shows them.
 unit-tests: build-tests
-	@set -o pipefail; $(SWIFT) test --skip KernelTests 2>&1 | tee .build/unit-tests.log || { \
+	@set -o pipefail; PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(SWIFT) test --skip KernelTests 2>&1 | tee .build/unit-tests.log || { \
 		status=$$?; echo "== unit tests failed; the failures, repeated:"; \
 		grep -E "error: |: error -|failed \(|✘|Fatal error|crashed" .build/unit-tests.log | grep -v " started" | tail -40; \
 		exit $$status; }

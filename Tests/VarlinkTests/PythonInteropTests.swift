@@ -30,7 +30,7 @@ final class PythonInteropTests: XCTestCase {
         do { try check.run() } catch { throw XCTSkip("python3 is not installed") }
         check.waitUntilExit()
         if check.terminationStatus != 0 {
-            throw XCTSkip("python3 lacks the varlink module (pip install varlink)")
+            throw XCTSkip("python3 lacks the varlink module (make deps installs it in .build/venv; make unit-tests puts it on PATH)")
         }
     }
 
