@@ -52,29 +52,4 @@ enum VarlinkService {
         error ExpectedMore ()
 
         """
-
-    /// The names of the methods an interface description declares: every `method Name(`.
-    /// Comments are skipped; the rest of the IDL is not checked here.
-    static func methodNames(inDescription text: String) -> Set<String> {
-        var names = Set<String>()
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: true) {
-            var line = rawLine[...]
-            if let hash = line.firstIndex(of: "#") { line = line[..<hash] }
-            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "(" })
-            guard words.count >= 2, words[0] == "method" else { continue }
-            names.insert(String(words[1]))
-        }
-        return names
-    }
-
-    /// The interface name a description declares on its `interface` line.
-    static func interfaceName(inDescription text: String) -> String? {
-        for rawLine in text.split(separator: "\n") {
-            var line = rawLine[...]
-            if let hash = line.firstIndex(of: "#") { line = line[..<hash] }
-            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            if words.count >= 2, words[0] == "interface" { return String(words[1]) }
-        }
-        return nil
-    }
 }
