@@ -12,7 +12,9 @@
 //   Systemd        sd_notify and a swift-log handler over the journal
 //   PowerDaemon    the daemon: Manager, one controller per device, the Dispatch event loop,
 //                  and the control interface (io.vfiopowerd.Manager over varlink)
-//   PowerCtlKit    vfio-powerctl's view of the daemon: records, client, rendering
+//   ControlProtocol io.vfiopowerd.Manager: its description (the .varlink file) and records,
+//                  shared by the daemon and vfio-powerctl
+//   PowerCtlKit    vfio-powerctl's view of the daemon: client, rendering
 //   VFIOSimulator  a simulated vfio-pci device over real eventfds (tests and benchmarks only)
 //   SystemdTesting a fake systemd notify socket (tests only)
 //   Varlink        the varlink protocol: a server on the daemon's Dispatch queue, and a client
@@ -21,7 +23,6 @@ import PackageDescription
 
 let package = Package(
     name: "vfio-powerd",
-    platforms: [.macOS(.v13)],
     products: [
         .executable(name: "vfio-powerd", targets: ["vfio-powerd"]),
         .executable(name: "vfio-powerctl", targets: ["vfio-powerctl"]),
@@ -54,16 +55,17 @@ let package = Package(
             "CSystemd",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The control protocol, written once: the interface file and its Codable records.
+        .target(name: "ControlProtocol", dependencies: ["Varlink"], resources: [
+            .embedInCode("io.vfiopowerd.Manager.varlink"),
+        ]),
         .target(name: "PowerDaemon", dependencies: [
-            "VFIO", "CVFIO", "PowerPolicy", "PowerConfig", "Systemd", "Varlink",
+            "VFIO", "CVFIO", "PowerPolicy", "PowerConfig", "Systemd", "Varlink", "ControlProtocol",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
-        ], resources: [
-            // The control interface's description: one file, served by GetInterfaceDescription.
-            .embedInCode("Control/io.vfiopowerd.Manager.varlink"),
         ]),
-        // What vfio-powerctl knows of the daemon: its records, a client, and how to show them.
-        .target(name: "PowerCtlKit", dependencies: ["Varlink"]),
+        // What vfio-powerctl knows of the daemon: a client, and how to show its records.
+        .target(name: "PowerCtlKit", dependencies: ["Varlink", "ControlProtocol"]),
         // Plays systemd's side of sd_notify in tests (a datagram socket for NOTIFY_SOCKET).
         .target(name: "SystemdTesting"),
         .target(name: "VFIOSimulator", dependencies: [
@@ -71,7 +73,7 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "vfio-powerd", dependencies: [
-            "PowerDaemon", "PowerConfig",
+            "PowerDaemon", "PowerConfig", "ControlProtocol",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // The benchmark harness (make bench): the real Manager with simulated devices, in release.
@@ -81,7 +83,7 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ], path: "bench/Sources/vfio-powerd-bench"),
         .executableTarget(name: "vfio-powerctl", dependencies: [
-            "VFIO", "PowerConfig", "PowerPolicy", "PowerCtlKit", "Varlink",
+            "VFIO", "PowerConfig", "PowerPolicy", "PowerCtlKit", "Varlink", "ControlProtocol",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -103,11 +105,12 @@ let package = Package(
         ]),
         .testTarget(name: "PowerDaemonTests", dependencies: [
             "PowerDaemon", "VFIOSimulator", "PowerPolicy", "PowerConfig", "Systemd", "SystemdTesting", "VFIO",
-            "PowerCtlKit", "Varlink",
+            "PowerCtlKit", "Varlink", "ControlProtocol",
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["varlink_client.py"]),
         .testTarget(name: "VarlinkTests", dependencies: ["Varlink"]),
-        .testTarget(name: "PowerCtlTests", dependencies: ["PowerCtlKit"], exclude: ["Fixtures"]),
+        .testTarget(name: "PowerCtlTests", dependencies: ["PowerCtlKit", "ControlProtocol"], exclude: ["Fixtures"]),
+        .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol", "Varlink"]),
         // Real-kernel tests: they run inside the VM lab's guest (lab/lab.sh kernel-tests),
         // where /dev/vfio exists; `swift test` on the host skips this target (see Makefile).
         .testTarget(name: "KernelTests", dependencies: ["VFIO", "CVFIO"]),

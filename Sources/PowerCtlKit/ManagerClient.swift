@@ -1,20 +1,20 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ControlProtocol
 import Varlink
 
 /// io.vfiopowerd.Manager as vfio-powerctl calls it: one connection, typed records, and every
 /// failure turned into a `ControlClientError` that says what to do.
 public final class ManagerClient {
-    public static let defaultSocketPath = "/run/vfio-powerd/io.vfiopowerd.Manager"
-    static let interface = "io.vfiopowerd.Manager"
+    static let interface = ManagerInterface.name
     /// A call that takes longer than this means the daemon is stuck (the watchdog will act).
     static let timeout: Duration = .seconds(10)
 
     private let client: VarlinkClient
     public let socketPath: String
 
-    public init(socketPath: String = ManagerClient.defaultSocketPath) throws(ControlClientError) {
+    public init(socketPath: String = ManagerInterface.defaultSocketPath) throws(ControlClientError) {
         self.socketPath = socketPath
         do {
             client = try VarlinkClient(socketPath: socketPath)
@@ -105,16 +105,18 @@ public final class ManagerClient {
         if let error = error as? ControlClientError { return error }
         if let error = error as? VarlinkError {
             let parameters = error.parameters.object ?? [:]
-            switch error.name {
-            case "\(Self.interface).NoSuchDevice":
+            switch ManagerInterface.Error(rawValue: error.name) {
+            case .noSuchDevice:
                 return .noSuchDevice(parameters["address"]?.string ?? "?")
-            case "\(Self.interface).PermissionDenied":
+            case .permissionDenied:
                 return .permissionDenied(method: parameters["method"]?.string ?? "this call")
-            case "\(Self.interface).InvalidParameter":
+            case .invalidParameter:
                 return .invalidParameter(parameter: parameters["parameter"]?.string ?? "?", reason: parameters["reason"]?.string ?? "invalid")
-            case "\(Self.interface).ConfigRejected":
+            case .configRejected:
                 return .configRejected(parameters["problems"]?.array?.compactMap(\.string) ?? [])
-            default:
+            case .stopping:
+                return .disconnected(socket: socketPath)
+            case .handoffRefused, nil:
                 return .failed("the daemon answered \(error.name) \(error.parameters)")
             }
         }

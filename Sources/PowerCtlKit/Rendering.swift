@@ -1,3 +1,5 @@
+import ControlProtocol
+
 /// How vfio-powerctl shows what the daemon says: pure functions of the records and the
 /// current time, so their output is tested exactly.
 public enum Rendering {
@@ -5,8 +7,8 @@ public enum Rendering {
     public static func statusTable(_ devices: [DeviceRecord], status: String, nowRealtimeUsec: Int64) -> String {
         let header = ["DEVICE", "NAME", "SOURCE", "MODE", "STATE", "HOLDER", "WAKES", "LAST WAKE", "LOW POWER"]
         let rows = devices.map { device in
-            [device.address, device.name ?? "-", device.source, device.mode,
-             device.state + (device.flapping && device.state != "backing off" ? " (flapping)" : ""),
+            [device.address, device.name ?? "-", device.source.rawValue, device.mode.rawValue,
+             state(device) + (device.flapping && device.state != .backingOff ? " (flapping)" : ""),
              holder(device) ?? "-",
              String(device.wakes),
              device.lastWakeRealtimeUsec.map { ago($0, now: nowRealtimeUsec) } ?? "-",
@@ -34,9 +36,9 @@ public enum Rendering {
         var lines: [(String, String)] = [
             ("Device", device.address + (device.name.map { " (\($0))" } ?? "")),
             ("Driver", device.driver ?? "none"),
-            ("Source", device.source),
-            ("Mode", device.mode),
-            ("State", device.state),
+            ("Source", device.source.rawValue),
+            ("Mode", device.mode.rawValue),
+            ("State", state(device)),
         ]
         if let holder = holder(device) { lines.append(("Held by", holder)) }
         if device.powerState != nil || device.runtimeStatus != nil {
@@ -63,12 +65,12 @@ public enum Rendering {
     public static func monitorLine(_ device: DeviceRecord, nowRealtimeUsec: Int64) -> String {
         var text = "\(clock(nowRealtimeUsec)) \(device.address)"
         if let name = device.name { text += " (\(name))" }
-        text += " \(device.state)"
+        text += " \(state(device))"
         if let holder = holder(device) { text += " (\(holder))" }
         if let next = device.nextArmRealtimeUsec, next > nowRealtimeUsec { text += ", arms in \(duration(next - nowRealtimeUsec))" }
         text += "; \(device.wakes) wake\(device.wakes == 1 ? "" : "s")"
         if device.flapping { text += "; flapping" }
-        if let error = device.lastError, ["failed", "gone", "unsupported"].contains(device.state) { text += "; \(error)" }
+        if let error = device.lastError, [.failed, .gone, .unsupported].contains(device.state) { text += "; \(error)" }
         return shown(text)
     }
 
@@ -92,6 +94,12 @@ public enum Rendering {
     private static func isHidden(_ scalar: Unicode.Scalar) -> Bool {
         scalar.properties.generalCategory == .control || (0x202A...0x202E).contains(scalar.value)
             || (0x2066...0x2069).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
+    }
+
+    /// "low power", "stuck (arm has not returned for 12s)".
+    public static func state(_ device: DeviceRecord) -> String {
+        guard device.state == .stuck, let call = device.stuckCall else { return device.state.words }
+        return "stuck (\(call) has not returned for \(duration(device.stuckUsec ?? 0)))"
     }
 
     /// "qemu-system-x86_64 (pid 4242)"

@@ -465,7 +465,7 @@ public final class Manager: @unchecked Sendable {
                            "\($0.operation.rawValue): \($0.errno.name)"
                        },
                        driver: sysfs.driver(),
-                       managedFor: now - controller.managedSince, source: controller.policy.source.rawValue,
+                       managedFor: now - controller.managedSince,
                        holder: controller.machine.holder,
                        stuck: controller.stuck.map { ($0.call, now - $0.since) },
                        // The kernel's word, from files that never wake the device.
@@ -829,20 +829,12 @@ public struct DeviceSnapshot: Sendable {
     public var driver: String?
     /// How long the daemon has managed this entry.
     public var managedFor: Duration = .zero
-    /// How the daemon holds the device (PRODUCT.md "device source"): "vmm" or "own".
-    public var source: String = "own"
     /// `vmm`: the process that holds the device, if one is known.
     public var holder: VMMHolder?
     /// A call on the device that has not returned within the bound, and for how long.
     public var stuck: (call: String, for: Duration)?
     /// sysfs as the kernel has it when the snapshot was taken.
     public var power = PowerView()
-
-    /// The state as the status shows it: the phase, unless a call on the device is stuck.
-    public var stateText: String {
-        if let stuck { return "stuck (\(stuck.call) has not returned for \(DurationText.format(stuck.for)))" }
-        return phase.name
-    }
 }
 
 /// CLOCK_MONOTONIC, as systemd reads it.

@@ -198,13 +198,13 @@ public struct DeviceStateMachine: Sendable {
 
     /// The device is open, its eventfd exists, and the low-power feature probed fine.
     public mutating func opened(now: MonotonicInstant) -> [DeviceAction] {
-        guard case .opening = state else { preconditionFailure("opened(now:) without an open action in \(phase.name)") }
+        guard case .opening = state else { preconditionFailure("opened(now:) without an open action in \(phase)") }
         flap = FlapState()
         return beginArming(armMode, reason: .initial)
     }
 
     public mutating func openFailed(_ errno: ErrorNumber, now: MonotonicInstant) -> [DeviceAction] {
-        guard case .opening = state else { preconditionFailure("openFailed without an open action in \(phase.name)") }
+        guard case .opening = state else { preconditionFailure("openFailed without an open action in \(phase)") }
         statistics.lastError = DeviceFailure(operation: .open, errno: errno, at: now)
         if errno == .ENOTTY {
             state = .unsupported
@@ -224,7 +224,7 @@ public struct DeviceStateMachine: Sendable {
     }
 
     public mutating func armed(now: MonotonicInstant) -> [DeviceAction] {
-        guard case .arming(let arming) = state else { preconditionFailure("armed(now:) without an arm action in \(phase.name)") }
+        guard case .arming(let arming) = state else { preconditionFailure("armed(now:) without an arm action in \(phase)") }
         statistics.arms += 1
         statistics.lowPowerSince = now
         var actions: [DeviceAction] = []
@@ -254,7 +254,7 @@ public struct DeviceStateMachine: Sendable {
     }
 
     public mutating func armFailed(_ errno: ErrorNumber, now: MonotonicInstant) -> [DeviceAction] {
-        guard case .arming(let arming) = state else { preconditionFailure("armFailed without an arm action in \(phase.name)") }
+        guard case .arming(let arming) = state else { preconditionFailure("armFailed without an arm action in \(phase)") }
         statistics.lastError = DeviceFailure(operation: .arm, errno: errno, at: now)
         if errno == .EINVAL {
             if case .afterTakeover = arming.reason {
@@ -276,7 +276,7 @@ public struct DeviceStateMachine: Sendable {
     /// it belonged to is over by our own decision, so it counts as self-caused, not as a
     /// device wake, and never feeds the flap guard.
     public mutating func exited(drainedWakes: UInt64, now: MonotonicInstant) -> [DeviceAction] {
-        guard case .exiting(let then) = state else { preconditionFailure("exited without an exitLowPower action in \(phase.name)") }
+        guard case .exiting(let then) = state else { preconditionFailure("exited without an exitLowPower action in \(phase)") }
         statistics.selfWakes += drainedWakes
         switch then {
         case .arm(let mode, let reason):
@@ -293,7 +293,7 @@ public struct DeviceStateMachine: Sendable {
     }
 
     public mutating func exitFailed(_ errno: ErrorNumber, now: MonotonicInstant) -> [DeviceAction] {
-        guard case .exiting(let then) = state else { preconditionFailure("exitFailed without an exitLowPower action in \(phase.name)") }
+        guard case .exiting(let then) = state else { preconditionFailure("exitFailed without an exitLowPower action in \(phase)") }
         statistics.lastError = DeviceFailure(operation: .exit, errno: errno, at: now)
         switch then {
         case .closeAndStop:
@@ -310,7 +310,7 @@ public struct DeviceStateMachine: Sendable {
 
     /// The `d3cold_allowed` write before an arm failed; the arm was skipped.
     public mutating func d3coldWriteFailed(_ errno: ErrorNumber, now: MonotonicInstant) -> [DeviceAction] {
-        guard case .arming(let arming) = state else { preconditionFailure("d3coldWriteFailed without a setD3coldAllowed action in \(phase.name)") }
+        guard case .arming(let arming) = state else { preconditionFailure("d3coldWriteFailed without a setD3coldAllowed action in \(phase)") }
         statistics.lastError = DeviceFailure(operation: .setD3coldAllowed, errno: errno, at: now)
         let wanted = policy.d3cold == .allow
         d3coldWritten = nil
@@ -376,7 +376,7 @@ public struct DeviceStateMachine: Sendable {
     /// `kept`: the wakeup eventfd is the previous run's (after a restart).
     public mutating func adopted(_ holder: VMMHolder, method: AdoptionMethod, kept: KeptWakeup? = nil,
                                  now: MonotonicInstant) -> [DeviceAction] {
-        guard case .adopting = state else { preconditionFailure("adopted without an adopt action in \(phase.name)") }
+        guard case .adopting = state else { preconditionFailure("adopted without an adopt action in \(phase)") }
         self.holder = holder
         flap = FlapState()
         if let kept {
@@ -390,7 +390,7 @@ public struct DeviceStateMachine: Sendable {
 
     /// `adopt` found a holder that the daemon leaves alone (it watches the holder's exit).
     public mutating func adoptionRefused(_ holder: VMMHolder, _ refusal: AdoptionRefusal, now: MonotonicInstant) -> [DeviceAction] {
-        guard case .adopting = state else { preconditionFailure("adoptionRefused without an adopt action in \(phase.name)") }
+        guard case .adopting = state else { preconditionFailure("adoptionRefused without an adopt action in \(phase)") }
         // A VMM that is still starting is asked again quietly; the rest is said once per holder.
         let alreadySaid = self.holder == holder
         self.holder = holder
@@ -406,7 +406,7 @@ public struct DeviceStateMachine: Sendable {
 
     /// `adopt` found no process holding the group.
     public mutating func noVMM(now: MonotonicInstant) -> [DeviceAction] {
-        guard case .adopting = state else { preconditionFailure("noVMM without an adopt action in \(phase.name)") }
+        guard case .adopting = state else { preconditionFailure("noVMM without an adopt action in \(phase)") }
         holder = nil
         if case .idle(let until?) = priorIdle, now < until {
             state = .idle(lookingUntil: until)
@@ -512,7 +512,7 @@ public struct DeviceStateMachine: Sendable {
             state = .idle(lookingUntil: nil)
             return [.cancelTimer, .close]
         case .opening, .arming, .exiting, .adopting:
-            preconditionFailure("vmm release while the outcome of the last action is pending in \(phase.name); report it first")
+            preconditionFailure("vmm release while the outcome of the last action is pending in \(phase); report it first")
         case .unconfigured, .disabled, .gone, .unsupported, .stopped, .idle:
             return []
         }
@@ -647,7 +647,7 @@ public struct DeviceStateMachine: Sendable {
             // device the daemon does not manage).
             return []
         case .opening, .arming, .exiting, .adopting:
-            preconditionFailure("removed(now:) while the outcome of the last action is pending in \(phase.name); report it first")
+            preconditionFailure("removed(now:) while the outcome of the last action is pending in \(phase); report it first")
         }
     }
 
@@ -691,7 +691,7 @@ public struct DeviceStateMachine: Sendable {
             }
             return startManaging()
         case .opening, .arming, .exiting, .adopting:
-            preconditionFailure("policyChanged while the outcome of the last action is pending in \(phase.name); report it first")
+            preconditionFailure("policyChanged while the outcome of the last action is pending in \(phase); report it first")
         case .idle:
             guard !newPolicy.isManaged else { return [] }
             state = .disabled
@@ -792,7 +792,7 @@ public struct DeviceStateMachine: Sendable {
             state = .stopped
             return []
         case .opening, .arming, .exiting, .adopting:
-            preconditionFailure("stopRequested while the outcome of the last action is pending in \(phase.name); report it first")
+            preconditionFailure("stopRequested while the outcome of the last action is pending in \(phase); report it first")
         }
     }
 
@@ -810,7 +810,7 @@ public struct DeviceStateMachine: Sendable {
         case .unconfigured, .disabled, .failed, .gone, .unsupported, .stopped, .idle, .notAdopted:
             return []
         case .opening, .arming, .exiting, .adopting:
-            preconditionFailure("wakeRequested while the outcome of the last action is pending in \(phase.name); report it first")
+            preconditionFailure("wakeRequested while the outcome of the last action is pending in \(phase); report it first")
         }
     }
 
@@ -837,7 +837,7 @@ public struct DeviceStateMachine: Sendable {
         case .unconfigured, .disabled, .lowPower, .unsupported, .stopped:
             return []
         case .opening, .arming, .exiting, .adopting:
-            preconditionFailure("armRequested while the outcome of the last action is pending in \(phase.name); report it first")
+            preconditionFailure("armRequested while the outcome of the last action is pending in \(phase); report it first")
         }
     }
 
@@ -922,7 +922,7 @@ public struct DeviceStateMachine: Sendable {
 }
 
 /// A read-only summary of where a device stands.
-public enum DevicePhase: Hashable, Sendable, CustomStringConvertible {
+public enum DevicePhase: Hashable, Sendable {
     case unconfigured
     case disabled
     case opening
@@ -946,40 +946,8 @@ public enum DevicePhase: Hashable, Sendable, CustomStringConvertible {
     /// `vmm`: adopted and awake: the guest uses it (D0); its power state is sampled.
     case guestActive
 
-    /// A short name for status lines: "low power", "waiting to re-arm", "backing off", ...
-    public var name: String {
-        switch self {
-        case .unconfigured: "unconfigured"
-        case .disabled: "disabled"
-        case .opening: "opening"
-        case .arming: "arming"
-        case .lowPower: "low power"
-        case .keptAwake: "armed, but the kernel keeps it awake"
-        case .waitingToRearm: "waiting to re-arm"
-        case .backingOff: "backing off"
-        case .heldAwake: "held awake"
-        case .exiting: "exiting low power"
-        case .failed: "failed"
-        case .gone: "gone"
-        case .unsupported: "unsupported"
-        case .stopped: "stopped"
-        case .idle: "idle"
-        case .adopting: "adopting"
-        case .notAdopted: "not adopted"
-        case .guestActive: "in use by the guest"
-        }
-    }
-
     /// Whether the device is believed to be in low power (armed and not woken).
     public var isLowPower: Bool { if case .lowPower = self { true } else { false } }
-
-    public var description: String {
-        switch self {
-        case .failed(let reason): "failed (\(reason))"
-        case .lowPower(let mode, _): "low power (\(mode))"
-        default: name
-        }
-    }
 }
 
 /// Counters for one device, kept by its state machine.

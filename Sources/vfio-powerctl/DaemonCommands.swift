@@ -1,4 +1,5 @@
 import ArgumentParser
+import ControlProtocol
 import Foundation
 import PowerCtlKit
 import PowerPolicy
@@ -7,7 +8,7 @@ import VFIO
 /// Options every command that talks to the daemon shares.
 struct DaemonOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The daemon's control socket.", valueName: "path"))
-    var socket = ManagerClient.defaultSocketPath
+    var socket = ManagerInterface.defaultSocketPath
 
     func client() throws -> ManagerClient {
         do {
@@ -124,12 +125,12 @@ struct Arm: ParsableCommand {
         let address = try parseAddress(device)
         try talking {
             let record = try daemon.client().arm("\(address)")
-            guard ["low power", "arming", "opening"].contains(record.state) else {
+            guard [.lowPower, .arming, .opening].contains(record.state) else {
                 // Disabled, unsupported, or it failed again on the way: say what it is.
-                throw ControlClientError.failed("\(record.address) was not armed: it is \(record.state)"
+                throw ControlClientError.failed("\(record.address) was not armed: it is \(Rendering.state(record))"
                                                 + (record.lastError.map { " (\($0))" } ?? ""))
             }
-            print("\(record.address): \(record.state)")
+            print("\(record.address): \(Rendering.state(record))")
         }
     }
 }
@@ -156,11 +157,11 @@ struct Wake: ParsableCommand {
         }
         try talking {
             let record = try daemon.client().wake("\(address)", seconds: seconds)
-            guard record.state == "held awake" else {
-                throw ControlClientError.failed("\(record.address) was not woken: it is \(record.state), not open in the daemon"
+            guard record.state == .heldAwake else {
+                throw ControlClientError.failed("\(record.address) was not woken: it is \(Rendering.state(record)), not open in the daemon"
                                                 + (record.lastError.map { " (\($0))" } ?? ""))
             }
-            print("\(record.address): \(record.state)" + (hold.map { " for \($0)" } ?? " until `vfio-powerctl arm \(record.address)`"))
+            print("\(record.address): \(Rendering.state(record))" + (hold.map { " for \($0)" } ?? " until `vfio-powerctl arm \(record.address)`"))
         }
     }
 }
@@ -184,22 +185,22 @@ struct Adopt: ParsableCommand {
             var record = try daemon.client().adopt("\(address)", pid: pid)
             // The daemon looks through /proc off its loop; wait for what it found.
             let deadline = nowRealtimeMicroseconds() + 10_000_000
-            while record.state == "adopting" && nowRealtimeMicroseconds() < deadline {
+            while record.state == .adopting && nowRealtimeMicroseconds() < deadline {
                 usleep(50_000)
                 record = try daemon.client().device("\(address)")
             }
-            guard record.source == "vmm" else {
+            guard record.source == .vmm else {
                 throw ControlClientError.failed("\(record.address) is an `own` device: the daemon opens it itself; set source = \"vmm\" to adopt it from a VM")
             }
             guard let holder = record.holderPid else {
-                throw ControlClientError.failed("\(record.address) was not adopted: no process holds it\(pid.map { " (pid \($0) does not)" } ?? "") (it is \(record.state))")
+                throw ControlClientError.failed("\(record.address) was not adopted: no process holds it\(pid.map { " (pid \($0) does not)" } ?? "") (it is \(Rendering.state(record)))")
             }
             let who = "\(record.holderExecutable ?? "?") (pid \(holder))"
-            guard record.state != "not adopted" else {
+            guard record.state != .notAdopted else {
                 throw ControlClientError.failed("\(record.address) is held by \(who) and was not adopted"
                                                 + (record.lastError.map { ": \($0)" } ?? "; see journalctl -u vfio-powerd"))
             }
-            print("\(record.address): adopted from \(who); \(record.state)")
+            print("\(record.address): adopted from \(who); \(Rendering.state(record))")
         }
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ControlProtocol
 import Dispatch
 import Logging
 import PowerConfig
@@ -41,7 +42,7 @@ struct VFIOPowerd: ParsableCommand {
 
     @Option(name: .customLong("control-socket"),
             help: ArgumentHelp("Where to serve the control interface (io.vfiopowerd.Manager, varlink).", valueName: "path"))
-    var controlSocket = ControlService.defaultSocketPath
+    var controlSocket = ManagerInterface.defaultSocketPath
 
     @Option(name: .customLong("log-target"),
             help: "Where to log: auto (the journal when journald runs, else stderr), journal, or stderr.")

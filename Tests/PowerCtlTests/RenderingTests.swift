@@ -1,3 +1,4 @@
+import ControlProtocol
 import PowerCtlKit
 import XCTest
 
@@ -9,13 +10,13 @@ final class RenderingTests: XCTestCase {
 
     func testStatusTable() {
         let devices = [
-            DeviceRecord(address: "0000:00:02.0", name: "nic", state: "waiting to re-arm", wakes: 3, arms: 4,
+            DeviceRecord(address: "0000:00:02.0", name: "nic", state: .waitingToRearm, wakes: 3, arms: 4,
                          lowPowerUsec: 91_000_000, managedUsec: 100_000_000, lastWakeRealtimeUsec: now - 2_000_000,
                          nextArmRealtimeUsec: now + 28_000_000, configuredAt: "/etc/vfio-powerd/devices.d/10-lab.conf:3"),
-            DeviceRecord(address: "0000:00:03.0", name: "disk", state: "low power", arms: 1,
+            DeviceRecord(address: "0000:00:03.0", name: "disk", state: .lowPower, arms: 1,
                          lowPowerUsec: 99_400_000, managedUsec: 100_000_000),
-            DeviceRecord(address: "0000:01:00.0", driver: nil, state: "gone", arms: 0, lastError: "open: ENODEV"),
-            DeviceRecord(address: "0000:02:00.0", name: "flappy", state: "low power", wakes: 125, arms: 126, flapping: true,
+            DeviceRecord(address: "0000:01:00.0", driver: nil, state: .gone, arms: 0, lastError: "open: ENODEV"),
+            DeviceRecord(address: "0000:02:00.0", name: "flappy", state: .lowPower, wakes: 125, arms: 126, flapping: true,
                          flapEpisodes: 1, lowPowerUsec: 10_000_000, managedUsec: 7_200_000_000,
                          lastWakeRealtimeUsec: now - 3 * 3_600_000_000),
         ]
@@ -34,7 +35,7 @@ final class RenderingTests: XCTestCase {
     /// A name from a configuration file never reaches the terminal as an escape sequence or a
     /// line break: every view escapes control characters.
     func testControlCharactersInWhatTheDaemonSaysAreEscaped() {
-        let device = DeviceRecord(address: "0000:00:02.0", name: "nic\u{1B}]0;pwned\u{07}\ninjected\u{202E}", state: "low power",
+        let device = DeviceRecord(address: "0000:00:02.0", name: "nic\u{1B}]0;pwned\u{07}\ninjected\u{202E}", state: .lowPower,
                                   arms: 1, configuredAt: "/etc/vfio-powerd/devices.d/10-lab.conf:3")
         let escaped = "nic\\u{1B}]0;pwned\\u{7}\\u{A}injected\\u{202E}"
         let table = Rendering.statusTable([device], status: "1 device: 1 in low power; 0 wakes", nowRealtimeUsec: now)
@@ -57,7 +58,7 @@ final class RenderingTests: XCTestCase {
     }
 
     func testDetail() {
-        let device = DeviceRecord(address: "0000:00:02.0", name: "nic", state: "held awake", wakes: 3, selfWakes: 1, arms: 4,
+        let device = DeviceRecord(address: "0000:00:02.0", name: "nic", state: .heldAwake, wakes: 3, selfWakes: 1, arms: 4,
                                   flapEpisodes: 1, lowPowerUsec: 91_500_000, managedUsec: 100_000_000,
                                   lastWakeRealtimeUsec: now - 125_000_000, nextArmRealtimeUsec: now + 600_000_000,
                                   configuredAt: "/etc/vfio-powerd/devices.d/10-lab.conf:3")
@@ -80,24 +81,24 @@ final class RenderingTests: XCTestCase {
     }
 
     func testMonitorLines() {
-        XCTAssertEqual(Rendering.monitorLine(DeviceRecord(address: "0000:00:02.0", name: "nic", state: "waiting to re-arm", wakes: 1,
+        XCTAssertEqual(Rendering.monitorLine(DeviceRecord(address: "0000:00:02.0", name: "nic", state: .waitingToRearm, wakes: 1,
                                                           nextArmRealtimeUsec: now + 30_000_000), nowRealtimeUsec: now),
                        "10:00:00 0000:00:02.0 (nic) waiting to re-arm, arms in 30s; 1 wake")
-        XCTAssertEqual(Rendering.monitorLine(DeviceRecord(address: "0000:01:00.0", state: "gone", wakes: 2, lastError: "open: ENODEV"),
+        XCTAssertEqual(Rendering.monitorLine(DeviceRecord(address: "0000:01:00.0", state: .gone, wakes: 2, lastError: "open: ENODEV"),
                                              nowRealtimeUsec: now + 61_000_000),
                        "10:01:01 0000:01:00.0 gone; 2 wakes; open: ENODEV")
     }
 
     /// A device a VM holds: its holder in every view, and the kernel's own words in show.
     func testVMMDevice() {
-        var gpu = DeviceRecord(address: "0000:01:00.0", name: "gpu0", source: "vmm", state: "low power", wakes: 2, arms: 3,
+        var gpu = DeviceRecord(address: "0000:01:00.0", name: "gpu0", source: .vmm, state: .lowPower, wakes: 2, arms: 3,
                                lowPowerUsec: 50_000_000, managedUsec: 100_000_000, configuredAt: "/etc/vfio-powerd/devices.d/10-gpu.conf:2")
         gpu.holderPid = 4242
         gpu.holderExecutable = "/usr/bin/qemu-system-x86_64"
         gpu.powerState = "D3hot"
         gpu.runtimeStatus = "suspended"
         gpu.runtimeSuspendedMs = 61_000
-        let idle = DeviceRecord(address: "0000:02:00.0", source: "vmm", state: "idle", arms: 0)
+        let idle = DeviceRecord(address: "0000:02:00.0", source: .vmm, state: .idle, arms: 0)
         XCTAssertEqual(Rendering.statusTable([gpu, idle], status: "2 devices: 1 in low power, 1 idle (no VM); 2 wakes", nowRealtimeUsec: now), """
             vfio-powerd: 2 devices: 1 in low power, 1 idle (no VM); 2 wakes
             DEVICE        NAME  SOURCE  MODE     STATE      HOLDER                         WAKES  LAST WAKE  LOW POWER

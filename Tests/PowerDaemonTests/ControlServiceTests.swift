@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ControlProtocol
 import Foundation
 import PowerCtlKit
 @testable import PowerDaemon
@@ -53,10 +54,10 @@ final class ControlServiceTests: XCTestCase {
         let client = try ManagerClient(socketPath: daemon.socketPath)
         let devices = try client.listDevices()
         XCTAssertEqual(devices.map(\.address), [nic, nvme])
-        XCTAssertEqual(devices.map(\.state), ["low power", "low power"])
+        XCTAssertEqual(devices.map(\.state), [.lowPower, .lowPower])
         XCTAssertEqual(devices[0].name, "nic")
-        XCTAssertEqual(devices[0].mode, "oneshot")
-        XCTAssertEqual(devices[0].source, "own")
+        XCTAssertEqual(devices[0].mode, .oneshot)
+        XCTAssertEqual(devices[0].source, .own)
         XCTAssertEqual(devices[0].driver, "vfio-pci", "from the (fake) sysfs")
         XCTAssertEqual(devices[0].arms, 1)
         XCTAssertTrue(devices[0].configuredAt.hasSuffix("etc/vfio-powerd/devices.d/10-lab.conf:2"), devices[0].configuredAt)
@@ -78,7 +79,7 @@ final class ControlServiceTests: XCTestCase {
         let client = try ManagerClient(socketPath: daemon.socketPath)
         let address = PCIAddress(nic)!
         let woken = try client.wake(nic, seconds: nil)
-        XCTAssertEqual(woken.state, "held awake")
+        XCTAssertEqual(woken.state, .heldAwake)
         XCTAssertNil(woken.nextArmRealtimeUsec, "held until Arm")
         XCTAssertEqual(daemon.device(address).engagement, .none, "LOW_POWER_EXIT was issued")
         XCTAssertEqual(woken.selfWakes, 1, "the EXIT's own wake of a suspended device is not a device wake")
@@ -89,7 +90,7 @@ final class ControlServiceTests: XCTestCase {
         XCTAssertEqual(daemon.device(address).engagement, .none, "no re-arm delay applies while held")
 
         let armed = try client.arm(nic)
-        XCTAssertEqual(armed.state, "low power")
+        XCTAssertEqual(armed.state, .lowPower)
         XCTAssertEqual(daemon.device(address).engagement, .oneShot)
         XCTAssertEqual(daemon.device(PCIAddress(nvme)!).calls(.exit), 0, "the other device was not touched")
     }
@@ -135,7 +136,7 @@ final class ControlServiceTests: XCTestCase {
             }
             XCTFail("the stream ended by itself")
         } catch is Enough {}
-        XCTAssertEqual(states, ["\(nic) low power", "\(nvme) low power", "\(nic) waiting to re-arm", "\(nic) low power"])
+        XCTAssertEqual(states, ["\(nic) low_power", "\(nvme) low_power", "\(nic) waiting_to_rearm", "\(nic) low_power"])
     }
 
     // MARK: Through the vfio-powerctl binary
@@ -189,7 +190,7 @@ final class ControlServiceTests: XCTestCase {
         let json = try run(["show", nic, "--json"] + socket)
         let record = try JSONDecoder().decode(DeviceRecord.self, from: Data(json.out.utf8))
         XCTAssertEqual(record.address, nic)
-        XCTAssertEqual(record.state, "low power")
+        XCTAssertEqual(record.state, .lowPower)
     }
 
     /// Reading is open to whoever can connect; changing needs root or admin_group. Runs the
@@ -244,7 +245,7 @@ final class ControlServiceTests: XCTestCase {
         try check.run()
         check.waitUntilExit()
         guard check.terminationStatus == 0 else {
-            throw XCTSkip("python3 lacks the varlink package (make check installs it with pip)")
+            throw XCTSkip("python3 lacks the varlink package (make deps installs it in .build/venv; make unit-tests puts it on PATH)")
         }
         let daemon = try daemon()
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("varlink_client.py")
@@ -263,10 +264,10 @@ final class ControlServiceTests: XCTestCase {
         XCTAssertEqual(got["interfaces"] as? [String], ["io.vfiopowerd.Manager", "org.varlink.service"])
         XCTAssertEqual(got["description_starts"] as? String, "# The vfio-powerd daemon: the devices it holds and their low-power state.")
         XCTAssertEqual(got["list"] as? [String], [nic, nvme])
-        XCTAssertEqual(got["get_state"] as? String, "low power")
+        XCTAssertEqual(got["get_state"] as? String, "low_power")
         XCTAssertEqual(got["statistics_devices"] as? Int, 2)
-        XCTAssertEqual(got["wake_state"] as? String, "held awake")
-        XCTAssertEqual(got["arm_state"] as? String, "low power")
+        XCTAssertEqual(got["wake_state"] as? String, "held_awake")
+        XCTAssertEqual(got["arm_state"] as? String, "low_power")
         XCTAssertEqual(got["reload"] as? String, "ok")
         XCTAssertEqual(got["no_such_device"] as? String, "io.vfiopowerd.Manager.NoSuchDevice")
         XCTAssertEqual(got["monitor"] as? [String], [nic, nvme])

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ControlProtocol
 import Foundation
 import Logging
 import PowerDaemon
@@ -140,8 +141,9 @@ final class DaemonHarness {
         return drain.take()
     }
 
-    func phase(_ address: PCIAddress) -> String? {
-        onQueue { $0.devices().first { $0.address == address }?.phase.name }
+    /// The device's state as the control interface names it.
+    func phase(_ address: PCIAddress) -> DeviceRecord.State? {
+        onQueue { $0.devices().first { $0.address == address }.map { DeviceRecord.State($0.phase) } }
     }
 }
 

@@ -1,3 +1,4 @@
+import ControlProtocol
 import Foundation
 import PowerDaemon
 import VFIO
@@ -63,7 +64,7 @@ final class DaemonTests: XCTestCase {
         daemon.device(a).access()
         XCTAssertTrue(daemon.waitUntil { daemon.logs.entries(.woke, device: a).count == 1 })
         XCTAssertEqual(daemon.device(a).engagement, .none, "a one-shot wake disarms")
-        XCTAssertEqual(daemon.phase(a), "waiting to re-arm")
+        XCTAssertEqual(daemon.phase(a), .waitingToRearm)
         let woke = try XCTUnwrap(daemon.logs.entries(.woke, device: a).first)
         XCTAssertEqual(woke.metadata["VFIO_WAKES"], "1")
         XCTAssertNotNil(woke.metadata["VFIO_LOW_POWER_USEC"].flatMap(Int.init))
@@ -89,20 +90,20 @@ final class DaemonTests: XCTestCase {
         try daemon.start()
         XCTAssertEqual(daemon.device(a).engagement, .oneShot, "the arm itself succeeds")
         XCTAssertFalse(daemon.device(a).isSuspended)
-        XCTAssertEqual(daemon.phase(a), "low power", "within the bound, the arming is not yet in doubt")
+        XCTAssertEqual(daemon.phase(a), .lowPower, "within the bound, the arming is not yet in doubt")
         // (waitUntil's condition runs on the daemon's queue: it reads the manager directly.)
-        let phaseOfA = { daemon.manager.devices().first { $0.address == a }?.phase.name }
-        XCTAssertTrue(daemon.waitUntil(timeout: 10) { phaseOfA() == "armed, but the kernel keeps it awake" },
-                      daemon.phase(a) ?? "-")
+        let phaseOfA = { daemon.manager.devices().first { $0.address == a }.map { DeviceRecord.State($0.phase) } }
+        XCTAssertTrue(daemon.waitUntil(timeout: 10) { phaseOfA() == .keptAwake },
+                      "\(String(describing: daemon.phase(a)))")
         let kept = daemon.logs.entries(.keptAwake, device: a)
         XCTAssertEqual(kept.count, 1)
         XCTAssertTrue(kept.first?.message.contains("power/control is \"on\"") == true, kept.first?.message ?? "")
         XCTAssertEqual(daemon.onQueue { $0.statistics().lowPower }, 1)
-        XCTAssertEqual(daemon.phase(b), "low power", "the other device is in low power, as the kernel says")
+        XCTAssertEqual(daemon.phase(b), .lowPower, "the other device is in low power, as the kernel says")
         XCTAssertEqual(daemon.logs.entries(.keptAwake, device: b).count, 0)
 
         daemon.device(a).forbidRuntimePM(false)
-        XCTAssertTrue(daemon.waitUntil { phaseOfA() == "low power" }, daemon.phase(a) ?? "-")
+        XCTAssertTrue(daemon.waitUntil { phaseOfA() == .lowPower }, "\(String(describing: daemon.phase(a)))")
         XCTAssertEqual(daemon.logs.entries(.suspendedAtLast, device: a).count, 1)
         XCTAssertEqual(daemon.logs.entries(.keptAwake, device: a).count, 1, "said once")
         XCTAssertEqual(daemon.device(a).calls(.arm), 1, "following the device makes no call on it")
@@ -169,7 +170,7 @@ final class DaemonTests: XCTestCase {
         let removed = daemon.device(a)
         daemon.source.unplug(a)
         XCTAssertTrue(daemon.waitUntil { removed.isClosed }, "the removal request makes the daemon close the device at once")
-        XCTAssertEqual(daemon.phase(a), "gone")
+        XCTAssertEqual(daemon.phase(a), .gone)
         XCTAssertEqual(daemon.logs.entries(.deviceGone, device: a).count, 1)
         XCTAssertEqual(daemon.device(b).engagement, .oneShot, "the other device is not disturbed")
         // Like the kernel's unbind, the unplug resumes the device before asking for it back,
@@ -211,7 +212,7 @@ final class DaemonTests: XCTestCase {
         XCTAssertTrue(daemon.waitUntil { daemon.device(a).engagement == .oneShot && daemon.logs.entries(.rearmed).count == 1 })
         daemon.device(a).access()
         XCTAssertTrue(daemon.waitUntil { daemon.logs.entries(.flappingStarted, device: a).count == 1 })
-        XCTAssertEqual(daemon.phase(a), "backing off")
+        XCTAssertEqual(daemon.phase(a), .backingOff)
         XCTAssertTrue(daemon.onQueue { $0.summary() }.hasSuffix("; 2 wakes; 1 flapping"))
         // Past the plain 2s delay, well short of the doubled 4s: a margin either way for a busy machine.
         usleep(2_600_000)
@@ -234,7 +235,7 @@ final class DaemonTests: XCTestCase {
                                                   explanation: "/dev/vfio/5 is held by sleep (pid \(holder.processIdentifier))",
                                                   holders: [ProcessHolding(pid: holder.processIdentifier, command: "sleep")]))
         try daemon.start()
-        XCTAssertEqual(daemon.phase(a), "failed")
+        XCTAssertEqual(daemon.phase(a), .failed)
         let shown = daemon.onQueue { $0.devices().first { $0.address == a }?.lastError } ?? nil
         XCTAssertTrue(shown?.contains("sleep (pid \(holder.processIdentifier))") == true, shown ?? "no last error")
         XCTAssertEqual(daemon.device(b).engagement, .oneShot)
@@ -245,7 +246,7 @@ final class DaemonTests: XCTestCase {
                       "armed after the holder exited")
         XCTAssertEqual(daemon.logs.entries(.deviceBack, device: a).map(\.message),
                        ["0000:00:02.0 (nic): the process that held its group exited; opening it now"])
-        XCTAssertEqual(daemon.phase(a), "low power")
+        XCTAssertEqual(daemon.phase(a), .lowPower)
     }
 
     func testOneFailingDeviceNeverDisturbsAnother() throws {
@@ -254,7 +255,7 @@ final class DaemonTests: XCTestCase {
         daemon.source.failOpen(a, with: VFIOError(.groupBusy, device: a, operation: "open IOMMU group 5", errno: .resourceBusy,
                                                   explanation: "/dev/vfio/5 is held by qemu-system-x86 (pid 4242)"))
         try daemon.start()
-        XCTAssertEqual(daemon.phase(a), "failed")
+        XCTAssertEqual(daemon.phase(a), .failed)
         XCTAssertEqual(daemon.device(b).engagement, .oneShot)
         let skipped = try XCTUnwrap(daemon.logs.entries(.deviceSkipped, device: a).first)
         XCTAssertEqual(skipped.message, "0000:00:02.0 (nic): not managed: /dev/vfio/5 is held by qemu-system-x86 (pid 4242) (EBUSY)")
@@ -267,7 +268,7 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(daemon.logs.entries(.deviceGone, device: b).first?.metadata["ERRNO"], "5")
         daemon.settle()  // the close runs on the device's queue
         XCTAssertTrue(daemon.device(b).isClosed)
-        XCTAssertEqual(daemon.phase(a), "failed", "still failed, untouched")
+        XCTAssertEqual(daemon.phase(a), .failed, "still failed, untouched")
 
         // Once the holder lets go, a reload (the operator's "try again") opens it anew.
         daemon.source.plug(a)

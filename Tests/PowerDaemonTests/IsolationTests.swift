@@ -1,3 +1,4 @@
+import ControlProtocol
 import Foundation
 import PowerCtlKit
 import PowerDaemon
@@ -58,8 +59,11 @@ final class IsolationTests: XCTestCase {
         let client = try ManagerClient(socketPath: daemon.socketPath)
         XCTAssertTrue(daemon.waitUntil(timeout: 5) { daemon.logs.entries(.deviceStuck, device: hung).count == 1 })
         let hungRecord = try client.device("\(hung)")
-        XCTAssertTrue(hungRecord.state.hasPrefix("stuck (arm has not returned for "), hungRecord.state)
-        XCTAssertEqual(try client.device("\(fast)").state, "low power")
+        XCTAssertEqual(hungRecord.state, .stuck)
+        XCTAssertEqual(hungRecord.stuckCall, "arm")
+        XCTAssertGreaterThanOrEqual(hungRecord.stuckUsec ?? 0, 1_000_000, "stuck for at least the bound")
+        XCTAssertTrue(Rendering.state(hungRecord).hasPrefix("stuck (arm has not returned for "), Rendering.state(hungRecord))
+        XCTAssertEqual(try client.device("\(fast)").state, .lowPower)
         // Found by the manager's once-a-second look: 1 to 2 s after the call began (bound 1 s).
         let stuckMessage = daemon.logs.entries(.deviceStuck, device: hung).first?.message ?? ""
         XCTAssertTrue(stuckMessage.contains("stuck: its arm has not returned for 1s")
@@ -81,7 +85,7 @@ final class IsolationTests: XCTestCase {
         // The hung one returns when let go, and the events that waited behind it are taken.
         gate.open()
         XCTAssertTrue(daemon.waitUntil { daemon.manager.device(hung)?.phase.isLowPower == true })
-        XCTAssertEqual(try client.device("\(hung)").state, "low power")
+        XCTAssertEqual(try client.device("\(hung)").state, .lowPower)
         daemon.stop()
     }
 

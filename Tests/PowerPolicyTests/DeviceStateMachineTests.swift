@@ -228,13 +228,10 @@ let transitions: [Row] = operatorTransitions + [
     }
 
     @Test func everyStartIsReachedAsNamed() {
-        let expected: [Start: String] = [
-            .unconfigured: "unconfigured", .disabled: "disabled", .opening: "opening", .arming: "arming",
-            .lowPower: "low power", .waitingToRearm: "waiting to re-arm", .backingOff: "backing off", .heldAwake: "held awake",
-            .exiting: "exiting low power", .failed: "failed", .gone: "gone", .unsupported: "unsupported", .stopped: "stopped",
-        ]
         for start in Start.allCases {
-            #expect(start.machine().phase.name == expected[start], "\(start)")
+            // The phase's case name, as Swift prints it: "lowPower(...)" is lowPower.
+            let phase = "\(start.machine().phase)".prefix { $0 != "(" }
+            #expect(phase == "\(start)", "\(start)")
         }
     }
 

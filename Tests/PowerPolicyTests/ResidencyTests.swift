@@ -34,7 +34,6 @@ struct ResidencyTests {
         var machine = armed()
         #expect(machine.residencySampled(awake, now: at(4)) == [.log(.keptAwake(.runtimePMForbidden))])
         #expect(machine.phase == .keptAwake(.oneShot, .runtimePMForbidden))
-        #expect(machine.phase.name == "armed, but the kernel keeps it awake")
         #expect(!machine.phase.isLowPower)
         // Said once per arming; the reason follows the latest read.
         let children = ResidencySample(suspended: false, keptAwakeBy: .activeChildren(1))

@@ -142,7 +142,7 @@ def status_json():
 status = status_json()
 states = {d["address"]: d["state"] for d in status.get("devices", [])}
 check("vfio-powerctl status --json lists both devices in low power, as sysfs says",
-      states == {NIC: "low power", DISK: "low power"} and runtime_status(NIC) == runtime_status(DISK) == "suspended",
+      states == {NIC: "low_power", DISK: "low_power"} and runtime_status(NIC) == runtime_status(DISK) == "suspended",
       json.dumps(status))
 check("its wake count agrees with the journal's",
       {d["address"]: d["wakes"] for d in status["devices"]}.get(NIC) == count("woke", NIC), json.dumps(status))
@@ -161,7 +161,7 @@ check("after 3s the daemon arms it again by itself", wait(lambda: runtime_status
       runtime_status(NIC))
 powerctl("wake", NIC)
 check("vfio-powerctl wake without --for holds it until arm",
-      wait(lambda: runtime_status(NIC) == "active") and json.loads(powerctl("show", NIC, "--json").stdout)["state"] == "held awake")
+      wait(lambda: runtime_status(NIC) == "active") and json.loads(powerctl("show", NIC, "--json").stdout)["state"] == "held_awake")
 time.sleep(1)
 check("and it stays awake", runtime_status(NIC) == "active", runtime_status(NIC))
 arm = powerctl("arm", NIC)
@@ -172,7 +172,7 @@ monitor.terminate()
 seen = [json.loads(line) for line in monitor.communicate(timeout=5)[0].splitlines() if line.startswith("{")]
 nic_states = [d["state"] for d in seen if d["address"] == NIC]
 check("vfio-powerctl monitor streamed each change: held awake, armed again",
-      nic_states[:1] == ["low power"] and "held awake" in nic_states and nic_states[-1] == "low power", str(nic_states))
+      nic_states[:1] == ["low_power"] and "held_awake" in nic_states and nic_states[-1] == "low_power", str(nic_states))
 detail = json.loads(powerctl("show", NIC, "--json").stdout)
 check("the daemon's own wake count did not grow from the operator's wakes (they are its own EXITs)",
       detail["wakes"] == count("woke", NIC) and detail["selfWakes"] >= 1, json.dumps(detail))
@@ -212,7 +212,7 @@ def show_json(address):
     return json.loads(result.stdout) if result.returncode == 0 else {"error": result.stderr}
 
 
-KEPT = "armed, but the kernel keeps it awake"
+KEPT = "kept_awake"
 woke_before = count("woke", DISK)
 with open(f"/sys/bus/pci/devices/{DISK}/power/control", "w") as f:
     f.write("on")  # forbids runtime PM: resumes the armed disk (a wake), and keeps it awake
@@ -232,7 +232,7 @@ check("vfio-powerctl show gives runtime_status and power_state as sysfs has them
 with open(f"/sys/bus/pci/devices/{DISK}/power/control", "w") as f:
     f.write("auto")
 check("power/control=auto: the disk suspends, the status says low power again",
-      wait(lambda: runtime_status(DISK) == "suspended" and show_json(DISK).get("state") == "low power", timeout=10),
+      wait(lambda: runtime_status(DISK) == "suspended" and show_json(DISK).get("state") == "low_power", timeout=10),
       json.dumps(show_json(DISK)))
 check("journal: suspended at last", wait(lambda: count("suspendedAtLast", DISK) == 1), str(count("suspendedAtLast", DISK)))
 check("and it was said only once that it was kept awake", count("keptAwake", DISK) == 1, str(count("keptAwake", DISK)))

@@ -125,7 +125,7 @@ check(f"{'7.x: found by fdinfo' if NEW_KERNEL else '6.1: found by the unambiguou
       entry.get("MESSAGE"))
 d = device()
 check("vfio-powerctl show: source vmm, held by QEMU, in use by the guest",
-      d.get("source") == "vmm" and d.get("holderPid") == q.pid and d.get("state") == "in use by the guest", json.dumps(d))
+      d.get("source") == "vmm" and d.get("holderPid") == q.pid and d.get("state") == "guest_active", json.dumps(d))
 
 # --- the guest uses the device (D0): never armed ----------------------------------------
 states = set()
@@ -144,7 +144,7 @@ took = time.monotonic() - t0
 check("guest D3hot: armed and runtime-suspended within the interval + 1 s",
       suspended and took <= INTERVAL + 1.0 and count("armedInGuestD3") == 1, f"{took:.2f}s, {runtime_status()}")
 check("vfio-powerctl show: low power, the kernel says suspended",
-      wait(lambda: device().get("state") == "low power") and device().get("runtimeStatus") == "suspended", json.dumps(device()))
+      wait(lambda: device().get("state") == "low_power") and device().get("runtimeStatus") == "suspended", json.dumps(device()))
 
 # --- the guest writes D0: the wake is seen and the VM carries on -------------------------
 value = guest_wakes(q)
@@ -188,7 +188,7 @@ check("after the restart the device did not wake: still suspended, runtime_activ
       runtime_status() == "suspended" and int(sysfs("power/runtime_active_time")) == active_before and after > before,
       f"{runtime_status()}, active {active_before}->{sysfs('power/runtime_active_time')}, suspended {before}->{after}")
 check("the restarted daemon knows it is still armed (fd store), without an ioctl",
-      wait(lambda: device().get("state") == "low power")
+      wait(lambda: device().get("state") == "low_power")
       and any("from before the daemon restarted" in e.get("MESSAGE", "") for e in journal("armedInGuestD3")),
       json.dumps(device()))
 woke_before = count("woke")
@@ -225,7 +225,7 @@ check("a holder whose executable is not in vmm_executables is refused and named"
       wait(lambda: count("adoptionRefused") == 1, timeout=5) and "lab-not-a-vmm" in journal("adoptionRefused")[0].get("MESSAGE", ""),
       json.dumps(journal("adoptionRefused")))
 d = device()
-check("vfio-powerctl show: not adopted, held by it", d.get("state") == "not adopted" and d.get("holderPid") == q3.pid, json.dumps(d))
+check("vfio-powerctl show: not adopted, held by it", d.get("state") == "not_adopted" and d.get("holderPid") == q3.pid, json.dumps(d))
 q3.set_power_state("D3hot")
 states = set()
 deadline = time.monotonic() + 3 * INTERVAL

@@ -2,6 +2,7 @@
 import Foundation
 import Glibc
 #endif
+import ControlProtocol
 import Dispatch
 import PowerConfig
 import PowerPolicy
@@ -16,10 +17,6 @@ import VFIO
 /// changing (Arm, Wake, Reload) needs uid 0 or membership in admin_group. Every method runs
 /// on the Manager's queue and answers at once: none of them waits on a device.
 public final class ControlService: @unchecked Sendable {
-    public static let interfaceName = "io.vfiopowerd.Manager"
-    /// Sources/PowerDaemon/Control/io.vfiopowerd.Manager.varlink, compiled in.
-    public static let interfaceDescription = String(decoding: PackageResources.io_vfiopowerd_Manager_varlink, as: UTF8.self)
-    public static let defaultSocketPath = "/run/vfio-powerd/io.vfiopowerd.Manager"
     /// Wake's hold is bounded: a week is longer than any maintenance window.
     static let maximumHold: Int64 = 7 * 24 * 3600
 
@@ -29,7 +26,7 @@ public final class ControlService: @unchecked Sendable {
     private var monitors: [ObjectIdentifier: VarlinkReply] = [:]
     private var adminGroup: gid_t?
 
-    public init(manager: Manager, socketPath: String = ControlService.defaultSocketPath) {
+    public init(manager: Manager, socketPath: String = ManagerInterface.defaultSocketPath) {
         self.manager = manager
         self.socketPath = socketPath
     }
@@ -45,7 +42,7 @@ public final class ControlService: @unchecked Sendable {
             socketPath: socketPath, mode: 0o660, group: socketGroup, queue: manager.queue,
             info: (vendor: "vfio-powerd", product: "vfio-powerd", version: "0.1.0",
                    url: "https://github.com/vfio-powerd/vfio-powerd"),
-            interfaces: [Self.interfaceName: Self.interfaceDescription],
+            interfaces: [ManagerInterface.name: ManagerInterface.description],
             handler: { [weak self] call, peer, reply in self?.handle(call, peer: peer, reply: reply) })
         if let activated = manager.activatedControlSocket,
            SystemdNotifier.isListeningUnixSocket(activated, path: socketPath) {
@@ -71,7 +68,7 @@ public final class ControlService: @unchecked Sendable {
     }
 
     public func stop() {
-        for reply in monitors.values { reply.error("\(Self.interfaceName).Stopping") }
+        for reply in monitors.values { reply.error(ManagerInterface.Error.stopping.rawValue) }
         monitors.removeAll()
         server?.stop()
         server = nil
@@ -80,20 +77,10 @@ public final class ControlService: @unchecked Sendable {
 
     // MARK: Calls
 
-    /// Each method's input parameters, read from the interface file itself, so that the
-    /// file stays the one place that defines them.
-    static let methodParameters: [String: Set<String>] = {
-        var methods: [String: Set<String>] = [:]
-        for line in interfaceDescription.split(separator: "\n") where line.hasPrefix("method ") {
-            guard let open = line.firstIndex(of: "("), let close = line.firstIndex(of: ")") else { continue }
-            let name = line[line.index(line.startIndex, offsetBy: 7)..<open].trimmingCharacters(in: .whitespaces)
-            let fields = line[line.index(after: open)..<close].split(separator: ",").compactMap {
-                $0.split(separator: ":").first?.trimmingCharacters(in: .whitespaces)
-            }
-            methods[name] = Set(fields.filter { !$0.isEmpty })
-        }
-        return methods
-    }()
+    /// Each method's input parameters, from the interface file.
+    static let methodParameters: [String: Set<String>] = ManagerInterface.definition.methods.mapValues {
+        Set($0.parameters.map(\.name))
+    }
 
     func handle(_ call: VarlinkCall, peer: PeerCredentials, reply: VarlinkReply) {
         // A parameter the method does not have is a caller's mistake (a typo such as
@@ -108,12 +95,12 @@ public final class ControlService: @unchecked Sendable {
             // in bounded memory, and a reader's listing never holds up wakes or other calls.
             let addresses = manager.deviceAddresses()
             reply.sendList("devices", count: addresses.count) { [self] index in
-                manager.device(addresses[index]).map(record)
+                manager.device(addresses[index]).map { encoded(record($0)) }
             }
         case "GetDevice":
-            withDevice(call, reply) { reply.send(["device": record($0)]) }
+            withDevice(call, reply) { reply.send(["device": encoded(record($0))]) }
         case "GetStatistics":
-            reply.send(["statistics": statistics()])
+            reply.send(["statistics": encoded(statistics())])
         case "Monitor":
             monitor(call, reply)
         case "Arm":
@@ -121,7 +108,7 @@ public final class ControlService: @unchecked Sendable {
             withAddress(call, reply) { address in
                 manager.arm(address) { [self] device in
                     guard let device else { return noSuchDevice(address, reply) }
-                    reply.send(["device": record(device)])
+                    reply.send(["device": encoded(record(device))])
                 }
             }
         case "Wake":
@@ -136,7 +123,7 @@ public final class ControlService: @unchecked Sendable {
                 }
                 manager.wake(address, for: hold) { [self] device in
                     guard let device else { return noSuchDevice(address, reply) }
-                    reply.send(["device": record(device)])
+                    reply.send(["device": encoded(record(device))])
                 }
             }
         case "Adopt":
@@ -150,7 +137,7 @@ public final class ControlService: @unchecked Sendable {
                     pid = valid
                 }
                 guard let device = manager.adopt(address, pid: pid) else { return noSuchDevice(address, reply) }
-                reply.send(["device": record(device)])
+                reply.send(["device": encoded(record(device))])
             }
         case "Handoff":
             guard authorize(call, peer, reply) else { return }
@@ -168,11 +155,11 @@ public final class ControlService: @unchecked Sendable {
                 manager.handoff(address, fd: fd, sender: sender) { [self] result in
                     switch result {
                     case .success(let device):
-                        reply.send(["device": record(device)])
+                        reply.send(["device": encoded(record(device))])
                     case .failure(.notVMMDevice) where manager.device(address) == nil:
                         noSuchDevice(address, reply)
                     case .failure(let refusal):
-                        reply.error("\(Self.interfaceName).HandoffRefused",
+                        reply.error(ManagerInterface.Error.handoffRefused.rawValue,
                                     parameters: ["address": .string("\(address)"), "reason": .string(Self.words(refusal))])
                     }
                 }
@@ -181,7 +168,7 @@ public final class ControlService: @unchecked Sendable {
             guard authorize(call, peer, reply) else { return }
             withAddress(call, reply) { address in
                 guard let device = manager.release(address) else { return noSuchDevice(address, reply) }
-                reply.send(["device": record(device)])
+                reply.send(["device": encoded(record(device))])
             }
         case "Reload":
             guard authorize(call, peer, reply) else { return }
@@ -189,7 +176,7 @@ public final class ControlService: @unchecked Sendable {
                 if problems.isEmpty {
                     reply.send()
                 } else {
-                    reply.error("\(Self.interfaceName).ConfigRejected",
+                    reply.error(ManagerInterface.Error.configRejected.rawValue,
                                 parameters: ["problems": .array(problems.map { .string("\($0)") })])
                 }
             }
@@ -212,12 +199,12 @@ public final class ControlService: @unchecked Sendable {
         manager.onDeviceChange = { [weak self] device in self?.publish(device) }
         let addresses = manager.deviceAddresses()
         reply.sendEach(count: addresses.count, parameters: { [self] index in
-            manager.device(addresses[index]).map { ["device": record($0)] }
+            manager.device(addresses[index]).map { ["device": encoded(record($0))] }
         }, then: {})
     }
 
     private func publish(_ device: DeviceSnapshot) {
-        let message: JSONValue = ["device": record(device)]
+        let message: JSONValue = ["device": encoded(record(device))]
         for (key, reply) in monitors where !reply.send(message, continues: true) {
             forget(key)
         }
@@ -260,11 +247,11 @@ public final class ControlService: @unchecked Sendable {
     }
 
     private func noSuchDevice(_ address: PCIAddress, _ reply: VarlinkReply) {
-        reply.error("\(Self.interfaceName).NoSuchDevice", parameters: ["address": .string("\(address)")])
+        reply.error(ManagerInterface.Error.noSuchDevice.rawValue, parameters: ["address": .string("\(address)")])
     }
 
     private func invalid(_ parameter: String, _ reason: String, _ reply: VarlinkReply) {
-        reply.error("\(Self.interfaceName).InvalidParameter",
+        reply.error(ManagerInterface.Error.invalidParameter.rawValue,
                     parameters: ["parameter": .string(parameter), "reason": .string(reason)])
     }
 
@@ -282,7 +269,7 @@ public final class ControlService: @unchecked Sendable {
                 self?.summariseRefusals(of: peer.uid)
             }
         }
-        reply.error("\(Self.interfaceName).PermissionDenied",
+        reply.error(ManagerInterface.Error.permissionDenied.rawValue,
                     parameters: ["method": .string(call.member), "uid": .integer(Int64(peer.uid))])
         return false
     }
@@ -335,56 +322,51 @@ public final class ControlService: @unchecked Sendable {
 
     // MARK: Records
 
-    private func record(_ device: DeviceSnapshot) -> JSONValue {
+    func record(_ device: DeviceSnapshot) -> DeviceRecord {
         let now = manager.now()
-        var object: [String: JSONValue] = [
-            "address": .string("\(device.address)"),
-            "source": .string(device.source),
-            "mode": .string(device.policy.isManaged ? device.policy.mode.rawValue : "off"),
-            "state": .string(device.stateText),
-            "wakes": .integer(Int64(clamping: device.statistics.wakes)),
-            "selfWakes": .integer(Int64(clamping: device.statistics.selfWakes)),
-            "arms": .integer(Int64(clamping: device.statistics.arms)),
-            "flapping": .bool(device.isFlapping),
-            "flapEpisodes": .integer(Int64(clamping: device.statistics.flapEpisodes)),
-            "lowPowerUsec": .integer(device.timeInLowPower.microseconds),
-            "managedUsec": .integer(device.managedFor.microseconds),
-            "configuredAt": .string(device.origin),
-        ]
-        if let name = device.name { object["name"] = .string(name) }
-        if let driver = device.driver { object["driver"] = .string(driver) }
-        if let holder = device.holder {
-            object["holderPid"] = .integer(Int64(holder.pid))
-            object["holderExecutable"] = .string(holder.executable)
+        var record = DeviceRecord(
+            address: "\(device.address)", name: device.name, driver: device.driver,
+            source: DeviceRecord.Source(device.policy.source),
+            holderPid: device.holder.map { Int64($0.pid) }, holderExecutable: device.holder?.executable,
+            powerState: device.power.powerState?.description, runtimeStatus: device.power.runtimeStatus?.description,
+            runtimeSuspendedMs: device.power.runtimeSuspendedTime.map { $0.microseconds / 1000 },
+            mode: device.policy.isManaged ? DeviceRecord.Mode(device.policy.mode) : .off,
+            state: DeviceRecord.State(device.phase),
+            wakes: Int64(clamping: device.statistics.wakes), selfWakes: Int64(clamping: device.statistics.selfWakes),
+            arms: Int64(clamping: device.statistics.arms), flapping: device.isFlapping,
+            flapEpisodes: Int64(clamping: device.statistics.flapEpisodes),
+            lowPowerUsec: device.timeInLowPower.microseconds, managedUsec: device.managedFor.microseconds,
+            lastWakeRealtimeUsec: device.statistics.lastWake.map { Self.realtimeMicroseconds(of: $0, now: now) },
+            lastError: device.lastError, configuredAt: device.origin)
+        if let stuck = device.stuck {
+            record.state = .stuck
+            record.stuckCall = stuck.call
+            record.stuckUsec = stuck.for.microseconds
         }
-        if let state = device.power.powerState { object["powerState"] = .string(state.description) }
-        if let status = device.power.runtimeStatus { object["runtimeStatus"] = .string(status.description) }
-        if let suspended = device.power.runtimeSuspendedTime {
-            object["runtimeSuspendedMs"] = .integer(suspended.components.seconds * 1000 + suspended.components.attoseconds / 1_000_000_000_000_000)
-        }
-        if let error = device.lastError { object["lastError"] = .string(error) }
-        if let wake = device.statistics.lastWake { object["lastWakeRealtimeUsec"] = .integer(Self.realtimeMicroseconds(of: wake, now: now)) }
         switch device.phase {
         case .waitingToRearm(let until), .backingOff(let until), .heldAwake(let until?):
-            object["nextArmRealtimeUsec"] = .integer(Self.realtimeMicroseconds(of: until, now: now))
+            record.nextArmRealtimeUsec = Self.realtimeMicroseconds(of: until, now: now)
         default:
             break
         }
-        return .object(object)
+        return record
     }
 
-    private func statistics() -> JSONValue {
+    func statistics() -> StatisticsRecord {
         // The same categories as the STATUS line, counted by the same tally.
         let totals = manager.statistics()
-        let uptime = manager.startedAt.map { (manager.now() - $0).components.seconds } ?? 0
-        return [
-            "devices": .integer(Int64(totals.devices)), "lowPower": .integer(Int64(totals.lowPower)),
-            "awake": .integer(Int64(totals.awake)), "missing": .integer(Int64(totals.missing)),
-            "failing": .integer(Int64(totals.failing)),
-            "wakes": .integer(Int64(clamping: totals.wakes)), "selfWakes": .integer(Int64(clamping: totals.selfWakes)),
-            "arms": .integer(Int64(clamping: totals.arms)), "flapping": .integer(Int64(totals.flapping)),
-            "status": .string(manager.summary()), "uptimeSeconds": .integer(uptime),
-        ]
+        return StatisticsRecord(
+            devices: Int64(totals.devices), lowPower: Int64(totals.lowPower), awake: Int64(totals.awake),
+            missing: Int64(totals.missing), failing: Int64(totals.failing),
+            wakes: Int64(clamping: totals.wakes), selfWakes: Int64(clamping: totals.selfWakes),
+            arms: Int64(clamping: totals.arms), flapping: Int64(totals.flapping),
+            status: manager.summary(),
+            uptimeSeconds: manager.startedAt.map { (manager.now() - $0).components.seconds } ?? 0)
+    }
+
+    /// A record as the wire has it. The records are plain values; encoding one cannot fail.
+    private func encoded(_ value: some Encodable) -> JSONValue {
+        do { return try JSONValue(encoding: value) } catch { preconditionFailure("encoding \(type(of: value)): \(error)") }
     }
 
     /// A monotonic instant as CLOCK_REALTIME microseconds: what clients can print.
