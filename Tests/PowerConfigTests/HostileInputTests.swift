@@ -115,11 +115,16 @@ import Testing
         try root.write("etc/vfio-powerd/devices.d/10-a.conf", String(repeating: entry, count: 100))
         try root.write("etc/vfio-powerd/devices.d/20-empty.conf", "")
         for _ in 0..<50 { _ = ConfigLoader.load(root.options()) }
-        let before = try residentKilobytes()
-        for _ in 0..<200 { _ = ConfigLoader.load(root.options()) }
-        let grown = try residentKilobytes() - before
-        // Before the fix: about 13 KB per load here, 2.6 MB in all. After: about 150 bytes
+        // Other suites run in this process at the same time and move its RSS too: a leak
+        // grows every round, their noise does not, so the smallest of three rounds counts.
+        var rounds: [Int] = []
+        for _ in 0..<3 {
+            let before = try residentKilobytes()
+            for _ in 0..<200 { _ = ConfigLoader.load(root.options()) }
+            rounds.append(try residentKilobytes() - before)
+        }
+        // Before the fix: about 13 KB per load here, 2.6 MB a round. After: about 150 bytes
         // per load (TOMLKit's parse error record and table object, until TOMLKit goes).
-        #expect(grown < 1024, "grew by \(grown) KB over 200 loads")
+        #expect(rounds.min()! < 1024, "grew by \(rounds) KB in three rounds of 200 loads")
     }
 }
