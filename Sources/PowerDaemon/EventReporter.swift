@@ -91,7 +91,7 @@ enum EventReporter {
         switch event {
         case .armed(let mode):
             fields[JournalField.mode] = .string(mode.rawValue)
-            return make("armed \(mode) low power")
+            return make("armed \(words(mode)) low power")
         case .woke(let count, let inLowPowerFor):
             fields[JournalField.wakes] = .string("\(count)")
             fields[JournalField.lowPowerUsec] = .string("\(inLowPowerFor.microseconds)")
@@ -99,7 +99,7 @@ enum EventReporter {
             return make("woke after \(DurationText.format(inLowPowerFor)) in low power\(times)")
         case .rearmed(let mode, let quietFor):
             fields[JournalField.mode] = .string(mode.rawValue)
-            return make("re-armed \(mode) low power after \(DurationText.format(quietFor)) awake")
+            return make("re-armed \(words(mode)) low power after \(DurationText.format(quietFor)) awake")
         case .flappingStarted(let wakes, let window, let backoff):
             fields[JournalField.wakes] = .string("\(wakes)")
             return make("flapping: \(wakes) wakes within \(DurationText.format(window)); re-arming only after \(DurationText.format(backoff)), doubling with each further wake; wakes are summarised until it is quiet again")
@@ -108,7 +108,7 @@ enum EventReporter {
             return make("quiet again after \(DurationText.format(lasted)) of flapping (\(suppressedWakes) wakes summarised); normal re-arming resumes")
         case .alreadyEngaged(let mode):
             fields[JournalField.mode] = .string(mode.rawValue)
-            return make("already in low power (a previous holder of the device left it engaged); exiting low power and arming \(mode) again")
+            return make("already in low power (a previous holder of the device left it engaged); exiting low power and arming \(words(mode)) again")
         case .armFailed(let errno, let explanation):
             return make("cannot arm: \(because(errno, explanation))")
         case .d3coldWriteFailed(let errno, let explanation):
@@ -200,6 +200,14 @@ enum EventReporter {
         func holderFields(_ holder: VMMHolder) {
             fields[JournalField.vmmPID] = .string("\(holder.pid)")
             fields[JournalField.vmmExecutable] = .string(holder.executable)
+        }
+    }
+
+    /// The mode in a sentence; VFIO_MODE carries it as the configuration spells it.
+    static func words(_ mode: ArmMode) -> String {
+        switch mode {
+        case .oneShot: "one-shot"
+        case .reentrant: "re-entrant"
         }
     }
 }

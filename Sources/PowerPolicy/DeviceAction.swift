@@ -1,10 +1,9 @@
 /// The low-power entry the daemon asks the kernel for.
-public enum ArmMode: String, Hashable, Sendable, CustomStringConvertible {
+public enum ArmMode: String, Hashable, Sendable {
     /// VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP, with the device's wakeup eventfd.
-    case oneShot = "one-shot"
+    case oneShot = "oneshot"
     /// VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, no eventfd.
-    case reentrant = "re-entrant"
-    public var description: String { rawValue }
+    case reentrant = "reentrant"
 }
 
 /// What the state machine asks the daemon to do, in order. See `DeviceStateMachine` for the

@@ -84,8 +84,8 @@ public enum Engagement: Equatable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .none: "none"
-        case .oneShot: "one-shot"
-        case .reentrant: "re-entrant"
+        case .oneShot: "oneshot"
+        case .reentrant: "reentrant"
         }
     }
 }

@@ -192,7 +192,7 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
     public var isSuspended: Bool { lock.withLock { suspended } }
     public var isClosed: Bool { lock.withLock { closed } }
 
-    /// "one-shot", "re-entrant" or "none".
+    /// "oneshot", "reentrant" or "none".
     public var engagement: Engagement {
         lock.withLock {
             switch engaged {

@@ -63,12 +63,12 @@ final class StderrLogHandlerTests: XCTestCase {
         var logger = Logger(label: "test") { _ in handler }
         logger[metadataKey: "VFIO_DEVICE"] = "0000:01:00.0"
         logger.debug("not shown: below the level")
-        logger.info("armed", metadata: ["VFIO_MODE": "one-shot"])
+        logger.info("armed", metadata: ["VFIO_MODE": "oneshot"])
         logger.error("wake failed", error: CocoaLikeError())
 
         let expectedTime = StderrLineFormat.timestamp(fixed)
         XCTAssertEqual(lines.withLock { $0 }, [
-            "\(expectedTime) vfio-powerd: armed [VFIO_DEVICE=0000:01:00.0 VFIO_MODE=one-shot]\n",
+            "\(expectedTime) vfio-powerd: armed [VFIO_DEVICE=0000:01:00.0 VFIO_MODE=oneshot]\n",
             "\(expectedTime) vfio-powerd: error: wake failed [VFIO_DEVICE=0000:01:00.0 "
                 + "error.message=\"I/O error\" error.type=SystemdTests.StderrLogHandlerTests.CocoaLikeError]\n",
         ])

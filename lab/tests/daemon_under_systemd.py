@@ -93,7 +93,7 @@ for name, address in (("nic", NIC), ("disk", DISK)):
     check(f"{name} reaches D3hot", sysfs(address, "power_state") == "D3hot", sysfs(address, "power_state"))
     armed = journal("armed", address)
     check(f"journal: armed {name} with MESSAGE_ID, VFIO_DEVICE and VFIO_MODE",
-          len(armed) == 1 and armed[0].get("VFIO_MODE") == "one-shot" and armed[0].get("PRIORITY") == "6"
+          len(armed) == 1 and armed[0].get("VFIO_MODE") == "oneshot" and armed[0].get("PRIORITY") == "6"
           and armed[0].get("SYSLOG_IDENTIFIER") == "vfio-powerd", json.dumps(armed))
 check("d3cold = forbid wrote d3cold_allowed=0 for disk", sysfs(DISK, "d3cold_allowed") == "0")
 check("d3cold = allow left nic's d3cold_allowed=1", sysfs(NIC, "d3cold_allowed") == "1")
