@@ -25,7 +25,7 @@ public struct DeviceStateMachine: Sendable {
     public private(set) var policy: DevicePolicy
     public private(set) var statistics = DeviceStatistics()
     private var state: State = .unconfigured
-    private var flap = FlapState()
+    private var flap = FlapGuard()
     /// What the daemon last wrote to `d3cold_allowed` for this device (nil: never, or the
     /// device has been re-added since, so the kernel's default is back).
     private var d3coldWritten: Bool?
@@ -118,17 +118,6 @@ public struct DeviceStateMachine: Sendable {
         case closeAndStop
     }
 
-    private struct FlapState: Sendable {
-        /// Instants of the most recent wakes inside the window (at most maxWakes + 1 kept).
-        var recentWakes: [MonotonicInstant] = []
-        var episode: Episode?
-        struct Episode: Sendable {
-            var startedAt: MonotonicInstant
-            var level: Int
-            var suppressedWakes: UInt64
-        }
-    }
-
     /// A summary for status lines and `vfio-powerctl status`.
     public var phase: DevicePhase {
         switch state {
@@ -158,7 +147,7 @@ public struct DeviceStateMachine: Sendable {
     }
 
     /// Whether a flapping episode is in progress.
-    public var isFlapping: Bool { flap.episode != nil }
+    public var isFlapping: Bool { flap.isFlapping }
 
     // MARK: Events
 
@@ -199,7 +188,7 @@ public struct DeviceStateMachine: Sendable {
     /// The device is open, its eventfd exists, and the low-power feature probed fine.
     public mutating func opened(now: MonotonicInstant) -> [DeviceAction] {
         guard case .opening = state else { preconditionFailure("opened(now:) without an open action in \(phase)") }
-        flap = FlapState()
+        flap = FlapGuard()
         return beginArming(armMode, reason: .initial)
     }
 
@@ -233,13 +222,13 @@ public struct DeviceStateMachine: Sendable {
             actions.append(.log(.armed(arming.mode)))
         case .guestD3:
             // A flapping guest is summarised, like a flapping device.
-            if flap.episode == nil { actions.append(.log(.armedInGuestD3)) }
+            if !flap.isFlapping { actions.append(.log(.armedInGuestD3)) }
         case .rearm(let wokeAt):
             // A flapping device is summarised, not logged per re-arm.
-            if flap.episode == nil { actions.append(.log(.rearmed(arming.mode, quietFor: now - wokeAt))) }
+            if !flap.isFlapping { actions.append(.log(.rearmed(arming.mode, quietFor: now - wokeAt))) }
         }
         var lowPower = LowPower(mode: arming.mode, since: now, quietCheckAt: nil)
-        if flap.episode != nil {
+        if flap.isFlapping {
             if arming.mode == .oneShot {
                 // Flapping ends when the device stays in low power for a whole window.
                 lowPower.quietCheckAt = now + policy.flapGuard.window
@@ -378,7 +367,7 @@ public struct DeviceStateMachine: Sendable {
                                  now: MonotonicInstant) -> [DeviceAction] {
         guard case .adopting = state else { preconditionFailure("adopted without an adopt action in \(phase)") }
         self.holder = holder
-        flap = FlapState()
+        flap = FlapGuard()
         if let kept {
             // Wakes of the previous run's arming while the daemon was down.
             statistics.wakes += kept.wakesWhileAway
@@ -544,33 +533,17 @@ public struct DeviceStateMachine: Sendable {
         endLowPowerPeriod(now: now)
         let inLowPowerFor = now - lowPower.since
 
-        // recentWakes is in time order: drop the prefix that left the window (one cutoff,
-        // computed once; the list holds up to flap_max_wakes + 1 instants).
-        let cutoff = now - policy.flapGuard.window
-        if let firstKept = flap.recentWakes.firstIndex(where: { $0 > cutoff }) {
-            flap.recentWakes.removeFirst(firstKept)
-        } else {
-            flap.recentWakes.removeAll(keepingCapacity: true)
-        }
-        let keep = policy.flapGuard.maxWakes + 1
-        for _ in 0..<min(count, UInt64(keep)) { flap.recentWakes.append(now) }
-        if flap.recentWakes.count > keep { flap.recentWakes.removeFirst(flap.recentWakes.count - keep) }
-
-        if var episode = flap.episode {
-            episode.level += 1
-            episode.suppressedWakes += count
-            flap.episode = episode
-            let backoff = exponentialBackoff(base: backoffBase, exponent: episode.level, cap: policy.flapGuard.backoffCap)
+        switch flap.wake(count: count, at: now, limits: policy.flapGuard, backoffBase: backoffBase) {
+        case .calm:
+            break
+        case .continuing(let backoff):
             state = .backingOff(until: now + backoff, wokeAt: now)
             return [.startTimer(backoff)]   // replaces the quiet-check timer
-        }
-        if flap.recentWakes.count > policy.flapGuard.maxWakes {
-            flap.episode = .init(startedAt: now, level: 1, suppressedWakes: 0)
+        case .started(let wakes, let backoff):
             statistics.flapEpisodes += 1
-            let backoff = exponentialBackoff(base: backoffBase, exponent: 1, cap: policy.flapGuard.backoffCap)
             state = .backingOff(until: now + backoff, wokeAt: now)
             return [.log(.woke(count: count, inLowPowerFor: inLowPowerFor)),
-                    .log(.flappingStarted(wakes: flap.recentWakes.count, window: policy.flapGuard.window, backoff: backoff)),
+                    .log(.flappingStarted(wakes: wakes, window: policy.flapGuard.window, backoff: backoff)),
                     .startTimer(backoff)]
         }
         if policy.rearmDelay == .zero {
@@ -740,7 +713,7 @@ public struct DeviceStateMachine: Sendable {
             if armMode == .reentrant {
                 // Disarmed and awake: arm in the new mode right away, no delay applies.
                 var actions: [DeviceAction] = [.cancelTimer]
-                if flap.episode != nil { actions.append(endFlapping(now: now)) }
+                if flap.isFlapping { actions.append(endFlapping(now: now)) }
                 return actions + beginArming(.reentrant, reason: .policyChange)
             }
             if !isBackingOff && newPolicy.rearmDelay != old.rearmDelay {
@@ -825,7 +798,7 @@ public struct DeviceStateMachine: Sendable {
         switch state {
         case .heldAwake, .waitingToRearm, .backingOff, .guestActive:
             var actions: [DeviceAction] = [.cancelTimer]
-            if flap.episode != nil { actions.append(endFlapping(now: now)) }
+            if flap.isFlapping { actions.append(endFlapping(now: now)) }
             if policy.source == .vmm { return actions + watchGuest() }
             return actions + beginArming(armMode, reason: .operatorRequest)
         case .failed, .gone:
@@ -906,9 +879,8 @@ public struct DeviceStateMachine: Sendable {
     }
 
     private mutating func endFlapping(now: MonotonicInstant) -> DeviceAction {
-        let episode = flap.episode ?? .init(startedAt: now, level: 0, suppressedWakes: 0)
-        flap = FlapState()
-        return .log(.flappingEnded(suppressedWakes: episode.suppressedWakes, lasted: now - episode.startedAt))
+        let ended = flap.end(at: now)
+        return .log(.flappingEnded(suppressedWakes: ended.suppressedWakes, lasted: ended.lasted))
     }
 
     private mutating func endLowPowerPeriod(now: MonotonicInstant) {
