@@ -15,8 +15,9 @@
 //   ControlProtocol io.vfiopowerd.Manager: its description (the .varlink file) and records,
 //                  shared by the daemon and vfio-powerctl
 //   PowerCtlKit    vfio-powerctl's view of the daemon: client, rendering
-//   VFIOSimulator  a simulated vfio-pci device over real eventfds (tests and benchmarks only)
-//   SystemdTesting a fake systemd notify socket (tests only)
+//   VFIOSimulator  test double: a simulated vfio-pci device over real eventfds (tests and
+//                  benchmarks only; Tests/Doubles)
+//   SystemdTesting test double: a fake systemd notify socket (tests only; Tests/Doubles)
 //   Varlink        the varlink protocol: a server on the daemon's Dispatch queue, and a client
 //   CVarlink       recvmsg(2) with SCM_RIGHTS (file descriptors passed to the server)
 import PackageDescription
@@ -67,18 +68,18 @@ let package = Package(
         // What vfio-powerctl knows of the daemon: a client, and how to show its records.
         .target(name: "PowerCtlKit", dependencies: ["Varlink", "ControlProtocol"]),
         // Plays systemd's side of sd_notify in tests (a datagram socket for NOTIFY_SOCKET).
-        .target(name: "SystemdTesting"),
+        .target(name: "SystemdTesting", dependencies: ["Varlink"], path: "Tests/Doubles/SystemdTesting"),
         .target(name: "VFIOSimulator", dependencies: [
             "VFIO", "CVFIO",
             .product(name: "SystemPackage", package: "swift-system"),
-        ]),
+        ], path: "Tests/Doubles/VFIOSimulator"),
         .executableTarget(name: "vfio-powerd", dependencies: [
             "PowerDaemon", "PowerConfig", "ControlProtocol",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // The benchmark harness (make bench): the real Manager with simulated devices, in release.
         .executableTarget(name: "vfio-powerd-bench", dependencies: [
-            "PowerDaemon", "PowerConfig", "PowerPolicy", "VFIO", "VFIOSimulator",
+            "PowerDaemon", "PowerConfig", "PowerPolicy", "VFIO", "VFIOSimulator", "Varlink",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ], path: "bench/Sources/vfio-powerd-bench"),

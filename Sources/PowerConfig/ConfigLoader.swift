@@ -2,9 +2,7 @@ import Foundation
 import PowerPolicy
 import SystemPackage
 import VFIO
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Where the configuration lives and how strictly its files are checked.
 public struct ConfigLoadOptions: Hashable, Sendable {

@@ -87,8 +87,6 @@ public struct PolicySettings: Hashable, Sendable {
         result.applySourceDefaults()
         return result
     }
-
-    var isEmptyOfFlapKeys: Bool { flapMaxWakes == nil && flapWindow == nil && flapBackoffMax == nil }
 }
 
 /// A policy with the source of every value.

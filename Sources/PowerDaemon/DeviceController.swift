@@ -161,7 +161,6 @@ final class DeviceController: @unchecked Sendable {
 
     var phase: DevicePhase { machine.phase }
     var policy: DevicePolicy { machine.policy }
-    var isOpen: Bool { device != nil }
     var lastVFIOError: VFIOError? { lastError }
 
     // MARK: Events
@@ -755,7 +754,7 @@ final class DeviceController: @unchecked Sendable {
     /// once and rescheduled: a wake should not cost a new kernel timer registration.
     private func startTimer(_ delay: Duration) {
         let timer = self.timer ?? makeTimer()
-        let nanoseconds = delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000
+        let nanoseconds = delay.nanoseconds
         // Leeway lets the kernel batch wake-ups (a re-arm a few ms late costs nothing), but
         // never more than a tenth of the delay: a 0 s re-arm delay means at once.
         let leeway = min(10_000_000, nanoseconds / 10)

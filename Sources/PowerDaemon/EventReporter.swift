@@ -214,9 +214,3 @@ enum EventReporter {
 
 /// Errors that mean "not there yet" rather than "was there and went away".
 private let waitingCodes: Set<VFIOError.Code> = [.deviceNotFound, .notBoundToVFIO, .noIOMMUGroup, .groupNotViable, .vfioUnavailable]
-
-extension Duration {
-    var microseconds: Int64 {
-        components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000
-    }
-}

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import CVFIO
 import Dispatch
 import Logging
@@ -167,7 +165,7 @@ public final class Manager: @unchecked Sendable {
     private func whenSettled(within bound: Duration, _ body: @escaping () -> Void) {
         let once = Once(body)
         calls.notify(queue: queue) { once.run() }
-        queue.asyncAfter(deadline: .now() + .milliseconds(Int(bound.components.seconds * 1000 + bound.components.attoseconds / 1_000_000_000_000_000))) { once.run() }
+        queue.asyncAfter(deadline: .now() + .milliseconds(Int(bound.milliseconds))) { once.run() }
     }
 
     /// A body that runs the first time it is asked to (both asks come on the queue).
@@ -567,7 +565,7 @@ public final class Manager: @unchecked Sendable {
     private func startWatchdog() {
         guard let interval = SystemdWatchdog.pingInterval() else { return }
         let timer = DispatchSource.makeTimerSource(queue: queue)
-        let nanoseconds = Int(clamping: interval.components.seconds * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)
+        let nanoseconds = Int(interval.nanoseconds)
         timer.schedule(deadline: .now(), repeating: .nanoseconds(nanoseconds), leeway: .milliseconds(100))
         timer.setEventHandler { [notifier] in notifier.watchdogPing() }
         timer.activate()
@@ -585,7 +583,7 @@ public final class Manager: @unchecked Sendable {
         }
         guard rescanTimer == nil else { return }
         let interval = daemonSettings.rescanInterval.value
-        let nanoseconds = Int(clamping: interval.components.seconds * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)
+        let nanoseconds = Int(interval.nanoseconds)
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds), leeway: .milliseconds(500))
         timer.setEventHandler { [weak self] in self?.rescan() }
@@ -606,7 +604,7 @@ public final class Manager: @unchecked Sendable {
             return
         }
         guard vmmScanTimer == nil else { return }
-        let nanoseconds = Int(clamping: interval.components.seconds * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)
+        let nanoseconds = Int(interval.nanoseconds)
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds), leeway: .milliseconds(250))
         timer.setEventHandler { [weak self] in self?.scanForVMMs() }
@@ -626,7 +624,7 @@ public final class Manager: @unchecked Sendable {
         }
         guard sampler == nil || samplerInterval != interval else { return }
         sampler?.cancel()
-        let nanoseconds = Int(clamping: interval.components.seconds * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)
+        let nanoseconds = Int(interval.nanoseconds)
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds),
                        leeway: .nanoseconds(nanoseconds / 20))

@@ -1,10 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// An errno value as the kernel returned it. The core only classifies it; it never calls
 /// anything that sets errno. (A plain wrapper so PowerPolicy needs no dependency.)

@@ -37,7 +37,19 @@ public struct MonotonicInstant: Comparable, Hashable, Sendable, CustomStringConv
     public var description: String { "@" + DurationText.format(.nanoseconds(nanoseconds), precise: true) }
 }
 
+/// The one conversion of a `Duration` to whole units, for every module above VFIO (VFIO,
+/// the kernel layer, depends on nothing of the core and keeps its own two). Truncated toward
+/// zero and saturating: a duration too long for Int64 is Int64.max of the unit, never a trap.
 extension Duration {
+    public var nanoseconds: Int64 { whole(1_000_000_000) }
+    public var microseconds: Int64 { whole(1_000_000) }
+    public var milliseconds: Int64 { whole(1000) }
+
+    private func whole(_ perSecond: Int64) -> Int64 {
+        let (seconds, attoseconds) = components
+        return Int64(clamping: Int128(seconds) * Int128(perSecond) + Int128(attoseconds) / Int128(1_000_000_000_000_000_000 / perSecond))
+    }
+
     /// Whole nanoseconds, clamped to 0...UInt64.max (negative durations give 0).
     var nanosecondsClamped: UInt64 {
         let (seconds, attoseconds) = components

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// A file's identity: the device and inode `fstat(2)` reports.
 public struct FileIdentity: Hashable, Sendable {

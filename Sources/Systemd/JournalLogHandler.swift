@@ -1,11 +1,7 @@
 import CSystemd
 import Logging
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// A swift-log handler that writes structured entries to the systemd journal.
 ///

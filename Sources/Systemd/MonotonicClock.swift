@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// `CLOCK_MONOTONIC`, the clock systemd's `MONOTONIC_USEC=` is defined against.
 ///

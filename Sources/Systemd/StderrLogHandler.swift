@@ -1,10 +1,6 @@
 import Logging
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// How ``StderrLogHandler`` lays out one record on one line.
 ///

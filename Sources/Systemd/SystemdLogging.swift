@@ -1,10 +1,6 @@
 import Logging
 
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// Where log records go: picked once at start-up.
 public enum LogTarget: String, CaseIterable, Sendable {

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import SystemPackage
 
 /// The diagnostic behind `vfio-powerctl probe`: can this kernel and this device do low power,

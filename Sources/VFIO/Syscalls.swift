@@ -1,10 +1,6 @@
 // The few syscalls the VFIO layer makes, each wrapped once, swift-system style:
 // EINTR is retried in one place, errors come back as `Errno`, and close is never retried.
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CVFIO
 import Synchronization
 import SystemPackage

@@ -1,9 +1,5 @@
 import SystemPackage
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// What sysfs says about one PCI device, read without waking it.
 ///

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// Who is on the other end of a connection: the kernel's SO_PEERCRED, taken when the
 /// connection was accepted (the process that called connect(2), not whoever sends later).
@@ -56,26 +54,6 @@ enum Socket {
             let result = body()
             if result == -1 && errno == EINTR { continue }
             return result
-        }
-    }
-
-    /// Fills a `sockaddr_un` for `path` and calls `body` with it; throws ENAMETOOLONG when the
-    /// path does not fit `sun_path` with its terminating NUL.
-    static func withAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) throws -> R {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let capacity = MemoryLayout.size(ofValue: address.sun_path)
-        let utf8 = Array(path.utf8)
-        guard !utf8.isEmpty, utf8.count < capacity, !utf8.contains(0) else {
-            throw VarlinkSocketError("socket address", path: path, errno: ENAMETOOLONG)
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: utf8)
-            raw[utf8.count] = 0
-        }
-        let length = socklen_t(MemoryLayout<sa_family_t>.size + utf8.count + 1)
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
         }
     }
 
@@ -143,5 +121,30 @@ enum Socket {
         var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
         let n = retryOnInterrupt { poll(&entry, 1, 0) }
         return n > 0 && (Int32(entry.revents) & (Int32(POLLHUP) | Int32(POLLERR))) != 0
+    }
+}
+
+/// The one builder of a `sockaddr_un` in the project (the daemon's socket, its clients, the
+/// test doubles and the benchmark): a path that does not fit `sun_path` with its NUL is
+/// refused, never cut short into another path.
+public enum UnixSocketAddress {
+    /// Fills a `sockaddr_un` for `path` and calls `body` with it and its length; throws
+    /// ENAMETOOLONG (as `VarlinkSocketError`) when the path is empty, holds a NUL or is too long.
+    public static func with<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) throws -> R {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        let utf8 = Array(path.utf8)
+        guard !utf8.isEmpty, utf8.count < capacity, !utf8.contains(0) else {
+            throw VarlinkSocketError("socket address", path: path, errno: ENAMETOOLONG)
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: utf8)
+            raw[utf8.count] = 0
+        }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + utf8.count + 1)
+        return try withUnsafePointer(to: &address) {
+            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, length) }
+        }
     }
 }

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import Dispatch
 
 /// File descriptors a client passed with a call (SCM_RIGHTS). Whatever the handler does not
@@ -88,12 +86,6 @@ public final class VarlinkReply: @unchecked Sendable {
     public var isCancelled: Bool {
         dispatchPrecondition(condition: .onQueue(queue))
         return state == .cancelled
-    }
-
-    /// Neither answered nor cancelled: a reply sent now would reach the client.
-    public var isOpen: Bool {
-        dispatchPrecondition(condition: .onQueue(queue))
-        return state == .open
     }
 
     /// Runs once, on the queue, when the call is cancelled (not when it is answered). Set it

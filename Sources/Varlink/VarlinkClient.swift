@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// An error reply: the method's error name and its parameters.
 public struct VarlinkError: Error, Equatable, CustomStringConvertible {
@@ -79,7 +77,7 @@ public final class VarlinkClient {
         let fd = try Socket.makeStreamSocket(nonBlocking: true)
         let result: Int32
         do {
-            result = try Socket.withAddress(socketPath) { address, length in
+            result = try UnixSocketAddress.with(socketPath) { address, length in
                 Socket.retryOnInterrupt { connect(fd, address, length) }
             }
         } catch let error as VarlinkSocketError {

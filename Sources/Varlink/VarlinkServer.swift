@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 import Dispatch
 
 /// A varlink server on a unix stream socket, run entirely on one serial Dispatch queue.
@@ -194,7 +192,7 @@ public final class VarlinkServer: @unchecked Sendable {
             // that could have been swapped after the bind (chmod and chown on the path once
             // turned a root-owned 0600 file that a user linked there into root:nogroup 0660).
             let previous = umask(0o777 & ~mode)
-            let bound = try Socket.withAddress(socketPath) { bind(fd, $0, $1) }
+            let bound = try UnixSocketAddress.with(socketPath) { bind(fd, $0, $1) }
             let bindErrno = errno
             umask(previous)
             guard bound == 0 else { throw VarlinkSocketError("bind", path: socketPath, errno: bindErrno) }
@@ -274,7 +272,7 @@ public final class VarlinkServer: @unchecked Sendable {
         // A socket that still accepts belongs to a live server: leave it alone.
         let probe = try Socket.makeStreamSocket(nonBlocking: true)
         defer { _ = Glibc.close(probe) }
-        let connected = try Socket.withAddress(socketPath) { connect(probe, $0, $1) }
+        let connected = try UnixSocketAddress.with(socketPath) { connect(probe, $0, $1) }
         if connected == 0 || errno == EAGAIN {
             throw VarlinkSocketError("bind", path: socketPath, errno: EADDRINUSE)
         }

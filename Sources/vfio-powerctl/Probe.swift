@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PowerPolicy
 import SystemPackage
 import VFIO
 
@@ -155,8 +156,8 @@ struct ProbeJSON: Encodable {
             powerState = view.powerState?.description
             powerControl = view.powerControl?.description
             d3coldAllowed = view.d3coldAllowed
-            runtimeSuspendedMs = view.runtimeSuspendedTime.map { $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000 }
-            runtimeActiveMs = view.runtimeActiveTime.map { $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000 }
+            runtimeSuspendedMs = view.runtimeSuspendedTime?.milliseconds
+            runtimeActiveMs = view.runtimeActiveTime?.milliseconds
         }
     }
     struct Cycle: Encodable {
@@ -186,8 +187,8 @@ struct ProbeJSON: Encodable {
         before = View(report.before)
         opened = View(report.opened)
         cycle = report.cycle.map {
-            Cycle(armCallUsec: usec($0.armCall), timeToSuspendUsec: $0.timeToSuspend.map(usec), armed: View($0.armed),
-                  wakeLatencyUsec: $0.wakeLatency.map(usec), wakeCount: $0.wakeCount, afterWake: View($0.afterWake),
+            Cycle(armCallUsec: $0.armCall.microseconds, timeToSuspendUsec: $0.timeToSuspend?.microseconds, armed: View($0.armed),
+                  wakeLatencyUsec: $0.wakeLatency?.microseconds, wakeCount: $0.wakeCount, afterWake: View($0.afterWake),
                   extraSignals: $0.extraSignals)
         }
         manageable = verdict.manageable
@@ -202,9 +203,6 @@ struct ProbeJSON: Encodable {
     }
 }
 
-private func usec(_ duration: Duration) -> Int64 {
-    duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000
-}
 
 func printError(_ line: String) {
     FileHandle.standardError.write(Data((line + "\n").utf8))

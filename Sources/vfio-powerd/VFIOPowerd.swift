@@ -7,9 +7,7 @@ import PowerDaemon
 import Systemd
 import SystemPackage
 import VFIO
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// vfio-powerd: the daemon. Reads the story of a systemd daemon: parse arguments, load and
 /// validate the configuration, open and arm the devices, READY=1, run the loop.

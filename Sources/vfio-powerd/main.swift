@@ -1,6 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#endif
 
 // Block the signals the daemon handles before any thread exists, so every thread inherits
 // the mask and a signal sent right after start-up waits for its Dispatch source instead of

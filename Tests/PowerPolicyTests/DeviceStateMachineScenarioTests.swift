@@ -141,6 +141,14 @@ import Testing
         #expect(lowPower.phase == .disabled)
     }
 
+    @Test func durationsInWholeUnitsTruncateAndSaturate() {
+        #expect(Duration.milliseconds(1500).microseconds == 1_500_000)
+        #expect(Duration.nanoseconds(1999).microseconds == 1)
+        #expect(Duration.milliseconds(-1500).milliseconds == -1500)
+        #expect(Duration.seconds(Int64.max).nanoseconds == Int64.max)
+        #expect(Duration.seconds(3).milliseconds == 3000)
+    }
+
     @Test func instantArithmeticSaturates() {
         #expect(MonotonicInstant(nanoseconds: 5) - .seconds(1) == .zero)
         #expect(MonotonicInstant(nanoseconds: .max) + .seconds(1) == MonotonicInstant(nanoseconds: .max))

@@ -1,9 +1,7 @@
 import Foundation
 import XCTest
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// systemd/vfio-powerd.catalog, parsed the way journalctl reads catalogs
 /// (catalog_import_file in systemd's src/libsystemd/sd-journal/catalog.c): `#` lines are

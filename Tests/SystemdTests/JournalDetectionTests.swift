@@ -2,9 +2,7 @@ import SystemdTesting
 import XCTest
 @testable import Systemd
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 final class JournalDetectionTests: XCTestCase {
     func testJournalIsAvailableOnlyWhenThePathIsASocket() throws {

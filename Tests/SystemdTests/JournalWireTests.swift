@@ -4,9 +4,7 @@ import Logging
 import XCTest
 @testable import Systemd
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// What JournalLogHandler really puts on the wire, read by a fake journald.
 ///

@@ -3,9 +3,7 @@ import Synchronization
 import XCTest
 @testable import Systemd
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 final class StderrLogHandlerTests: XCTestCase {
     let plain = StderrLineFormat(identifier: "vfio-powerd", timestamps: false, syslogPriorityPrefix: false)

@@ -2,9 +2,7 @@ import SystemdTesting
 import XCTest
 @testable import Systemd
 
-#if canImport(Glibc)
 import Glibc
-#endif
 
 /// sd_notify through a real datagram socket. XCTest runs these serially, which matters:
 /// they set NOTIFY_SOCKET, which is process-global.

@@ -472,12 +472,7 @@ final class VarlinkServerTests: XCTestCase {
         // A socket file nobody listens on: taken over.
         let stalePath = harness.directory.appendingPathComponent("stale").path
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(stalePath.utf8) + [0]) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let bound = try UnixSocketAddress.with(stalePath) { bind(fd, $0, $1) }
         XCTAssertEqual(bound, 0)
         close(fd)
         let third = VarlinkServer(socketPath: stalePath, queue: queue,

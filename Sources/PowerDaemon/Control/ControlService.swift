@@ -1,8 +1,6 @@
-#if canImport(Glibc)
+import ControlProtocol
 import Foundation
 import Glibc
-#endif
-import ControlProtocol
 import Dispatch
 import PowerConfig
 import PowerPolicy

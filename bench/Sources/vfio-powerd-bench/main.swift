@@ -8,9 +8,7 @@
 // a simulated device, which writes the device's wakeup eventfd as the kernel would), the
 // daemon's serial queue is the loop. Every timestamp is CLOCK_MONOTONIC. A sample ends when the
 // simulated device sees the daemon's re-arm ioctl (SimulatedDevice.armObserver).
-#if canImport(Glibc)
 import Glibc
-#endif
 import Dispatch
 import Foundation
 import Logging
@@ -20,6 +18,7 @@ import Synchronization
 import SystemPackage
 import VFIO
 import VFIOSimulator
+import Varlink
 
 // MARK: Arguments
 
@@ -147,14 +146,8 @@ final class NotifyReceiver: @unchecked Sendable {
         path = directory + "/notify.sock"
         fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         precondition(fd >= 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (i, b) in path.utf8.enumerated() { raw[i] = b }
-        }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        // The path is the harness's own, under a temporary directory: it fits.
+        let bound = try! UnixSocketAddress.with(path) { bind(fd, $0, $1) }
         precondition(bound == 0, "bind \(path): errno \(errno)")
         var size: Int32 = 4 << 20
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))

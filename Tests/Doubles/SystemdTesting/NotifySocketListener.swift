@@ -1,8 +1,5 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
+import Varlink
 
 /// Plays systemd's side of sd_notify(3) in a test: an AF_UNIX datagram socket bound in a
 /// fresh temporary directory, whose path goes into `NOTIFY_SOCKET`.
@@ -59,23 +56,13 @@ public final class NotifySocketListener {
             throw error
         }
 
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let pathBytes = Array(path.utf8)
-        let capacity = MemoryLayout.size(ofValue: address.sun_path)
-        guard pathBytes.count < capacity else {
+        let bound: Int32
+        do {
+            bound = try UnixSocketAddress.with(path) { bind(fd, $0, $1) }
+        } catch {
             close(fd)
             if let directory { rmdir(directory) }
             throw SystemCallError(call: "bind (path too long)", errno: ENAMETOOLONG)
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: pathBytes)
-            raw[pathBytes.count] = 0
-        }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
         }
         guard bound == 0 else {
             let error = SystemCallError(call: "bind", errno: errno)
