@@ -246,22 +246,21 @@ public final class Manager: @unchecked Sendable {
         }
         for controller in controllers.values { applyVMMSettings(controller) }
         updateSampler()
-        var added = 0, changed = 0, unchanged = 0, removed = 0
-        // Addresses only: a second copy of every resolved device would add to a reload's peak.
-        let wanted = Set(resolution.devices.lazy.map(\.address))
-        for (address, controller) in controllers.sorted(by: { $0.key < $1.key }) where !wanted.contains(address) {
-            // No longer configured: leave it awake and closed, whatever on_stop says.
-            retire(controller, origin: "removed from the configuration")
-            removed += 1
-        }
-        for device in resolution.devices {
-            if let controller = controllers[device.address], controller.policy.source != device.policy.source {
-                // A new source is a new way of holding the device: let go the old way first.
-                retire(controller, origin: "source changed to \(device.policy.source)")
+        let devices = resolution.devices
+        let plan = ReloadPlan(running: controllers.keys, policy: { self.controllers[$0]?.policy },
+                              wanted: devices.lazy.map { (address: $0.address, policy: $0.policy) })
+        for step in plan.steps {
+            switch step {
+            case .retire(let address):
+                // No longer configured: leave it awake and closed, whatever on_stop says.
+                if let controller = controllers[address] { retire(controller, origin: "removed from the configuration") }
+            case .replace(let index):
+                let device = devices[index]
+                if let controller = controllers[device.address] { retire(controller, origin: "source changed to \(device.policy.source)") }
                 addController(device)
-                changed += 1
-            } else if let controller = controllers[device.address] {
-                if controller.policy == device.policy { unchanged += 1 } else { changed += 1 }
+            case .update(let index, _):
+                let device = devices[index]
+                guard let controller = controllers[device.address] else { continue }
                 controller.policyChanged(device.policy, origin: origin(of: device))
                 // A reload is the operator's "try again": a missing device is looked for, a
                 // failed one (busy group, refused arm) is opened anew.
@@ -269,9 +268,8 @@ public final class Manager: @unchecked Sendable {
                 case .gone where source.isAvailable(device.address), .failed: controller.returned()
                 default: break
                 }
-            } else {
-                addController(device)
-                added += 1
+            case .add(let index):
+                addController(devices[index])
             }
         }
         updateRescanTimer()
@@ -281,7 +279,7 @@ public final class Manager: @unchecked Sendable {
             returnFreedMemory()
             notifier.ready()
             updateStatus()
-            log(.reloaded, "reloaded: \(added) added, \(removed) removed, \(changed) changed, \(unchanged) unchanged; \(summary())", [:])
+            log(.reloaded, "reloaded: \(plan.added) added, \(plan.removed) removed, \(plan.changed) changed, \(plan.unchanged) unchanged; \(summary())", [:])
         }
         return []
     }
