@@ -109,18 +109,18 @@ enum EventReporter {
         case .alreadyEngaged(let mode):
             fields[JournalField.mode] = .string(mode.rawValue)
             return make("already in low power (a previous holder of the device left it engaged); exiting low power and arming \(words(mode)) again")
-        case .armFailed(let errno, let explanation):
-            return make("cannot arm: \(because(errno, explanation))")
-        case .d3coldWriteFailed(let errno, let explanation):
-            return make("cannot write d3cold_allowed: \(because(errno, explanation))")
-        case .openFailed(let errno, let explanation) where context.error.map({ $0.code == .groupBusy && !$0.holders.isEmpty }) == true:
-            return make("not managed yet: \(because(errno, explanation)); it is taken as soon as \(context.error!.holders.count == 1 ? "that process exits" : "one of them exits")")
-        case .openFailed(let errno, let explanation):
-            return make("not managed: \(because(errno, explanation))")
-        case .unsupported(let errno, let explanation):
-            return make("not managed: \(because(errno, explanation))")
-        case .exitFailed(let errno, let explanation):
-            return make("cannot exit low power: \(because(errno, explanation))")
+        case .armFailed(let errno, let after):
+            return make("cannot arm: \(because(errno, afterFailure(after, context.source)))")
+        case .d3coldWriteFailed(let errno, let after):
+            return make("cannot write d3cold_allowed: \(because(errno, afterFailure(after, context.source)))")
+        case .openFailed(let errno) where context.error.map({ $0.code == .groupBusy && !$0.holders.isEmpty }) == true:
+            return make("not managed yet: \(because(errno, openFailure(errno))); it is taken as soon as \(context.error!.holders.count == 1 ? "that process exits" : "one of them exits")")
+        case .openFailed(let errno):
+            return make("not managed: \(because(errno, openFailure(errno)))")
+        case .unsupported(let errno):
+            return make("not managed: \(because(errno, "the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried"))")
+        case .exitFailed(let errno, let after):
+            return make("cannot exit low power: \(because(errno, afterFailure(after, context.source)))")
         case .deviceGone where context.error.map({ waitingCodes.contains($0.code) }) == true:
             // Never opened: not there yet, or not bound to vfio-pci. Say what is missing.
             let error = context.error!
@@ -200,6 +200,49 @@ enum EventReporter {
         func holderFields(_ holder: VMMHolder) {
             fields[JournalField.vmmPID] = .string("\(holder.pid)")
             fields[JournalField.vmmExecutable] = .string(holder.executable)
+        }
+    }
+
+    /// A device's last error for its status: the VFIO layer's account of it while it has one
+    /// (it names a busy group's holder, the driver bound, ...), else the failure the state
+    /// machine recorded, "arm: EBUSY".
+    static func lastError(_ vfio: VFIOError?, _ failure: DeviceFailure?) -> String? {
+        if let vfio { return vfio.description }
+        guard let failure else { return nil }
+        let call = switch failure.operation {
+        case .open: "open"
+        case .arm: "arm"
+        case .exit: "exit"
+        case .setD3coldAllowed: "set d3cold_allowed"
+        case .adopt: "adopt"
+        }
+        return "\(call): \(failure.errno.name)"
+    }
+
+    /// What followed a failed call, in words.
+    static func afterFailure(_ after: AfterFailure, _ source: DevicePolicy.Source) -> String {
+        switch after {
+        case .closedUntilRetried where source == .vmm:
+            "releasing the device; retried when a VMM opens it again, on reload, or when its policy changes"
+        case .closedUntilRetried:
+            "closing the device; retried when it returns, on reload, or when its policy changes"
+        case .gaveUpAfterExit:
+            "still refused after exiting low power; giving up on this device until it returns or its policy changes"
+        case .closedInstead:
+            "closing the device instead (the kernel exits low power on close)"
+        case .armedAnyway:
+            "could not set d3cold_allowed back to 1; arming anyway"
+        case .notArmed:
+            "could not forbid D3cold, so the device is not armed (its policy says it may not resume from D3cold)"
+        }
+    }
+
+    /// Why an open failed, when the VFIO layer had no words of its own.
+    static func openFailure(_ errno: ErrorNumber) -> String {
+        switch errno {
+        case .EBUSY: "the device or its IOMMU group is held by another process (a VMM?); it is taken as soon as that process exits"
+        case .EPERM, .EACCES: "permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root)"
+        default: "cannot open the device"
         }
     }
 

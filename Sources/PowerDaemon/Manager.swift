@@ -457,9 +457,7 @@ public final class Manager: @unchecked Sendable {
                        phase: controller.phase, statistics: controller.machine.statistics,
                        timeInLowPower: kernelTimeInLowPower ?? controller.machine.statistics.timeInLowPower(asOf: now),
                        isFlapping: controller.machine.isFlapping, origin: controller.origin,
-                       lastError: controller.lastVFIOError?.description ?? controller.machine.statistics.lastError.map {
-                           "\($0.operation.rawValue): \($0.errno.name)"
-                       },
+                       lastError: EventReporter.lastError(controller.lastVFIOError, controller.machine.statistics.lastError),
                        driver: sysfs.driver(),
                        managedFor: now - controller.managedSince,
                        holder: controller.machine.holder,

@@ -43,6 +43,25 @@ public enum DeviceAction: Hashable, Sendable {
     case log(PolicyEvent)
 }
 
+/// What the machine did after a call on the device failed: the second half of the story
+/// the daemon tells about the failure.
+public enum AfterFailure: Hashable, Sendable {
+    /// Closed (for `vmm`, the daemon's copy released); retried when the device returns or a
+    /// VMM opens it again, on reload, or when its policy changes.
+    case closedUntilRetried
+    /// Arm refused with EINVAL again after exiting low power: given up on until the device
+    /// returns or its policy changes.
+    case gaveUpAfterExit
+    /// EXIT failed on the way out: the device is closed instead (the kernel exits low power
+    /// on close).
+    case closedInstead
+    /// d3cold_allowed could not be set back to 1: armed anyway (not a risk to the device).
+    case armedAnyway
+    /// D3cold could not be forbidden: not armed, since the policy says the device may not
+    /// resume from D3cold.
+    case notArmed
+}
+
 /// Something worth telling the operator, as a value; the daemon decides the words, priority
 /// and MESSAGE_ID.
 public enum PolicyEvent: Hashable, Sendable {
@@ -71,12 +90,14 @@ public enum PolicyEvent: Hashable, Sendable {
     /// Arming said EINVAL although the daemon had not armed: someone (a previous daemon run,
     /// the other holder of a shared file) left it engaged. The daemon exits low power and arms once more.
     case alreadyEngaged(ArmMode)
-    case armFailed(ErrorNumber, explanation: String)
-    case openFailed(ErrorNumber, explanation: String)
-    case exitFailed(ErrorNumber, explanation: String)
-    case d3coldWriteFailed(ErrorNumber, explanation: String)
+    case armFailed(ErrorNumber, AfterFailure)
+    /// Opening failed; retried when the device returns, the group's holder exits (EBUSY),
+    /// on reload, or when its policy changes.
+    case openFailed(ErrorNumber)
+    case exitFailed(ErrorNumber, AfterFailure)
+    case d3coldWriteFailed(ErrorNumber, AfterFailure)
     /// The kernel has no low-power feature for this device: closed, never retried.
-    case unsupported(ErrorNumber, explanation: String)
+    case unsupported(ErrorNumber)
     /// The device was removed, unbound or broke (ENODEV/EIO); its fd is closed. `errno` is nil
     /// when the daemon noticed the removal itself.
     case deviceGone(ErrorNumber?)

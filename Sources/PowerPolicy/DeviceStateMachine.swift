@@ -64,7 +64,7 @@ public struct DeviceStateMachine: Sendable {
         case exiting(then: AfterExit)
         /// Closed after an error that a retry of the same steps would hit again; left until
         /// the device returns or its policy changes.
-        case failed(String)
+        case failed(DeviceFailure.Operation, ErrorNumber)
         /// Removed or broken; closed; waiting for `returned`.
         case gone
         /// No low-power feature; closed; never retried.
@@ -135,7 +135,7 @@ public struct DeviceStateMachine: Sendable {
         case .backingOff(let until, _): .backingOff(until: until)
         case .heldAwake(let until): .heldAwake(until: until)
         case .exiting: .exiting
-        case .failed(let reason): .failed(reason: reason)
+        case .failed(let operation, let errno): .failed(operation, errno)
         case .gone: .gone
         case .unsupported: .unsupported
         case .stopped: .stopped
@@ -197,19 +197,14 @@ public struct DeviceStateMachine: Sendable {
         statistics.lastError = DeviceFailure(operation: .open, errno: errno, at: now)
         if errno == .ENOTTY {
             state = .unsupported
-            return [.log(.unsupported(errno, explanation: Self.noFeature))]
+            return [.log(.unsupported(errno))]
         }
         if errno.meansDeviceGone {
             state = .gone
             return [.log(.deviceGone(errno))]
         }
-        let explanation: String = switch errno {
-        case .EBUSY: "the device or its IOMMU group is held by another process (a VMM?); it is taken as soon as that process exits"
-        case .EPERM, .EACCES: "permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root)"
-        default: "cannot open the device"
-        }
-        state = .failed("open: \(errno.name)")
-        return [.log(.openFailed(errno, explanation: explanation))]
+        state = .failed(.open, errno)
+        return [.log(.openFailed(errno))]
     }
 
     public mutating func armed(now: MonotonicInstant) -> [DeviceAction] {
@@ -247,8 +242,8 @@ public struct DeviceStateMachine: Sendable {
         statistics.lastError = DeviceFailure(operation: .arm, errno: errno, at: now)
         if errno == .EINVAL {
             if case .afterTakeover = arming.reason {
-                state = .failed("arm: EINVAL after exit")
-                return [.close, .log(.armFailed(errno, explanation: "still refused after exiting low power; giving up on this device until it returns or its policy changes"))]
+                state = .failed(.arm, errno)
+                return [.close, .log(.armFailed(errno, .gaveUpAfterExit))]
             }
             // We believe the device is not engaged, yet the kernel says it is: a previous
             // holder of the same file (an earlier daemon run, a VMM sharing it) left it armed.
@@ -256,7 +251,7 @@ public struct DeviceStateMachine: Sendable {
             state = .exiting(then: .arm(arming.mode, .afterTakeover))
             return [.log(.alreadyEngaged(arming.mode)), .exitLowPower]
         }
-        return failClosed(errno, operation: "arm") { .armFailed($0, explanation: $1) }
+        return failClosed(errno, operation: .arm) { .armFailed($0, .closedUntilRetried) }
     }
 
     /// EXIT returned and the daemon drained the eventfd right after it. Whatever it found was
@@ -288,12 +283,12 @@ public struct DeviceStateMachine: Sendable {
         case .closeAndStop:
             // Closing exits low power in the kernel anyway; nothing more to try on the way out.
             state = .stopped
-            return [.close, .log(.exitFailed(errno, explanation: "closing the device instead (the kernel exits low power on close)"))]
+            return [.close, .log(.exitFailed(errno, .closedInstead))]
         case .closeAndDisable:
             state = .disabled
-            return [.close, .log(.exitFailed(errno, explanation: "closing the device instead (the kernel exits low power on close)"))]
+            return [.close, .log(.exitFailed(errno, .closedInstead))]
         case .arm, .holdAwake:
-            return failClosed(errno, operation: "exit") { .exitFailed($0, explanation: $1) }
+            return failClosed(errno, operation: .exit) { .exitFailed($0, .closedUntilRetried) }
         }
     }
 
@@ -310,10 +305,10 @@ public struct DeviceStateMachine: Sendable {
         if wanted {
             // Failing to give D3cold back is not a risk to the device: arm anyway.
             d3coldWritten = false
-            return [.log(.d3coldWriteFailed(errno, explanation: "could not set d3cold_allowed back to 1; arming anyway")), .arm(arming.mode)]
+            return [.log(.d3coldWriteFailed(errno, .armedAnyway)), .arm(arming.mode)]
         }
-        state = .failed("d3cold_allowed: \(errno.name)")
-        return [.close, .log(.d3coldWriteFailed(errno, explanation: "could not forbid D3cold, so the device is not armed (its policy says it may not resume from D3cold)"))]
+        state = .failed(.setD3coldAllowed, errno)
+        return [.close, .log(.d3coldWriteFailed(errno, .notArmed))]
     }
 
     // MARK: vmm events
@@ -859,11 +854,11 @@ public struct DeviceStateMachine: Sendable {
         return actions + [.arm(mode)]
     }
 
-    private mutating func failClosed(_ errno: ErrorNumber, operation: String,
-                                     _ event: (ErrorNumber, String) -> PolicyEvent) -> [DeviceAction] {
+    private mutating func failClosed(_ errno: ErrorNumber, operation: DeviceFailure.Operation,
+                                     _ event: (ErrorNumber) -> PolicyEvent) -> [DeviceAction] {
         if errno == .ENOTTY {
             state = .unsupported
-            return [.close, .log(.unsupported(errno, explanation: Self.noFeature))]
+            return [.close, .log(.unsupported(errno))]
         }
         // `.close` also stops watching a `vmm` device's holder.
         holder = nil
@@ -871,11 +866,8 @@ public struct DeviceStateMachine: Sendable {
             state = .gone
             return [.close, .log(.deviceGone(errno))]
         }
-        state = .failed("\(operation): \(errno.name)")
-        let retried = policy.source == .vmm
-            ? "releasing the device; retried when a VMM opens it again, on reload, or when its policy changes"
-            : "closing the device; retried when it returns, on reload, or when its policy changes"
-        return [.close, .log(event(errno, retried))]
+        state = .failed(operation, errno)
+        return [.close, .log(event(errno))]
     }
 
     private mutating func endFlapping(now: MonotonicInstant) -> DeviceAction {
@@ -889,8 +881,6 @@ public struct DeviceStateMachine: Sendable {
             statistics.lowPowerSince = nil
         }
     }
-
-    private static let noFeature = "the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried"
 }
 
 /// A read-only summary of where a device stands.
@@ -906,7 +896,9 @@ public enum DevicePhase: Hashable, Sendable {
     case backingOff(until: MonotonicInstant)
     case heldAwake(until: MonotonicInstant?)
     case exiting
-    case failed(reason: String)
+    /// A call failed (see `AfterFailure` in the event that said so); `statistics.lastError`
+    /// holds the same failure with its time.
+    case failed(DeviceFailure.Operation, ErrorNumber)
     case gone
     case unsupported
     case stopped
@@ -950,7 +942,7 @@ public struct DeviceStatistics: Hashable, Sendable {
 
 /// The last thing that went wrong with a device.
 public struct DeviceFailure: Hashable, Sendable {
-    public enum Operation: String, Hashable, Sendable { case open, arm, exit, setD3coldAllowed = "set d3cold_allowed", adopt }
+    public enum Operation: Hashable, Sendable { case open, arm, exit, setD3coldAllowed, adopt }
     public var operation: Operation
     public var errno: ErrorNumber
     public var at: MonotonicInstant

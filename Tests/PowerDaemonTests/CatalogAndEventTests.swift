@@ -149,7 +149,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testArmFailedInTheStateMachinesWords() {
-        assertEntry(.armFailed(.EINVAL, explanation: "still refused after exiting low power; giving up on this device until it returns or its policy changes"),
+        assertEntry(.armFailed(.EINVAL, .gaveUpAfterExit),
                     context(), .init(
             event: .armFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot arm: still refused after exiting low power; giving up on this device until it returns or its policy changes (EINVAL)",
@@ -159,7 +159,7 @@ final class CatalogAndEventTests: XCTestCase {
     func testArmFailedPrefersTheVFIOErrorsWords() {
         let busy = VFIOError(.groupBusy, device: gpu, operation: "arm one-shot low power", errno: .resourceBusy,
                              explanation: "the device is held by another user")
-        assertEntry(.armFailed(.EBUSY, explanation: "closing the device; retried when it returns, on reload, or when its policy changes"),
+        assertEntry(.armFailed(.EBUSY, .closedUntilRetried),
                     context(error: busy), .init(
             event: .armFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot arm: the device is held by another user (EBUSY)",
@@ -167,7 +167,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testD3coldWriteFailed() {
-        assertEntry(.d3coldWriteFailed(.EACCES, explanation: "could not forbid D3cold, so the device is not armed (its policy says it may not resume from D3cold)"),
+        assertEntry(.d3coldWriteFailed(.EACCES, .notArmed),
                     context(), .init(
             event: .armFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot write d3cold_allowed: could not forbid D3cold, so the device is not armed (its policy says it may not resume from D3cold) (EACCES)",
@@ -179,7 +179,7 @@ final class CatalogAndEventTests: XCTestCase {
                              explanation: "/dev/vfio/5 is held by qemu-system-x86 (pid 4242)",
                              advice: "A VFIO group can be open in one process at a time: stop that process, or leave this device to it",
                              holders: [ProcessHolding(pid: 4242, command: "qemu-system-x86")])
-        assertEntry(.openFailed(.EBUSY, explanation: "the device or its IOMMU group is held by another process (a VMM?); it is taken as soon as that process exits"),
+        assertEntry(.openFailed(.EBUSY),
                     context(error: busy), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not managed yet: /dev/vfio/5 is held by qemu-system-x86 (pid 4242) (EBUSY). A VFIO group can be open in one process at a time: stop that process, or leave this device to it; it is taken as soon as that process exits",
@@ -194,7 +194,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testOpenFailedWithoutAVFIOError() {
-        assertEntry(.openFailed(.EPERM, explanation: "permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root)"),
+        assertEntry(.openFailed(.EPERM),
                     context(), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not managed: permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root) (EPERM)",
@@ -206,7 +206,7 @@ final class CatalogAndEventTests: XCTestCase {
         let absent = VFIOError(.featureAbsent, device: gpu, operation: "manage low power", errno: .inappropriateIOCTLForDevice,
                                explanation: "the kernel does not offer LOW_POWER_ENTRY_WITH_WAKEUP for this device",
                                advice: "Low-power features need Linux 6.1 or later and the vfio-pci driver")
-        assertEntry(.unsupported(.ENOTTY, explanation: "the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried"),
+        assertEntry(.unsupported(.ENOTTY),
                     context(error: absent), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not managed: the kernel does not offer LOW_POWER_ENTRY_WITH_WAKEUP for this device (ENOTTY). Low-power features need Linux 6.1 or later and the vfio-pci driver",
@@ -214,7 +214,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testUnsupportedInTheStateMachinesWords() {
-        assertEntry(.unsupported(.ENOTTY, explanation: "the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried"),
+        assertEntry(.unsupported(.ENOTTY),
                     context(), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not managed: the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried (ENOTTY)",
@@ -222,7 +222,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testExitFailed() {
-        assertEntry(.exitFailed(.EINVAL, explanation: "closing the device instead (the kernel exits low power on close)"), context(), .init(
+        assertEntry(.exitFailed(.EINVAL, .closedInstead), context(), .init(
             event: .wakeFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot exit low power: closing the device instead (the kernel exits low power on close) (EINVAL)",
             fields: gpuFields(["ERRNO": "22"])))
@@ -232,7 +232,7 @@ final class CatalogAndEventTests: XCTestCase {
         let stuck = VFIOError(.resumeFailed, device: gpu, operation: "exit low power", errno: .ioError,
                               explanation: "the device failed to resume from low power (it may be stuck in D3cold)",
                               advice: "Set `d3cold = \"forbid\"` for this device, and check `dmesg`")
-        assertEntry(.exitFailed(.EIO, explanation: "closing the device instead (the kernel exits low power on close)"),
+        assertEntry(.exitFailed(.EIO, .closedInstead),
                     context(error: stuck), .init(
             event: .wakeFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot exit low power: the device failed to resume from low power (it may be stuck in D3cold) (EIO). Set `d3cold = \"forbid\"` for this device, and check `dmesg`",
@@ -322,8 +322,8 @@ final class CatalogAndEventTests: XCTestCase {
             .armed(.oneShot), .woke(count: 1, inLowPowerFor: .seconds(1)), .rearmed(.oneShot, quietFor: .seconds(30)),
             .flappingStarted(wakes: 11, window: .seconds(600), backoff: .seconds(60)),
             .flappingEnded(suppressedWakes: 1, lasted: .seconds(600)), .alreadyEngaged(.oneShot),
-            .armFailed(.EINVAL, explanation: "x"), .openFailed(.EBUSY, explanation: "x"), .exitFailed(.EINVAL, explanation: "x"),
-            .d3coldWriteFailed(.EACCES, explanation: "x"), .unsupported(.ENOTTY, explanation: "x"),
+            .armFailed(.EINVAL, .gaveUpAfterExit), .openFailed(.EBUSY), .exitFailed(.EINVAL, .closedInstead),
+            .d3coldWriteFailed(.EACCES, .notArmed), .unsupported(.ENOTTY),
             .deviceGone(nil), .deviceBack, .released, .heldAwake(for: nil),
             .adopted(qemu, .fdinfo), .adopted(qemu, .handoff), .adoptionRefused(qemu, .executableNotAllowed), .vmmReleased(qemu, .vmmExited),
             .armedInGuestD3, .keptAwake(.runtimePMForbidden), .suspendedAtLast(afterArmedFor: .seconds(12)),

@@ -139,16 +139,16 @@ let transitions: [Row] = operatorTransitions + [
     // opening
     Row(start: .opening, event: .opened, actions: [.arm(.oneShot)], phase: .arming),
     Row(start: .opening, event: .openFailed(.ENODEV), actions: [.log(.deviceGone(.ENODEV))], phase: .gone),
-    Row(start: .opening, event: .openFailed(.ENOTTY), actions: [.log(.unsupported(.ENOTTY, explanation: "the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried"))], phase: .unsupported),
-    Row(start: .opening, event: .openFailed(.EBUSY), actions: [.log(.openFailed(.EBUSY, explanation: "the device or its IOMMU group is held by another process (a VMM?); it is taken as soon as that process exits"))], phase: .failed(reason: "open: EBUSY")),
+    Row(start: .opening, event: .openFailed(.ENOTTY), actions: [.log(.unsupported(.ENOTTY))], phase: .unsupported),
+    Row(start: .opening, event: .openFailed(.EBUSY), actions: [.log(.openFailed(.EBUSY))], phase: .failed(.open, .EBUSY)),
     Row(start: .opening, event: .woke(1), actions: [], phase: .opening, note: "stale count, selfWakes"),
     // arming
     Row(start: .arming, event: .armed, actions: [.log(.armed(.oneShot))], phase: .lowPower(.oneShot, since: at(110))),
     Row(start: .arming, event: .armFailed(.EINVAL), actions: [.log(.alreadyEngaged(.oneShot)), .exitLowPower], phase: .exiting, note: "already engaged"),
     Row(start: .arming, event: .armFailed(.ENODEV), actions: [.close, .log(.deviceGone(.ENODEV))], phase: .gone),
     Row(start: .arming, event: .armFailed(.EIO), actions: [.close, .log(.deviceGone(.EIO))], phase: .gone, note: "stuck in D3cold"),
-    Row(start: .arming, event: .armFailed(.ENOTTY), actions: [.close, .log(.unsupported(.ENOTTY, explanation: "the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried"))], phase: .unsupported),
-    Row(start: .arming, event: .armFailed(.EBADF), actions: [.close, .log(.armFailed(.EBADF, explanation: "closing the device; retried when it returns, on reload, or when its policy changes"))], phase: .failed(reason: "arm: EBADF")),
+    Row(start: .arming, event: .armFailed(.ENOTTY), actions: [.close, .log(.unsupported(.ENOTTY))], phase: .unsupported),
+    Row(start: .arming, event: .armFailed(.EBADF), actions: [.close, .log(.armFailed(.EBADF, .closedUntilRetried))], phase: .failed(.arm, .EBADF)),
     Row(start: .arming, event: .d3coldWriteFailed(.ENODEV), actions: [.close, .log(.deviceGone(.ENODEV))], phase: .gone),
     Row(start: .arming, event: .woke(1), actions: [], phase: .arming, note: "predates the arm: selfWakes"),
     // lowPower (one-shot)
@@ -187,14 +187,14 @@ let transitions: [Row] = operatorTransitions + [
     Row(start: .backingOff, event: .stopRequested, actions: [.cancelTimer, .close], phase: .stopped),
     // exiting (for stop)
     Row(start: .exiting, event: .exited(1), actions: [.close], phase: .stopped, note: "self-wake drained"),
-    Row(start: .exiting, event: .exitFailed(.ENODEV), actions: [.close, .log(.exitFailed(.ENODEV, explanation: "closing the device instead (the kernel exits low power on close)"))], phase: .stopped),
+    Row(start: .exiting, event: .exitFailed(.ENODEV), actions: [.close, .log(.exitFailed(.ENODEV, .closedInstead))], phase: .stopped),
     Row(start: .exiting, event: .woke(1), actions: [], phase: .exiting, note: "self-caused"),
     // failed
     Row(start: .failed, event: .returned, actions: [.log(.deviceBack), .open], phase: .opening),
     Row(start: .failed, event: .removed, actions: [], phase: .gone),
-    Row(start: .failed, event: .woke(1), actions: [], phase: .failed(reason: "open: EBUSY")),
-    Row(start: .failed, event: .timerFired, actions: [], phase: .failed(reason: "open: EBUSY")),
-    Row(start: .failed, event: .policyChanged(DevicePolicy(name: "x", source: .own)), actions: [], phase: .failed(reason: "open: EBUSY"), note: "label only"),
+    Row(start: .failed, event: .woke(1), actions: [], phase: .failed(.open, .EBUSY)),
+    Row(start: .failed, event: .timerFired, actions: [], phase: .failed(.open, .EBUSY)),
+    Row(start: .failed, event: .policyChanged(DevicePolicy(name: "x", source: .own)), actions: [], phase: .failed(.open, .EBUSY), note: "label only"),
     Row(start: .failed, event: .policyChanged(reentrant), actions: [.open], phase: .opening, note: "retry"),
     Row(start: .failed, event: .stopRequested, actions: [], phase: .stopped),
     // gone

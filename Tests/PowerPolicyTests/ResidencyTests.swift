@@ -85,7 +85,7 @@ struct BusyHolderTests {
         denied.handle(.configured, at: 0)
         denied.handle(.openFailed(.EACCES), at: 1)
         #expect(denied.busyHolderExited(now: at(5)).isEmpty)
-        #expect(denied.phase == .failed(reason: "open: EACCES"))
+        #expect(denied.phase == .failed(.open, .EACCES))
 
         var armed = DeviceStateMachine(policy: oneShot)
         armed.handle(.configured, at: 0)
