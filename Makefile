@@ -22,7 +22,10 @@ DESTDIR ?=
 # Both kernels of the lab: Debian 12's own (the oldest with the features) and the newest.
 LAB_KERNELS ?= 6.1 newest
 KERNEL_TESTS := KernelTests.DeviceLifecycleKernelTests,KernelTests.LowPowerKernelTests
-HOST_PACKAGES := libsystemd-dev pkg-config scdoc python3-venv
+# prometheus: its promtool checks the exporter's output and the example alert rules, and the
+# tests scrape the exporter with a server of its own (on a free loopback port, in a temporary
+# folder; the package's own prometheus.service is left as the package sets it).
+HOST_PACKAGES := libsystemd-dev pkg-config scdoc python3-venv prometheus
 # PyPI's varlink, the independent client the tests call, lives in a virtual environment:
 # Debian 12 refuses pip into its own Python (PEP 668).
 VENV := .build/venv
