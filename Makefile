@@ -3,7 +3,7 @@
 #   make check    every test: unit tests on the host, then the real-kernel tests in the VM lab
 #                 on Debian 12's 6.1 and on the newest Debian kernel (installs what it needs)
 #   make demo     the main job on a real kernel in the VM lab (installs what it needs)
-#   make install  DESTDIR= PREFIX=/usr: binaries, unit, catalog, example config, man pages
+#   make install  DESTDIR= PREFIX=/usr: binaries, units, catalog, example config and alert rules, man pages
 #
 # Needs root on a Debian 12 machine with Swift 6.1+ (swift on PATH or in /opt/swift/usr/bin).
 
@@ -110,8 +110,13 @@ install: man
 	$(SWIFT) build -c release --static-swift-stdlib
 	install -Dm755 -s .build/release/vfio-powerd $(DESTDIR)$(SBINDIR)/vfio-powerd
 	install -Dm755 -s .build/release/vfio-powerctl $(DESTDIR)$(BINDIR)/vfio-powerctl
+	install -Dm755 -s .build/release/vfio-powerd-exporter $(DESTDIR)$(SBINDIR)/vfio-powerd-exporter
 	install -Dm644 systemd/vfio-powerd.service $(DESTDIR)$(UNITDIR)/vfio-powerd.service
 	install -Dm644 systemd/vfio-powerd.socket $(DESTDIR)$(UNITDIR)/vfio-powerd.socket
+	install -Dm644 systemd/vfio-powerd-exporter.service $(DESTDIR)$(UNITDIR)/vfio-powerd-exporter.service
+	install -Dm644 systemd/vfio-powerd-exporter.socket $(DESTDIR)$(UNITDIR)/vfio-powerd-exporter.socket
+	install -Dm644 docs/alerts/vfio-powerd.rules.yml $(DESTDIR)$(PREFIX)/share/doc/vfio-powerd/examples/vfio-powerd.rules.yml
+	install -Dm644 docs/METRICS.md $(DESTDIR)$(PREFIX)/share/doc/vfio-powerd/METRICS.md
 	install -Dm644 systemd/vfio-powerd.catalog $(DESTDIR)$(CATALOGDIR)/vfio-powerd.catalog
 	install -Dm644 config/vfio-powerd.conf $(DESTDIR)$(PREFIX)/share/doc/vfio-powerd/examples/vfio-powerd.conf
 	@for f in config/devices.d/*.conf; do \

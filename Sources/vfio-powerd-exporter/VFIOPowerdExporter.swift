@@ -77,15 +77,17 @@ struct VFIOPowerdExporter: ParsableCommand {
             } else {
                 for descriptor in passed {
                     guard SystemdNotifier.isListeningStreamSocket(descriptor) else {
-                        throw ValidationError("systemd passed descriptor \(descriptor), which is not a listening stream socket: ListenStream= only")
+                        printError("vfio-powerd-exporter: systemd passed descriptor \(descriptor), which is not a listening stream socket: use ListenStream= only")
+                        throw ExitCode.failure
                     }
                     channels.append(try bootstrap.withBoundSocket(descriptor).wait())
                 }
             }
-        } catch let error as ValidationError {
+        } catch let error as ExitCode {
             throw error
         } catch {
-            throw ValidationError("cannot listen on \(passed.isEmpty ? listen : "the sockets systemd passed"): \(error)")
+            printError("vfio-powerd-exporter: cannot listen on \(passed.isEmpty ? listen : "the sockets systemd passed"): \(error)")
+            throw ExitCode.failure
         }
         let addresses = channels.compactMap { $0.localAddress.flatMap { address in address.port.map { "\(address.ipAddress ?? "?"):\($0)" } } }.joined(separator: ", ")
         printError("vfio-powerd-exporter: serving /metrics on \(addresses), reading \(socket)")

@@ -204,7 +204,7 @@ final class PrometheusScrapeTests: XCTestCase {
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
         let output = folder.appendingPathComponent(log)
-        FileManager.default.createFile(atPath: output.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: output.path, contents: nil)
         let handle = try FileHandle(forWritingTo: output)
         process.standardOutput = handle
         process.standardError = handle
