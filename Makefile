@@ -3,7 +3,7 @@
 #   make check    every test: unit tests on the host, then the real-kernel tests in the VM lab
 #                 on Debian 12's 6.1 and on the newest Debian kernel (installs what it needs)
 #   make demo     the main job on a real kernel in the VM lab (installs what it needs)
-#   make install  DESTDIR= PREFIX=/usr: binaries, unit, catalog, example config, man pages
+#   make install  DESTDIR= PREFIX=/usr: binaries, units, catalog, example config and alert rules, man pages
 #
 # Needs root on a Debian 12 machine with Swift 6.1+ (swift on PATH or in /opt/swift/usr/bin).
 
@@ -22,7 +22,10 @@ DESTDIR ?=
 # Both kernels of the lab: Debian 12's own (the oldest with the features) and the newest.
 LAB_KERNELS ?= 6.1 newest
 KERNEL_TESTS := KernelTests.DeviceLifecycleKernelTests,KernelTests.LowPowerKernelTests
-HOST_PACKAGES := libsystemd-dev pkg-config scdoc python3-venv
+# prometheus: its promtool checks the exporter's output and the example alert rules, and the
+# tests scrape the exporter with a server of its own (on a free loopback port, in a temporary
+# folder; the package's own prometheus.service is left as the package sets it).
+HOST_PACKAGES := libsystemd-dev pkg-config scdoc python3-venv prometheus
 # PyPI's varlink, the independent client the tests call, lives in a virtual environment:
 # Debian 12 refuses pip into its own Python (PEP 668).
 VENV := .build/venv
@@ -107,8 +110,13 @@ install: man
 	$(SWIFT) build -c release --static-swift-stdlib
 	install -Dm755 -s .build/release/vfio-powerd $(DESTDIR)$(SBINDIR)/vfio-powerd
 	install -Dm755 -s .build/release/vfio-powerctl $(DESTDIR)$(BINDIR)/vfio-powerctl
+	install -Dm755 -s .build/release/vfio-powerd-exporter $(DESTDIR)$(SBINDIR)/vfio-powerd-exporter
 	install -Dm644 systemd/vfio-powerd.service $(DESTDIR)$(UNITDIR)/vfio-powerd.service
 	install -Dm644 systemd/vfio-powerd.socket $(DESTDIR)$(UNITDIR)/vfio-powerd.socket
+	install -Dm644 systemd/vfio-powerd-exporter.service $(DESTDIR)$(UNITDIR)/vfio-powerd-exporter.service
+	install -Dm644 systemd/vfio-powerd-exporter.socket $(DESTDIR)$(UNITDIR)/vfio-powerd-exporter.socket
+	install -Dm644 docs/alerts/vfio-powerd.rules.yml $(DESTDIR)$(PREFIX)/share/doc/vfio-powerd/examples/vfio-powerd.rules.yml
+	install -Dm644 docs/METRICS.md $(DESTDIR)$(PREFIX)/share/doc/vfio-powerd/METRICS.md
 	install -Dm644 systemd/vfio-powerd.catalog $(DESTDIR)$(CATALOGDIR)/vfio-powerd.catalog
 	install -Dm644 config/vfio-powerd.conf $(DESTDIR)$(PREFIX)/share/doc/vfio-powerd/examples/vfio-powerd.conf
 	@for f in config/devices.d/*.conf; do \

@@ -15,6 +15,8 @@
 //   ControlProtocol io.vfiopowerd.Manager: its description (the .varlink file) and records,
 //                  shared by the daemon and vfio-powerctl
 //   PowerCtlKit    vfio-powerctl's view of the daemon: client, rendering
+//   PowerMetrics   the daemon's records as Prometheus metrics (pure: records in, text out)
+//   vfio-powerd-exporter  serves /metrics over HTTP (SwiftNIO), reading the daemon over varlink
 //   VFIOSimulator  test double: a simulated vfio-pci device over real eventfds (tests and
 //                  benchmarks only; Tests/Doubles)
 //   SystemdTesting test double: a fake systemd notify socket (tests only; Tests/Doubles)
@@ -27,6 +29,7 @@ let package = Package(
     products: [
         .executable(name: "vfio-powerd", targets: ["vfio-powerd"]),
         .executable(name: "vfio-powerctl", targets: ["vfio-powerctl"]),
+        .executable(name: "vfio-powerd-exporter", targets: ["vfio-powerd-exporter"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -34,6 +37,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        // The exporter: Prometheus' text format, and an HTTP server.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .target(name: "CVFIO"),
@@ -67,6 +73,11 @@ let package = Package(
         ]),
         // What vfio-powerctl knows of the daemon: a client, and how to show its records.
         .target(name: "PowerCtlKit", dependencies: ["Varlink", "ControlProtocol"]),
+        // The daemon's records as Prometheus metrics: no sockets, so it is tested with literal records.
+        .target(name: "PowerMetrics", dependencies: [
+            "ControlProtocol",
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
         // Plays systemd's side of sd_notify in tests (a datagram socket for NOTIFY_SOCKET).
         .target(name: "SystemdTesting", dependencies: ["Varlink"], path: "Tests/Doubles/SystemdTesting"),
         .target(name: "VFIOSimulator", dependencies: [
@@ -86,6 +97,15 @@ let package = Package(
         .executableTarget(name: "vfio-powerctl", dependencies: [
             "VFIO", "PowerConfig", "PowerPolicy", "PowerCtlKit", "Varlink", "ControlProtocol",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        // Serves /metrics on its own (socket-activated) unit: the daemon keeps PrivateNetwork=yes.
+        .executableTarget(name: "vfio-powerd-exporter", dependencies: [
+            "PowerMetrics", "PowerCtlKit", "ControlProtocol", "Systemd",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
 
         .testTarget(name: "VFIOTests", dependencies: [
@@ -112,6 +132,7 @@ let package = Package(
         .testTarget(name: "VarlinkTests", dependencies: ["Varlink"]),
         .testTarget(name: "PowerCtlTests", dependencies: ["PowerCtlKit", "ControlProtocol"], exclude: ["Fixtures"]),
         .testTarget(name: "ControlProtocolTests", dependencies: ["ControlProtocol", "Varlink"]),
+        .testTarget(name: "PowerMetricsTests", dependencies: ["PowerMetrics", "ControlProtocol"]),
         // Real-kernel tests: they run inside the VM lab's guest (lab/lab.sh kernel-tests),
         // where /dev/vfio exists; `swift test` on the host skips this target (see Makefile).
         .testTarget(name: "KernelTests", dependencies: ["VFIO", "CVFIO"]),

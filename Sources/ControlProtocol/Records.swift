@@ -156,9 +156,16 @@ public struct StatisticsRecord: Codable, Equatable, Sendable {
     public var status: String
     /// Seconds since the daemon became ready.
     public var uptimeSeconds: Int64
+    /// Configuration reloads since the start, applied or rejected.
+    public var reloads: Int64
+    /// Whether the last reload was applied; nil before the first.
+    public var lastReloadSucceeded: Bool?
+    /// CLOCK_REALTIME microseconds when the last reload finished; nil before the first.
+    public var lastReloadRealtimeUsec: Int64?
 
     public init(devices: Int64, lowPower: Int64, awake: Int64, missing: Int64, failing: Int64, wakes: Int64,
-                selfWakes: Int64, arms: Int64, flapping: Int64, status: String, uptimeSeconds: Int64) {
+                selfWakes: Int64, arms: Int64, flapping: Int64, status: String, uptimeSeconds: Int64,
+                reloads: Int64 = 0, lastReloadSucceeded: Bool? = nil, lastReloadRealtimeUsec: Int64? = nil) {
         self.devices = devices
         self.lowPower = lowPower
         self.awake = awake
@@ -170,5 +177,8 @@ public struct StatisticsRecord: Codable, Equatable, Sendable {
         self.flapping = flapping
         self.status = status
         self.uptimeSeconds = uptimeSeconds
+        self.reloads = reloads
+        self.lastReloadSucceeded = lastReloadSucceeded
+        self.lastReloadRealtimeUsec = lastReloadRealtimeUsec
     }
 }

@@ -7,13 +7,18 @@ import Varlink
 public final class ManagerClient {
     static let interface = ManagerInterface.name
     /// A call that takes longer than this means the daemon is stuck (the watchdog will act).
-    static let timeout: Duration = .seconds(10)
+    public static let defaultTimeout: Duration = .seconds(10)
 
     private let client: VarlinkClient
     public let socketPath: String
+    /// How long one call may take (Monitor's stream excepted). The exporter asks for less
+    /// than a scrape's timeout.
+    public let timeout: Duration
 
-    public init(socketPath: String = ManagerInterface.defaultSocketPath) throws(ControlClientError) {
+    public init(socketPath: String = ManagerInterface.defaultSocketPath,
+                timeout: Duration = ManagerClient.defaultTimeout) throws(ControlClientError) {
         self.socketPath = socketPath
+        self.timeout = timeout
         do {
             client = try VarlinkClient(socketPath: socketPath)
         } catch let error as VarlinkClientError {
@@ -78,7 +83,7 @@ public final class ManagerClient {
 
     private func call(_ method: String, _ parameters: JSONValue = [:]) throws(ControlClientError) -> JSONValue {
         do {
-            return try client.call("\(Self.interface).\(method)", parameters, timeout: Self.timeout)
+            return try client.call("\(Self.interface).\(method)", parameters, timeout: timeout)
         } catch {
             throw translate(error)
         }

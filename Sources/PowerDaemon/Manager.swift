@@ -84,6 +84,8 @@ public final class Manager: @unchecked Sendable {
     public var onDeviceChange: ((DeviceSnapshot) -> Void)?
     /// When start() finished, for GetStatistics.
     public private(set) var startedAt: MonotonicInstant?
+    /// Reloads since the start, and how the last one ended (GetStatistics, the exporter).
+    public private(set) var reloads = ReloadHistory()
     /// STATUS= waits for READY=1: half-started counts would not tell the truth.
     private var isStarted = false
     private(set) public var isStopping = false
@@ -206,6 +208,7 @@ public final class Manager: @unchecked Sendable {
             queue.async { [self] in
                 isReloading = false
                 let problems = isStopping ? [] : apply(loaded.value.0, loaded.value.1)
+                if !isStopping { reloads.record(applied: problems.isEmpty, at: now()) }
                 answer.value(problems)
                 if !pendingReloads.isEmpty {
                     let waiting = pendingReloads
@@ -794,6 +797,20 @@ extension Manager: DeviceControllerDelegate {
 }
 
 /// The daemon's totals (GetStatistics).
+/// The reloads a daemon has done: how many, and how the last one ended.
+public struct ReloadHistory: Sendable, Equatable {
+    /// Applied or rejected.
+    public private(set) var count = 0
+    public private(set) var lastApplied: Bool?
+    public private(set) var lastAt: MonotonicInstant?
+
+    mutating func record(applied: Bool, at instant: MonotonicInstant) {
+        count += 1
+        lastApplied = applied
+        lastAt = instant
+    }
+}
+
 public struct ManagerStatistics: Sendable, Equatable {
     public var devices = 0
     public var lowPower = 0

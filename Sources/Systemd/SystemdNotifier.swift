@@ -139,6 +139,12 @@ public struct SystemdNotifier: Sendable {
         sd_is_socket_unix(descriptor, Int32(SOCK_STREAM.rawValue), 1, path, 0) > 0
     }
 
+    /// Whether `descriptor` is a listening stream socket of any family (a socket unit's
+    /// ListenStream=, an address or a port). The C function is `sd_is_socket`.
+    public static func isListeningStreamSocket(_ descriptor: Int32) -> Bool {
+        sd_is_socket(descriptor, AF_UNSPEC, Int32(SOCK_STREAM.rawValue), 1) > 0
+    }
+
     /// The corresponding C function is `sd_notify`.
     @discardableResult
     public func send(_ assignments: [(String, String)]) -> NotifyResult {

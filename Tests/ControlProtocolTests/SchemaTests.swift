@@ -19,16 +19,23 @@ import Varlink
     /// Every optional field left out.
     static let minimal = DeviceRecord(address: "0000:01:00.0", driver: nil, state: .idle)
 
+    /// Every optional field set.
     static let statistics = StatisticsRecord(devices: 1, lowPower: 1, awake: 0, missing: 0, failing: 0, wakes: 2,
                                              selfWakes: 0, arms: 3, flapping: 0, status: "1 device: 1 in low power; 2 wakes",
-                                             uptimeSeconds: 7)
+                                             uptimeSeconds: 7, reloads: 1, lastReloadSucceeded: true,
+                                             lastReloadRealtimeUsec: 1_700_000_000_000_000)
+
+    /// Every optional field left out (no reload yet).
+    static let statisticsMinimal = StatisticsRecord(devices: 0, lowPower: 0, awake: 0, missing: 0, failing: 0, wakes: 0,
+                                                    selfWakes: 0, arms: 0, flapping: 0, status: "no devices configured",
+                                                    uptimeSeconds: 0)
 
     @Test func deviceRecordIsTheDeviceType() throws {
         try expectMatches(Self.full, Self.minimal, type: "Device")
     }
 
     @Test func statisticsRecordIsTheStatisticsType() throws {
-        try expectMatches(Self.statistics, Self.statistics, type: "Statistics")
+        try expectMatches(Self.statistics, Self.statisticsMinimal, type: "Statistics")
     }
 
     @Test func everyEnumHasTheFilesValuesInItsOrder() throws {

@@ -72,6 +72,31 @@ final class ControlServiceTests: XCTestCase {
         }
     }
 
+    /// GetStatistics counts reloads, applied and rejected, and says how the last one ended.
+    func testStatisticsCountReloads() throws {
+        let daemon = try daemon()
+        let client = try ManagerClient(socketPath: daemon.socketPath)
+        let before = try client.statistics()
+        XCTAssertEqual(before.reloads, 0)
+        XCTAssertNil(before.lastReloadSucceeded)
+        XCTAssertNil(before.lastReloadRealtimeUsec)
+
+        daemon.reload()
+        let applied = try client.statistics()
+        XCTAssertEqual(applied.reloads, 1)
+        XCTAssertEqual(applied.lastReloadSucceeded, true)
+        let now = Int64(Date().timeIntervalSince1970 * 1_000_000)
+        let at = try XCTUnwrap(applied.lastReloadRealtimeUsec)
+        XCTAssertLessThan(abs(now - at), 10_000_000, "the reload's time is CLOCK_REALTIME, a moment ago")
+
+        try daemon.write("[defaults]\nrearm_delay = \"never\"\n", to: "etc/vfio-powerd/vfio-powerd.conf")
+        daemon.reload()
+        let rejected = try client.statistics()
+        XCTAssertEqual(rejected.reloads, 2)
+        XCTAssertEqual(rejected.lastReloadSucceeded, false)
+        XCTAssertEqual(rejected.devices, 2, "the running configuration stays in force")
+    }
+
     func testWakeHoldsTheDeviceAwakeUntilArm() throws {
         let daemon = try daemon()
         let client = try ManagerClient(socketPath: daemon.socketPath)

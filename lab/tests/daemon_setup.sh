@@ -24,6 +24,13 @@ mkdir -p /etc/systemd/system/vfio-powerd.service.d
 	echo "ExecStart=/usr/local/sbin/vfio-powerd${LAB_TEST_LOG_LEVEL:+ --log-level $LAB_TEST_LOG_LEVEL}"
 	[ -n "${LAB_TEST_WATCHDOG:-}" ] && echo "WatchdogSec=$LAB_TEST_WATCHDOG"
 } > /etc/systemd/system/vfio-powerd.service.d/lab.conf
+# The Prometheus exporter and its units, its ExecStart pointed at the installed copy.
+install -Dm755 "$build/vfio-powerd-exporter" /usr/local/sbin/vfio-powerd-exporter
+install -Dm644 "$repo/systemd/vfio-powerd-exporter.service" /etc/systemd/system/vfio-powerd-exporter.service
+install -Dm644 "$repo/systemd/vfio-powerd-exporter.socket" /etc/systemd/system/vfio-powerd-exporter.socket
+mkdir -p /etc/systemd/system/vfio-powerd-exporter.service.d
+printf '[Service]\nExecStart=\nExecStart=/usr/local/sbin/vfio-powerd-exporter\n' \
+	> /etc/systemd/system/vfio-powerd-exporter.service.d/lab.conf
 install -Dm644 "$repo/systemd/vfio-powerd.catalog" /usr/lib/systemd/catalog/vfio-powerd.catalog
 journalctl --update-catalog
 

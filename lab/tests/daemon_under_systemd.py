@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tap import check, failed, finish, summary, wait  # noqa: E402
@@ -316,6 +317,119 @@ check("anyone else is refused at the socket, told which group lets them in",
       outside.returncode != 0 and "vfioread" in outside.stderr, f"{outside.returncode}: {outside.stderr}")
 check("the daemon did not report socket_group and the socket's group as different",
       not any("is not the group of" in e["MESSAGE"] for e in journal()))
+
+# --- the Prometheus exporter under its shipped units -------------------------------------
+# Socket-activated on port 9843, a DynamicUser whose one supplementary group must be the
+# daemon's socket_group (here vfioread: the drop-in an operator writes for another name).
+EXPORTER = "vfio-powerd-exporter"
+# Every value of Device.state, from the interface file: one series each per device.
+with open(os.path.join(REPO, "Sources/ControlProtocol/io.vfiopowerd.Manager.varlink")) as f:
+    STATES = [v.strip() for v in re.search(r"\bstate: \(([^)]*)\)", f.read()).group(1).split(",")]
+os.makedirs(f"/etc/systemd/system/{EXPORTER}.service.d", exist_ok=True)
+with open(f"/etc/systemd/system/{EXPORTER}.service.d/group.conf", "w") as f:
+    f.write("[Service]\nSupplementaryGroups=\nSupplementaryGroups=vfioread\n")
+run("systemctl", "daemon-reload")
+listening = run("systemctl", "start", f"{EXPORTER}.socket")
+check("systemctl start vfio-powerd-exporter.socket succeeds", listening.returncode == 0, listening.stderr)
+
+
+def exporter_show(prop):
+    return run("systemctl", "show", "-p", prop, "--value", EXPORTER).stdout.strip()
+
+
+check("no exporter runs before the first scrape", exporter_show("ActiveState") == "inactive", exporter_show("ActiveState"))
+
+
+def scrape():
+    """GET /metrics: (status, content type, {(name, labels): value}, text)."""
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:9843/metrics", timeout=30) as reply:
+            text = reply.read().decode()
+            status, kind = reply.status, reply.headers.get("Content-Type")
+    except Exception as error:  # noqa: BLE001 - reported as the check's detail
+        return None, None, {}, str(error)
+    series = {}
+    for line in text.splitlines():
+        match = re.match(r'^(\w+)(?:\{(.*)\})? (\S+)$', line)
+        if match:
+            labels = tuple(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+            series[(match.group(1), labels)] = float(match.group(3))
+    return status, kind, series, text
+
+
+def value(series, metric, **labels):
+    """The value of the first series of `metric` that has all of `labels`; None if none."""
+    return next((v for (n, ls), v in series.items() if n == metric and all((k, labels[k]) in ls for k in labels)), None)
+
+
+# The daemon was restarted above: one reload now, for the reload series.
+reloaded = run("systemctl", "reload", UNIT)
+check("systemctl reload vfio-powerd", reloaded.returncode == 0, reloaded.stderr)
+status, kind, series, text = scrape()
+check("curl 127.0.0.1:9843/metrics: 200 in Prometheus' text format", status == 200 and kind.startswith("text/plain; version=0.0.4"),
+      f"{status} {kind}: {text[-400:]}")
+check("the exporter was started by its socket and is active", exporter_show("ActiveState") == "active", exporter_show("ActiveState"))
+pid = exporter_show("MainPID")
+with open(f"/proc/{pid}/status") as f:
+    proc_status = f.read()
+uid = int(re.search(r"^Uid:\s+(\d+)", proc_status, re.M).group(1))
+groups = re.search(r"^Groups:\s*(.*)$", proc_status, re.M).group(1).split()
+check("it runs as a dynamic user with vfioread as its supplementary group",
+      uid >= 61184 and str(grp.getgrnam("vfioread").gr_gid) in groups, f"uid {uid}, groups {groups}")
+check("it reads the daemon: vfio_powerd_up 1", value(series, "vfio_powerd_up") == 1.0, text[:600])
+records = {address: show_json(address) for address in (NIC, DISK)}
+for name, address in (("nic", NIC), ("disk", DISK)):
+    record = records[address]
+    check(f"{name}: wakes, arms and state as the daemon has them, labelled address, name, source and vmm",
+          value(series, "vfio_powerd_device_wakes_total", address=address, name=name, source="own", vmm="") == record.get("wakes")
+          and value(series, "vfio_powerd_device_arms_total", address=address) == record.get("arms")
+          and value(series, "vfio_powerd_device_state", address=address, state=record.get("state")) == 1.0,
+          f"{json.dumps(record)} / {[(k, v) for k, v in series.items() if address in str(k) and v]}")
+    states = [ls for (n, ls) in series if n == "vfio_powerd_device_state" and ("address", address) in ls]
+    check(f"{name}: one state series per state, exactly one of them 1", sorted(v for ls in states for k, v in ls if k == "state") == sorted(STATES)
+          and sum(series[("vfio_powerd_device_state", ls)] for ls in states) == 1.0, str(len(states)))
+    seconds = value(series, "vfio_powerd_device_low_power_seconds_total", address=address)
+    check(f"{name}: time in low power from the kernel's counter, > 0 and no more than the daemon's figure read after",
+          seconds is not None and 0 < seconds <= show_json(address).get("lowPowerUsec", 0) / 1e6, f"{seconds} s, {json.dumps(record)}")
+check("daemon series: one reload since the daemon's last start, applied, a moment ago",
+      value(series, "vfio_powerd_reloads_total") == 1.0 and value(series, "vfio_powerd_last_reload_success") == 1.0
+      and abs(time.time() - (value(series, "vfio_powerd_last_reload_timestamp_seconds") or 0)) < 120
+      and value(series, "vfio_powerd_devices", category="low_power") is not None, text[:1500])
+
+# A wake shows at the next scrape; scrapes themselves wake nothing.
+check("nic is in low power before the wake", wait(lambda: runtime_status(NIC) == "suspended", timeout=15), runtime_status(NIC))
+wakes_before = show_json(NIC).get("wakes", -1)
+access(NIC)
+check("the daemon counts the wake", wait(lambda: show_json(NIC).get("wakes") == wakes_before + 1, timeout=10))
+_, _, series, _ = scrape()
+check("the next scrape shows it: vfio_powerd_device_wakes_total + 1",
+      value(series, "vfio_powerd_device_wakes_total", address=NIC) == wakes_before + 1,
+      str(value(series, "vfio_powerd_device_wakes_total", address=NIC)))
+check("nic suspends again after the re-arm delay", wait(lambda: runtime_status(NIC) == "suspended", timeout=15), runtime_status(NIC))
+wakes_before = show_json(NIC).get("wakes", -1)
+for _ in range(5):
+    scrape()
+check("five scrapes later nic is still suspended and has no new wake",
+      runtime_status(NIC) == "suspended" and runtime_status(DISK) == "suspended" and show_json(NIC).get("wakes") == wakes_before,
+      f"{runtime_status(NIC)}, {runtime_status(DISK)}, wakes {show_json(NIC).get('wakes')} (was {wakes_before})")
+security = run("systemd-analyze", "security", "--no-pager", EXPORTER).stdout
+exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security)
+check("systemd-analyze security rates the running exporter at most 2.0", exposure and float(exposure.group(1)) <= 2.0,
+      security[-1500:])
+
+# The daemon stopped: the scrape still answers, with vfio_powerd_up 0 and no device series.
+run("systemctl", "stop", UNIT, "vfio-powerd.socket")
+status, _, series, text = scrape()
+check("with the daemon stopped, /metrics answers 200 with vfio_powerd_up 0 and no device series",
+      status == 200 and value(series, "vfio_powerd_up") == 0.0 and "vfio_powerd_device_" not in text, f"{status}: {text[:400]}")
+exporter_log = run("journalctl", "-u", EXPORTER, "--no-pager", "-o", "cat").stdout
+check("the exporter's journal says where it serves and that the daemon cannot be read",
+      "serving /metrics on" in exporter_log and "cannot be read" in exporter_log, exporter_log[-800:])
+run("systemctl", "start", UNIT)
+check("the daemon is back with both devices in low power",
+      wait(lambda: show("StatusText").startswith("2 devices: 2 in low power"), timeout=15), show("StatusText"))
+_, _, series, _ = scrape()
+check("and the exporter reads it again", value(series, "vfio_powerd_up") == 1.0)
 
 # --- READY=1 only once the control socket listens ---------------------------------------
 failures = []

@@ -359,7 +359,9 @@ public final class ControlService: @unchecked Sendable {
             wakes: Int64(clamping: totals.wakes), selfWakes: Int64(clamping: totals.selfWakes),
             arms: Int64(clamping: totals.arms), flapping: Int64(totals.flapping),
             status: manager.summary(),
-            uptimeSeconds: manager.startedAt.map { (manager.now() - $0).components.seconds } ?? 0)
+            uptimeSeconds: manager.startedAt.map { (manager.now() - $0).components.seconds } ?? 0,
+            reloads: Int64(manager.reloads.count), lastReloadSucceeded: manager.reloads.lastApplied,
+            lastReloadRealtimeUsec: manager.reloads.lastAt.map { Self.realtimeMicroseconds(of: $0, now: manager.now()) })
     }
 
     /// A record as the wire has it. The records are plain values; encoding one cannot fail.
