@@ -109,8 +109,8 @@ final class ControlServiceTests: XCTestCase {
         XCTAssertEqual(woken.wakes, 0)
         XCTAssertEqual(daemon.logs.entries(.heldAwake, device: address).map(\.message),
                        ["0000:00:02.0 (nic): woken by the operator; kept out of low power until `vfio-powerctl arm`"])
-        usleep(1_500_000)
-        XCTAssertEqual(daemon.device(address).engagement, .none, "no re-arm delay applies while held")
+        // Held until Arm: the machine keeps no deadline, so no timer re-arms it.
+        XCTAssertEqual(daemon.onQueue { $0.device(address)?.phase }, .heldAwake(until: nil), "no re-arm delay applies while held")
 
         let armed = try client.arm(nic)
         XCTAssertEqual(armed.state, .lowPower)

@@ -6,6 +6,7 @@ import PowerDaemon
 import SystemdTesting
 import VFIO
 import VFIOSimulator
+import Varlink
 import XCTest
 
 /// One daemon under test: the real Manager and Dispatch loop, simulated devices over real
@@ -134,9 +135,7 @@ final class DaemonHarness {
     /// Every sd_notify datagram received so far.
     /// The datagrams the daemon sent since the last call (the drain has read them already).
     func notifications() throws -> [String] {
-        // What is still in the socket reaches `received` within the drain's next turn.
-        Thread.sleep(forTimeInterval: 0.12)
-        return drain.take()
+        try drain.takeAll(sentTo: listener.path)
     }
 
     /// The device's state as the control interface names it.
@@ -184,6 +183,11 @@ final class LogCapture: @unchecked Sendable {
 }
 
 /// Reads the notify socket on its own thread, as systemd reads it.
+struct HarnessError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
 final class NotifyDrain: @unchecked Sendable {
     private let listener: NotifySocketListener
     private let lock = NSLock()
@@ -201,12 +205,33 @@ final class NotifyDrain: @unchecked Sendable {
         }.start()
     }
 
-    func take() -> [String] {
-        lock.withLock {
-            defer { messages = [] }
-            return messages
+    /// Every datagram sent to `path` before this call. A marker datagram goes to the same
+    /// socket and the drain reads up to it: a datagram socket's queue keeps the order of
+    /// sending, so whatever the daemon sent before is read before the marker (no waiting for
+    /// a fixed time that a slow machine may not honour).
+    func takeAll(sentTo path: String) throws -> [String] {
+        marks += 1
+        let marker = "X_HARNESS_MARK=\(marks)"
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(fd) }
+        let sent = try UnixSocketAddress.with(path) { address, length in
+            marker.withCString { sendto(fd, $0, strlen($0), 0, address, length) }
         }
+        guard sent >= 0 else { throw HarnessError("sendto \(path): errno \(errno)") }
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            let taken: [String]? = lock.withLock {
+                guard let end = messages.firstIndex(of: marker) else { return nil }
+                defer { messages.removeFirst(end + 1) }
+                return Array(messages[..<end])
+            }
+            if let taken { return taken }
+            usleep(1_000)
+        }
+        throw HarnessError("the drain did not read its marker within 5 s")
     }
+
+    private var marks = 0
 
     func stop() { lock.withLock { stopped = true } }
 }

@@ -1,6 +1,7 @@
 import ControlProtocol
 import Foundation
 import PowerDaemon
+import PowerPolicy
 import VFIO
 import VFIOSimulator
 import XCTest
@@ -214,9 +215,14 @@ final class DaemonTests: XCTestCase {
         XCTAssertTrue(daemon.waitUntil { daemon.logs.entries(.flappingStarted, device: a).count == 1 })
         XCTAssertEqual(daemon.phase(a), .backingOff)
         XCTAssertTrue(daemon.onQueue { $0.summary() }.hasSuffix("; 2 wakes; 1 flapping"))
-        // Past the plain 2s delay, well short of the doubled 4s: a margin either way for a busy machine.
-        usleep(2_600_000)
-        XCTAssertEqual(daemon.device(a).engagement, .none, "backing off: the 2s re-arm delay is doubled")
+        // The deadline the machine set, read rather than waited out: the 2s re-arm delay doubled
+        // from the wake (the timer's guard against firing early is the state machine's test).
+        let backingOff = try XCTUnwrap(daemon.onQueue { $0.device(a) })
+        guard case .backingOff(let until) = backingOff.phase, let woke = backingOff.statistics.lastWake else {
+            return XCTFail("not backing off: \(backingOff.phase)")
+        }
+        XCTAssertEqual(until - woke, .seconds(4), "backing off: the 2s re-arm delay is doubled")
+        XCTAssertEqual(daemon.device(a).engagement, .none)
         XCTAssertTrue(daemon.waitUntil { daemon.device(a).engagement == .oneShot }, "re-armed after the backoff")
         XCTAssertEqual(daemon.logs.entries(.rearmed, device: a).count, 1, "re-arms while flapping are summarised, not logged")
     }

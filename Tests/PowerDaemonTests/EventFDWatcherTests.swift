@@ -23,6 +23,19 @@ final class EventFDWatcherTests: XCTestCase {
         return false
     }
 
+    /// Waits until the watcher has gone round once more: a fresh eventfd is signalled and
+    /// waited for. Whatever was still ready before (a member delivered twice, one not yet
+    /// unwatched) is ready at that epoll_wait too, so it has been handled when this returns:
+    /// "nothing more came" is then a fact, not a guess after a fixed sleep.
+    private func settle(_ watcher: EventFDWatcher) throws {
+        let sentinel = try EventFD()
+        let arrived = Deliveries()
+        let token = try queue.sync { try watcher.watch(sentinel) { arrived.seen.append((-1, $0)) } }
+        try sentinel.signal()
+        XCTAssertTrue(eventually { !arrived.seen.isEmpty }, "the watcher went round once more")
+        queue.sync { watcher.unwatch(token) }
+    }
+
     func testEveryEventfdOfAStormIsDeliveredOnceWithItsCounter() throws {
         // More members than one callout takes (calloutLimit), so the source must fire again.
         let count = EventFDWatcher.calloutLimit + 300
@@ -40,7 +53,7 @@ final class EventFDWatcherTests: XCTestCase {
             for (index, eventfd) in eventfds.enumerated() { try? eventfd.signal(index % 3 == 0 ? 2 : 1) }
         }
         XCTAssertTrue(eventually { deliveries.seen.count >= count }, "delivered \(deliveries.seen.count) of \(count)")
-        usleep(50_000)
+        try settle(watcher)
         queue.sync {
             XCTAssertEqual(deliveries.seen.count, count, "each signalled eventfd once")
             XCTAssertEqual(Set(deliveries.seen.map(\.0)).count, count)
@@ -73,7 +86,7 @@ final class EventFDWatcherTests: XCTestCase {
             try? second.signal()
         }
         XCTAssertTrue(eventually { !deliveries.seen.isEmpty })
-        usleep(50_000)
+        try settle(watcher)
         let survivor = try queue.sync {
             XCTAssertEqual(deliveries.seen.count, 1, "the other member left the set before its turn")
             XCTAssertEqual(watcher.count, 1)
@@ -83,7 +96,7 @@ final class EventFDWatcherTests: XCTestCase {
         try first.signal()
         try second.signal()
         XCTAssertTrue(eventually { deliveries.seen.count == 2 })
-        usleep(50_000)
+        try settle(watcher)
         queue.sync { XCTAssertEqual(deliveries.seen.map(\.0), [survivor, survivor]) }
     }
 
