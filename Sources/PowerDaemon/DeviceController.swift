@@ -3,11 +3,6 @@ import PowerPolicy
 import SystemPackage
 import VFIO
 
-/// The clock the daemon reads: CLOCK_MONOTONIC, so instants match systemd's MONOTONIC_USEC.
-public protocol DaemonClock: Sendable {
-    func now() -> MonotonicInstant
-}
-
 /// Tells the manager what one device did; called on the daemon's queue.
 protocol DeviceControllerDelegate: AnyObject {
     /// The state machine asked to tell the operator something.
@@ -70,7 +65,7 @@ final class DeviceController: @unchecked Sendable {
     private var wakeup: EventFD?
     private var wakeupWatch: EventFDWatcher.Token?
     private var removalWatch: EventFDWatcher.Token?
-    private var timer: DispatchSourceTimer?
+    private var timer: (any DaemonTimer)?
     /// Whether the timer is scheduled (a fired or cancelled one waits at distantFuture).
     private var timerArmed = false
     /// The most recent VFIO error, whose words are more precise than an errno.
@@ -754,11 +749,9 @@ final class DeviceController: @unchecked Sendable {
     /// once and rescheduled: a wake should not cost a new kernel timer registration.
     private func startTimer(_ delay: Duration) {
         let timer = self.timer ?? makeTimer()
-        let nanoseconds = delay.nanoseconds
         // Leeway lets the kernel batch wake-ups (a re-arm a few ms late costs nothing), but
         // never more than a tenth of the delay: a 0 s re-arm delay means at once.
-        let leeway = min(10_000_000, nanoseconds / 10)
-        timer.schedule(deadline: .now() + .nanoseconds(Int(clamping: nanoseconds)), leeway: .nanoseconds(Int(clamping: leeway)))
+        timer.schedule(after: delay, leeway: min(.milliseconds(10), delay / 10))
         timerArmed = true
     }
 
@@ -766,17 +759,15 @@ final class DeviceController: @unchecked Sendable {
     private func cancelTimer() {
         guard timerArmed else { return }
         timerArmed = false
-        timer?.schedule(deadline: .distantFuture)
+        timer?.cancel()
     }
 
-    private func makeTimer() -> DispatchSourceTimer {
-        let timer = DispatchSource.makeTimerSource(queue: queue)
-        timer.setEventHandler { [weak self] in
+    private func makeTimer() -> any DaemonTimer {
+        let timer = clock.makeTimer(on: queue) { [weak self] in
             guard let self, self.timerArmed else { return }
             self.timerArmed = false
             self.run { $0.timerFired(now: $1) }
         }
-        timer.activate()
         self.timer = timer
         return timer
     }

@@ -47,13 +47,13 @@ public final class Manager: @unchecked Sendable {
     /// Every device's eventfds, behind one Dispatch source; made by start().
     private var watcher: EventFDWatcher?
     private var daemonSettings = DaemonSettings()
-    private var rescanTimer: DispatchSourceTimer?
+    private var rescanTimer: (any DaemonTimer)?
     /// `vmm` devices: opens of their group nodes (nil if inotify was refused: then only the
     /// fallback scan and `adopt` find VMMs).
     private var openWatcher: OpenWatcher?
     /// `vmm` devices: the fallback scan for VMMs whose opens are not seen; runs only while a
     /// `vmm` device is idle.
-    private var vmmScanTimer: DispatchSourceTimer?
+    private var vmmScanTimer: (any DaemonTimer)?
     /// `vmm` devices in use by their guests, which the sampler looks at every
     /// guest_d3_interval; the sampler's timer runs only while there is one.
     private var inUse = Set<PCIAddress>()
@@ -66,16 +66,16 @@ public final class Manager: @unchecked Sendable {
     /// The controllers with a call under way, looked at once a second for stuck calls while
     /// there are any.
     private var calling: [ObjectIdentifier: DeviceController] = [:]
-    private var callWatch: DispatchSourceTimer?
+    private var callWatch: (any DaemonTimer)?
     /// Armed devices the kernel has not been seen to suspend yet (or keeps awake): the same
     /// sampler reads their `power/runtime_status` until it says suspended.
     private var confirming = Set<PCIAddress>()
-    private var sampler: DispatchSourceTimer?
+    private var sampler: (any DaemonTimer)?
     private var samplerInterval: Duration?
     /// `vmm` devices: wakeup eventfds the previous run kept in systemd's fd store, until the
     /// device is adopted again (or found idle at start).
     private var keptWakeups: [PCIAddress: EventFD] = [:]
-    private var watchdogTimer: DispatchSourceTimer?
+    private var watchdogTimer: (any DaemonTimer)?
     private var lastStatus: String?
     private var tally = StatusTally()
     private var statusUpdatePending = false
@@ -167,7 +167,7 @@ public final class Manager: @unchecked Sendable {
     private func whenSettled(within bound: Duration, _ body: @escaping () -> Void) {
         let once = Once(body)
         calls.notify(queue: queue) { once.run() }
-        queue.asyncAfter(deadline: .now() + .milliseconds(Int(bound.milliseconds))) { once.run() }
+        clock.after(bound, on: queue) { once.run() }
     }
 
     /// A body that runs the first time it is asked to (both asks come on the queue).
@@ -331,7 +331,7 @@ public final class Manager: @unchecked Sendable {
     private func afterTurn(of controller: DeviceController, _ reply: @escaping (DeviceSnapshot?) -> Void) {
         let once = Once { [self] in reply(snapshot(controller, now: clock.now())) }
         controller.whenSettled { once.run() }
-        queue.asyncAfter(deadline: .now() + .seconds(Int(Self.answerBound.components.seconds))) { once.run() }
+        clock.after(Self.answerBound, on: queue) { once.run() }
     }
 
     /// Runs `body` on the queue once no call on any device is under way (within
@@ -387,6 +387,11 @@ public final class Manager: @unchecked Sendable {
 
     /// The clock's now, for converting snapshot instants.
     public func now() -> MonotonicInstant { clock.now() }
+
+    /// Runs `body` on the daemon's queue once, `delay` from now, by the daemon's clock.
+    func after(_ delay: Duration, _ body: @escaping @Sendable () -> Void) {
+        clock.after(delay, on: queue, body)
+    }
 
     // MARK: Stop
 
@@ -563,11 +568,8 @@ public final class Manager: @unchecked Sendable {
     /// and systemd restarts the daemon.
     private func startWatchdog() {
         guard let interval = SystemdWatchdog.pingInterval() else { return }
-        let timer = DispatchSource.makeTimerSource(queue: queue)
-        let nanoseconds = Int(interval.nanoseconds)
-        timer.schedule(deadline: .now(), repeating: .nanoseconds(nanoseconds), leeway: .milliseconds(100))
-        timer.setEventHandler { [notifier] in notifier.watchdogPing() }
-        timer.activate()
+        let timer = clock.makeTimer(on: queue) { [notifier] in notifier.watchdogPing() }
+        timer.schedule(every: interval, first: .zero, leeway: .milliseconds(100))
         watchdogTimer = timer
     }
 
@@ -582,11 +584,8 @@ public final class Manager: @unchecked Sendable {
         }
         guard rescanTimer == nil else { return }
         let interval = daemonSettings.rescanInterval.value
-        let nanoseconds = Int(interval.nanoseconds)
-        let timer = DispatchSource.makeTimerSource(queue: queue)
-        timer.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds), leeway: .milliseconds(500))
-        timer.setEventHandler { [weak self] in self?.rescan() }
-        timer.activate()
+        let timer = clock.makeTimer(on: queue) { [weak self] in self?.rescan() }
+        timer.schedule(every: interval, first: interval, leeway: .milliseconds(500))
         rescanTimer = timer
     }
 
@@ -603,11 +602,8 @@ public final class Manager: @unchecked Sendable {
             return
         }
         guard vmmScanTimer == nil else { return }
-        let nanoseconds = Int(interval.nanoseconds)
-        let timer = DispatchSource.makeTimerSource(queue: queue)
-        timer.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds), leeway: .milliseconds(250))
-        timer.setEventHandler { [weak self] in self?.scanForVMMs() }
-        timer.activate()
+        let timer = clock.makeTimer(on: queue) { [weak self] in self?.scanForVMMs() }
+        timer.schedule(every: interval, first: interval, leeway: .milliseconds(250))
         vmmScanTimer = timer
     }
 
@@ -623,12 +619,8 @@ public final class Manager: @unchecked Sendable {
         }
         guard sampler == nil || samplerInterval != interval else { return }
         sampler?.cancel()
-        let nanoseconds = Int(interval.nanoseconds)
-        let timer = DispatchSource.makeTimerSource(queue: queue)
-        timer.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds),
-                       leeway: .nanoseconds(nanoseconds / 20))
-        timer.setEventHandler { [weak self] in self?.sampleGuests() }
-        timer.activate()
+        let timer = clock.makeTimer(on: queue) { [weak self] in self?.sampleGuests() }
+        timer.schedule(every: interval, first: interval, leeway: interval / 20)
         sampler = timer
         samplerInterval = interval
     }
@@ -753,14 +745,12 @@ extension Manager: DeviceControllerDelegate {
         if underWay {
             calling[ObjectIdentifier(controller)] = controller
             guard callWatch == nil else { return }
-            let timer = DispatchSource.makeTimerSource(queue: queue)
-            timer.schedule(deadline: .now() + .seconds(1), repeating: .seconds(1), leeway: .milliseconds(100))
-            timer.setEventHandler { [weak self] in
+            let timer = clock.makeTimer(on: queue) { [weak self] in
                 guard let self else { return }
                 let now = clock.now()
                 for controller in calling.values { controller.checkCall(now: now) }
             }
-            timer.activate()
+            timer.schedule(every: .seconds(1), first: .seconds(1), leeway: .milliseconds(100))
             callWatch = timer
         } else {
             calling[ObjectIdentifier(controller)] = nil
@@ -846,12 +836,4 @@ public struct DeviceSnapshot: Sendable {
     public var stuck: (call: String, for: Duration)?
     /// sysfs as the kernel has it when the snapshot was taken.
     public var power = PowerView()
-}
-
-/// CLOCK_MONOTONIC, as systemd reads it.
-public struct SystemMonotonicClock: DaemonClock {
-    public init() {}
-    public func now() -> MonotonicInstant {
-        MonotonicInstant(nanoseconds: MonotonicClock.nowMicroseconds() * 1000)
-    }
 }

@@ -24,6 +24,8 @@ final class DaemonHarness {
     /// DaemonOptions' bounds; tests of a stuck device shorten them.
     var stuckBound: Duration = .seconds(10)
     var settleBound: Duration = .seconds(20)
+    /// The daemon's clock: the system's, or a `ManualClock` the test turns.
+    var clock: any DaemonClock = SystemMonotonicClock()
 
     init(mainConfig: String = "", devices: [String: String] = [:]) throws {
         tree = try FakeSysfsTree()
@@ -74,7 +76,7 @@ final class DaemonHarness {
         manager = Manager(
             options: DaemonOptions(config: .init(configRoot: .init(configRoot.path), allowInsecurePermissions: true),
                                    sysfsRoot: .init(tree.path), stuckBound: stuckBound, settleBound: settleBound),
-            source: source, logger: Logger(label: "test") { _ in self.logs.handler(level: self.logLevel) })
+            source: source, logger: Logger(label: "test") { _ in self.logs.handler(level: self.logLevel) }, clock: clock)
         // READY=1 waits for the devices' first calls, which run on their own queues.
         let ready = DispatchSemaphore(value: 0)
         try manager.queue.sync { try manager.start(whenReady: { ready.signal() }) }

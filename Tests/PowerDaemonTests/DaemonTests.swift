@@ -204,25 +204,31 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(daemon.logs.entries(.stopping).count, 1)
     }
 
+    /// On a manual clock: time moves only when the test says, so "not re-armed before the
+    /// doubled delay" is checked at the instant before it, with no sleep.
     func testAFlappingDeviceBacksOffAndIsSummarised() throws {
         let daemon = try harness(main: "[defaults]\nsource = \"own\"\nrearm_delay = \"2s\"\nflap_max_wakes = 1\nflap_window = \"10m\"\n",
                                  devices: ["10-lab.conf": "[[device]]\naddress = \"\(nic)\"\n"])
+        let clock = ManualClock()
+        daemon.clock = clock
         let a = try daemon.plug(nic)
         try daemon.start()
         daemon.device(a).access()
+        // (waitUntil's condition runs on the daemon's queue: it reads the manager directly.)
+        XCTAssertTrue(daemon.waitUntil { daemon.manager.device(a).map { DeviceRecord.State($0.phase) } == .waitingToRearm })
+        clock.advance(by: .seconds(2) - .nanoseconds(1))
+        XCTAssertEqual(daemon.device(a).engagement, .none, "not before the 2s re-arm delay")
+        clock.advance(by: .nanoseconds(1))
         XCTAssertTrue(daemon.waitUntil { daemon.device(a).engagement == .oneShot && daemon.logs.entries(.rearmed).count == 1 })
+
         daemon.device(a).access()
         XCTAssertTrue(daemon.waitUntil { daemon.logs.entries(.flappingStarted, device: a).count == 1 })
         XCTAssertEqual(daemon.phase(a), .backingOff)
         XCTAssertTrue(daemon.onQueue { $0.summary() }.hasSuffix("; 2 wakes; 1 flapping"))
-        // The deadline the machine set, read rather than waited out: the 2s re-arm delay doubled
-        // from the wake (the timer's guard against firing early is the state machine's test).
-        let backingOff = try XCTUnwrap(daemon.onQueue { $0.device(a) })
-        guard case .backingOff(let until) = backingOff.phase, let woke = backingOff.statistics.lastWake else {
-            return XCTFail("not backing off: \(backingOff.phase)")
-        }
-        XCTAssertEqual(until - woke, .seconds(4), "backing off: the 2s re-arm delay is doubled")
-        XCTAssertEqual(daemon.device(a).engagement, .none)
+        clock.advance(by: .seconds(4) - .nanoseconds(1))
+        XCTAssertEqual(daemon.device(a).engagement, .none, "backing off: the 2s re-arm delay is doubled")
+        XCTAssertEqual(daemon.phase(a), .backingOff)
+        clock.advance(by: .nanoseconds(1))
         XCTAssertTrue(daemon.waitUntil { daemon.device(a).engagement == .oneShot }, "re-armed after the backoff")
         XCTAssertEqual(daemon.logs.entries(.rearmed, device: a).count, 1, "re-arms while flapping are summarised, not logged")
     }

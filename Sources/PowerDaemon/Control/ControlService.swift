@@ -263,7 +263,7 @@ public final class ControlService: @unchecked Sendable {
                         ["CALLER_UID": "\(peer.uid)", "CALLER_PID": "\(peer.pid)"])
         } else if refusals.startedSuppressing(peer.uid) {
             // Said once, when the window closes, however many were refused meanwhile.
-            manager.queue.asyncAfter(deadline: .now() + .seconds(Int(RefusalLog.window.components.seconds))) { [weak self] in
+            manager.after(RefusalLog.window) { [weak self] in
                 self?.summariseRefusals(of: peer.uid)
             }
         }
