@@ -22,7 +22,8 @@ DESTDIR ?=
 # Both kernels of the lab: Debian 12's own (the oldest with the features) and the newest.
 LAB_KERNELS ?= 6.1 newest
 KERNEL_TESTS := KernelTests.DeviceLifecycleKernelTests,KernelTests.LowPowerKernelTests
-HOST_PACKAGES := libsystemd-dev pkg-config scdoc
+# libtomlplusplus-dev: toml++ for the CTOML shim, used header-only (nothing of it at run time).
+HOST_PACKAGES := libsystemd-dev libtomlplusplus-dev pkg-config scdoc
 
 .PHONY: all deps build build-tests check unit-tests kernel-tests daemon-tests demo probe-demo bench man install clean
 
