@@ -25,7 +25,8 @@ KERNEL_TESTS := KernelTests.DeviceLifecycleKernelTests,KernelTests.LowPowerKerne
 # prometheus: its promtool checks the exporter's output and the example alert rules, and the
 # tests scrape the exporter with a server of its own (on a free loopback port, in a temporary
 # folder; the package's own prometheus.service is left as the package sets it).
-HOST_PACKAGES := libsystemd-dev pkg-config scdoc python3-venv prometheus
+# libtomlplusplus-dev: toml++ for the CTOML shim, used header-only (nothing of it at run time).
+HOST_PACKAGES := libsystemd-dev libtomlplusplus-dev pkg-config scdoc python3-venv prometheus
 # PyPI's varlink, the independent client the tests call, lives in a virtual environment:
 # Debian 12 refuses pip into its own Python (PEP 668).
 VENV := .build/venv

@@ -8,6 +8,7 @@
 //   CSystemd       libsystemd (sd_notify, sd_journal_sendv), found through pkg-config
 //   VFIO           typed Linux layer: PCI addresses, the group path, low-power ioctls, eventfd, sysfs
 //   PowerPolicy    pure core: policy model and the per-device state machine (no I/O, no clock, no logs)
+//   CTOML          C interface over Debian's toml++ (header-only): entries with their source positions
 //   PowerConfig    TOML configuration: files, precedence, validation, device selection against sysfs
 //   Systemd        sd_notify and a swift-log handler over the journal
 //   PowerDaemon    the daemon: Manager, one controller per device, the Dispatch event loop,
@@ -35,7 +36,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
-        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
         // The exporter: Prometheus' text format, and an HTTP server.
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
@@ -53,9 +53,11 @@ let package = Package(
         // recvmsg with SCM_RIGHTS: the one control-message layout the varlink server needs.
         .target(name: "CVarlink"),
         .target(name: "Varlink", dependencies: ["CVarlink"]),
+        // toml++ from libtomlplusplus-dev (make deps), included header-only: nothing of it is
+        // linked or needed at run time, so the binaries copied into the lab's VMs stay as they are.
+        .target(name: "CTOML"),
         .target(name: "PowerConfig", dependencies: [
-            "PowerPolicy", "VFIO",
-            .product(name: "TOMLKit", package: "TOMLKit"),
+            "PowerPolicy", "VFIO", "CTOML",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .target(name: "Systemd", dependencies: [
@@ -137,5 +139,7 @@ let package = Package(
         // where /dev/vfio exists; `swift test` on the host skips this target (see Makefile).
         .testTarget(name: "KernelTests", dependencies: ["VFIO", "CVFIO"]),
     ],
-    swiftLanguageModes: [.v6]
+    swiftLanguageModes: [.v6],
+    // toml++ 3 needs C++17.
+    cxxLanguageStandard: .cxx17
 )

@@ -1,5 +1,4 @@
 import PowerPolicy
-import TOMLKit
 import VFIO
 
 /// Turns one file's TOML text into typed settings, collecting every problem in it.
@@ -9,8 +8,7 @@ import VFIO
 /// the order an operator reads the file.
 struct ConfigFileParser {
     let file: String
-    private let positions: TOMLPositionIndex
-    private let document: ParsedDocument?
+    private let document: TOMLDocument?
     private var root: TOMLTable? { document?.root }
     private(set) var problems: [ConfigProblem] = []
 
@@ -19,24 +17,22 @@ struct ConfigFileParser {
         self.file = file
         let findings = TOMLPrecheck.check(text)
         guard findings.isEmpty else {
-            // Parsing such a text would lose part of it or crash; it is refused unparsed.
+            // Such a text is refused unparsed (TOMLPrecheck says why).
             document = nil
-            positions = TOMLPositionIndex(text: "")
             problems = findings.map { ConfigProblem(file: file, line: $0.line, column: $0.column, message: $0.message) }
             return
         }
-        do {
-            document = ParsedDocument(try TOMLTable(string: text))
-            positions = TOMLPositionIndex(text: text)
-        } catch let error as TOMLParseError {
+        switch TOMLDocument.parse(text, file: file) {
+        case .success(let parsed):
+            document = parsed
+        case .failure(let error):
             document = nil
-            positions = TOMLPositionIndex(text: "")
-            problems.append(ConfigProblem(file: file, line: error.source.begin.line, column: error.source.begin.column,
-                                          message: "TOML syntax error: \(error.description)"))
-        } catch {
-            document = nil
-            positions = TOMLPositionIndex(text: "")
-            problems.append(ConfigProblem(file: file, message: "cannot parse: \(error)"))
+            if let position = error.position {
+                problems.append(ConfigProblem(file: file, line: position.line, column: position.column,
+                                              message: "TOML syntax error: \(error.description)"))
+            } else {
+                problems.append(ConfigProblem(file: file, message: "cannot parse: \(error.description)"))
+            }
         }
     }
 
@@ -63,14 +59,12 @@ struct ConfigFileParser {
         var daemon = DaemonSettings()
         var defaults = PolicySettings()
         guard let root else { return (daemon, defaults) }
-        for key in orderedKeys(root, path: []) {
-            let value = root[key]!
+        for (key, value) in root.entries {
             switch key {
             case "daemon":
                 guard let table = expectTable(value, path: ["daemon"]) else { continue }
-                for subkey in orderedKeys(table, path: ["daemon"]) {
+                for (subkey, value) in table.entries {
                     let path = ["daemon", subkey]
-                    let value = table[subkey]!
                     switch subkey {
                     case "rescan_interval":
                         if let duration = readDuration(value, path: path, range: .seconds(1) ... .seconds(3600)) {
@@ -95,14 +89,14 @@ struct ConfigFileParser {
                             daemon.vmmScanInterval = .init(duration, provenance(path))
                         }
                     case "vmm_executables":
-                        guard let array = value.array, value.type == .array else {
+                        guard let array = value.array else {
                             problems.append(problem(valuePath: path, message:
                                 "expected a list of executables like [\"qemu-system-*\", \"crosvm\"], got \(describe(value))"))
                             continue
                         }
                         var patterns: [String] = []
                         for index in 0..<array.count {
-                            guard let pattern = array[index].stringValue, array[index].type == .string, !pattern.isEmpty else {
+                            guard let pattern = array[index].string, !pattern.isEmpty else {
                                 problems.append(problem(valuePath: path, message:
                                     "entry \(index + 1) is \(describe(array[index])): each entry is an executable's name or path (glob patterns allowed), like \"qemu-system-*\""))
                                 continue
@@ -128,7 +122,7 @@ struct ConfigFileParser {
                 }
             case "defaults":
                 guard let table = expectTable(value, path: ["defaults"]) else { continue }
-                defaults = readPolicy(table, path: ["defaults"], extraKeys: [])
+                defaults = readPolicy(table.entries, path: ["defaults"], extraKeys: [])
             case "device":
                 problems.append(problem(keyPath: ["device"], message:
                     "devices belong in devices.d/*.conf, not in the main file; move this entry to e.g. devices.d/50-local.conf"))
@@ -152,8 +146,7 @@ struct ConfigFileParser {
     mutating func parseDevices(defaults: EffectivePolicy) -> [DeviceEntry] {
         guard let root else { return [] }
         var entries: [DeviceEntry] = []
-        for key in orderedKeys(root, path: []) {
-            let value = root[key]!
+        for (key, value) in root.entries {
             guard key == "device" else {
                 if Self.deviceKeys.contains(key) {
                     problems.append(problem(keyPath: [key], message:
@@ -185,16 +178,15 @@ struct ConfigFileParser {
     }
 
     private mutating func readDevice(_ table: TOMLTable, path: [String], defaults: EffectivePolicy) -> DeviceEntry? {
-        let headerLocation = location(positions.bestKeyPosition(path))
+        let headerLocation = location(bestKeyPosition(path))
         var name: String?
         var enabled = Sourced(true, .builtInDefault)
         var address: (PCIAddress, ConfigLocation)?
         var rule: (MatchRule, ConfigLocation)?
         var selectorBroken = false
-        let keys = orderedKeys(table, path: path)
-        for key in keys where PolicyKey(rawValue: key) == nil {
+        let entries = table.entries
+        for (key, value) in entries where PolicyKey(rawValue: key) == nil {
             let keyPath = path + [key]
-            let value = table[key]!
             switch key {
             case "name":
                 if let text = readString(value, path: keyPath) {
@@ -209,7 +201,7 @@ struct ConfigFileParser {
             case "address":
                 guard let text = readString(value, path: keyPath) else { selectorBroken = true; continue }
                 switch PCIAddress.parse(text) {
-                case .success(let parsed): address = (parsed, location(positions.bestValuePosition(keyPath)))
+                case .success(let parsed): address = (parsed, location(bestValuePosition(keyPath)))
                 case .failure(let error):
                     selectorBroken = true
                     problems.append(problem(valuePath: keyPath, message: error.description))
@@ -217,7 +209,7 @@ struct ConfigFileParser {
             case "match":
                 guard let matchTable = expectTable(value, path: keyPath) else { selectorBroken = true; continue }
                 if let parsed = readMatch(matchTable, path: keyPath) {
-                    rule = (parsed, location(positions.bestKeyPosition(keyPath)))
+                    rule = (parsed, location(bestKeyPosition(keyPath)))
                 } else {
                     selectorBroken = true
                 }
@@ -225,7 +217,7 @@ struct ConfigFileParser {
                 unknownKey(keyPath, candidates: Self.deviceKeys)
             }
         }
-        let settings = readPolicy(table, keys: keys, path: path, extraKeys: Self.deviceKeys)
+        let settings = readPolicy(entries, path: path, extraKeys: Self.deviceKeys)
         let effective = settings.applied(over: defaults)
         checkConflicts(effective, written: settings, path: path, table: table)
 
@@ -254,9 +246,8 @@ struct ConfigFileParser {
     private mutating func readMatch(_ table: TOMLTable, path: [String]) -> MatchRule? {
         var rule = MatchRule()
         var ok = true
-        for key in orderedKeys(table, path: path) {
+        for (key, value) in table.entries {
             let keyPath = path + [key]
-            let value = table[key]!
             switch key {
             case "vendor", "device":
                 if let id = readID(value, path: keyPath) {
@@ -297,11 +288,10 @@ struct ConfigFileParser {
 
     // MARK: Policy keys
 
-    private mutating func readPolicy(_ table: TOMLTable, keys: [String]? = nil, path: [String], extraKeys: [String]) -> PolicySettings {
+    private mutating func readPolicy(_ entries: [(key: String, value: TOMLValue)], path: [String], extraKeys: [String]) -> PolicySettings {
         var settings = PolicySettings()
-        for key in keys ?? orderedKeys(table, path: path) {
+        for (key, value) in entries {
             let keyPath = path + [key]
-            let value = table[key]!
             guard let policyKey = PolicyKey(rawValue: key) else {
                 if extraKeys.isEmpty { unknownKey(keyPath, candidates: Self.policyKeyNames) }
                 continue
@@ -352,7 +342,7 @@ struct ConfigFileParser {
         func reportKey(_ a: PolicyKey, _ b: PolicyKey) -> PolicyKey? {
             switch (isWritten(a), isWritten(b)) {
             case (true, true):
-                let pa = positions.bestKeyPosition(path + [a.rawValue]), pb = positions.bestKeyPosition(path + [b.rawValue])
+                let pa = bestKeyPosition(path + [a.rawValue]), pb = bestKeyPosition(path + [b.rawValue])
                 return (pa.line, pa.column) > (pb.line, pb.column) ? a : b
             case (true, false): return a
             case (false, true): return b
@@ -406,10 +396,10 @@ struct ConfigFileParser {
 
     // MARK: Typed readers
 
-    private mutating func readDuration(_ value: TOMLValueConvertible, path: [String], range: ClosedRange<Duration>) -> Duration? {
-        guard let text = value.stringValue else {
+    private mutating func readDuration(_ value: TOMLValue, path: [String], range: ClosedRange<Duration>) -> Duration? {
+        guard let text = value.string else {
             problems.append(problem(valuePath: path, message: "expected a duration like \"30s\", got \(describe(value))"
-                + (value.intValue.map { " (write \"\($0)s\" for \($0) seconds)" } ?? "")))
+                + (value.integer.map { " (write \"\($0)s\" for \($0) seconds)" } ?? "")))
             return nil
         }
         switch DurationText.parse(text) {
@@ -426,8 +416,8 @@ struct ConfigFileParser {
         }
     }
 
-    private mutating func readInteger(_ value: TOMLValueConvertible, path: [String], range: ClosedRange<Int>) -> Int? {
-        guard value.type == .int, let number = value.intValue else {
+    private mutating func readInteger(_ value: TOMLValue, path: [String], range: ClosedRange<Int>) -> Int? {
+        guard let number = value.integer else {
             problems.append(problem(valuePath: path, message: "expected an integer like \(range.lowerBound), got \(describe(value))"))
             return nil
         }
@@ -439,16 +429,16 @@ struct ConfigFileParser {
         return number
     }
 
-    private mutating func readBool(_ value: TOMLValueConvertible, path: [String]) -> Bool? {
-        guard value.type == .bool, let flag = value.boolValue else {
+    private mutating func readBool(_ value: TOMLValue, path: [String]) -> Bool? {
+        guard let flag = value.boolean else {
             problems.append(problem(valuePath: path, message: "expected true or false, got \(describe(value))"))
             return nil
         }
         return flag
     }
 
-    private mutating func readString(_ value: TOMLValueConvertible, path: [String], advice: String? = nil) -> String? {
-        guard value.type == .string, let text = value.stringValue else {
+    private mutating func readString(_ value: TOMLValue, path: [String], advice: String? = nil) -> String? {
+        guard let text = value.string else {
             problems.append(problem(valuePath: path, message: advice.map { "\($0), got \(describe(value))" }
                 ?? "expected a string, got \(describe(value))"))
             return nil
@@ -457,15 +447,15 @@ struct ConfigFileParser {
     }
 
     /// A vendor or device ID: an integer (0x10de) or a string of 4 hex digits ("10de", "0x10de").
-    private mutating func readID(_ value: TOMLValueConvertible, path: [String]) -> UInt16? {
-        if value.type == .int, let number = value.intValue {
+    private mutating func readID(_ value: TOMLValue, path: [String]) -> UInt16? {
+        if let number = value.integer {
             guard (0...0xFFFF).contains(number) else {
                 problems.append(problem(valuePath: path, message: "\(number) is out of range: a PCI ID is 16 bits (0x0000 to 0xffff)"))
                 return nil
             }
             return UInt16(number)
         }
-        if value.type == .string, let text = value.stringValue {
+        if let text = value.string {
             var digits = Substring(text)
             if digits.hasPrefix("0x") || digits.hasPrefix("0X") { digits = digits.dropFirst(2) }
             if digits.count == 4, digits.allSatisfy(\.isHexDigit), let number = UInt16(digits, radix: 16) { return number }
@@ -477,11 +467,11 @@ struct ConfigFileParser {
         return nil
     }
 
-    private mutating func readChoice<C: CaseIterable & RawRepresentable>(_ value: TOMLValueConvertible, path: [String]) -> C?
+    private mutating func readChoice<C: CaseIterable & RawRepresentable>(_ value: TOMLValue, path: [String]) -> C?
     where C.RawValue == String {
         let names = C.allCases.map(\.rawValue)
         let list = names.map { "\"\($0)\"" }.joined(separator: ", ")
-        guard value.type == .string, let text = value.stringValue else {
+        guard let text = value.string else {
             problems.append(problem(valuePath: path, message: "expected one of \(list), got \(describe(value))"))
             return nil
         }
@@ -492,7 +482,7 @@ struct ConfigFileParser {
         return nil
     }
 
-    private mutating func expectTable(_ value: TOMLValueConvertible, path: [String]) -> TOMLTable? {
+    private mutating func expectTable(_ value: TOMLValue, path: [String]) -> TOMLTable? {
         guard let table = value.table else {
             problems.append(problem(valuePath: path, message: "expected a table ([\(dotted(path))]), got \(describe(value))"))
             return nil
@@ -512,35 +502,22 @@ struct ConfigFileParser {
 
     // MARK: Positions
 
-    /// A table's keys in the order they appear in the file (toml++ keeps them sorted).
-    ///
-    /// The names come from the position index when it holds exactly the table's keys (it
-    /// always does for text toml++ accepted, unless a quoted key defeats it), else from
-    /// TOMLKit's `keys`, which leaks a copy of every key on each call.
-    private func orderedKeys(_ table: TOMLTable, path: [String]) -> [String] {
-        let names: [String]
-        if let indexed = positions.childNames(path), indexed.count == table.count,
-           indexed.allSatisfy({ table.contains(key: $0) }) {
-            names = indexed
-        } else {
-            names = table.keys
-        }
-        var childPath = path
-        childPath.append("")
-        let placed = names.map { name -> (line: Int, column: Int, name: String) in
-            childPath[childPath.count - 1] = name
-            let position = positions.bestKeyPosition(childPath)
-            return (position.line, position.column, name)
-        }
-        return placed.sorted { ($0.line, $0.column, $0.name) < ($1.line, $1.column, $1.name) }.map(\.name)
+    /// Where toml++ found the key at `path` (see TOMLDocument.bestKeyPosition); only asked
+    /// while reading a parsed document.
+    private func bestKeyPosition(_ path: [String]) -> TOMLDocument.Position {
+        document?.bestKeyPosition(path) ?? TOMLDocument.Position(line: 1, column: 1)
     }
 
-    private func location(_ position: TOMLPositionIndex.Position) -> ConfigLocation {
+    private func bestValuePosition(_ path: [String]) -> TOMLDocument.Position {
+        document?.bestValuePosition(path) ?? TOMLDocument.Position(line: 1, column: 1)
+    }
+
+    private func location(_ position: TOMLDocument.Position) -> ConfigLocation {
         ConfigLocation(file: file, line: position.line, column: position.column)
     }
 
     private func provenance(_ path: [String]) -> Provenance {
-        .file(location(positions.bestKeyPosition(path)))
+        .file(location(bestKeyPosition(path)))
     }
 
     private func dotted(_ path: [String]) -> String {
@@ -548,31 +525,22 @@ struct ConfigFileParser {
     }
 
     private func problem(_ severity: ConfigProblem.Severity = .error, keyPath: [String], keyName: String? = nil, message: String) -> ConfigProblem {
-        ConfigProblem(severity, at: location(positions.bestKeyPosition(keyPath)), key: keyName ?? dotted(keyPath), message: message)
+        ConfigProblem(severity, at: location(bestKeyPosition(keyPath)), key: keyName ?? dotted(keyPath), message: message)
     }
 
     private func problem(valuePath: [String], message: String) -> ConfigProblem {
-        ConfigProblem(at: location(positions.bestValuePosition(valuePath)), key: dotted(valuePath), message: message)
+        ConfigProblem(at: location(bestValuePosition(valuePath)), key: dotted(valuePath), message: message)
     }
 
-    private func describe(_ value: TOMLValueConvertible) -> String {
-        switch value.type {
-        case .string: "\"\(value.stringValue ?? "")\""
-        case .int: String(value.intValue ?? 0)
-        case .double: String(value.double ?? 0)
-        case .bool: (value.boolValue ?? false) ? "true" : "false"
+    private func describe(_ value: TOMLValue) -> String {
+        switch value.kind {
+        case .string: "\"\(value.string ?? "")\""
+        case .integer: String(value.integer ?? 0)
+        case .float: String(value.float ?? 0)
+        case .boolean: (value.boolean ?? false) ? "true" : "false"
         case .table: "a table"
         case .array: "an array"
         case .date, .time, .dateTime: "a date or time"
         }
     }
-}
-
-/// A parsed document that frees its tree when the parser is done with it: TOMLKit 0.6.0
-/// never deletes the toml++ table it parses (TOMLTable has no deinit), so without this every
-/// load would leak the whole tree (about 3 MB for 4096 device entries).
-private final class ParsedDocument {
-    let root: TOMLTable
-    init(_ root: TOMLTable) { self.root = root }
-    deinit { root.clear() }
 }

@@ -1,13 +1,16 @@
-/// What is checked in a configuration file's text before TOML parses it: what the parser
-/// would mishandle rather than reject.
+/// What is checked in a configuration file's text before TOML parses it: what toml++ would
+/// accept, or reject only in its own words, though no configuration of this daemon has it.
 ///
-/// - A NUL byte: toml++ reads the text as a C string, so everything after it would silently
-///   not exist (a second device entry, with an invalid mode, would never be validated).
-/// - A `\u0000` escape: the value reaches Swift through a C string, cut short at the NUL
-///   (`"ro\u0000ot"` would become "ro").
-/// - Nesting and dotted keys past what any configuration needs: toml++ builds and frees its
+/// - A NUL byte: toml++ (which is given the text's length) rejects it as an unexpected
+///   character; this says what a NUL in a text file means (truncated or corrupted) instead.
+/// - A `\u0000` escape: toml++ accepts it and the value reaches Swift whole, but no value
+///   here can hold a NUL, and where one goes on to C (a group name, to getgrnam_r) it would be
+///   cut short (`"ro\u0000ot"` looked up as "ro"); this names the escape and its place.
+/// - Nesting and dotted keys past what any configuration needs: toml++ caps inline arrays
+///   and tables at 256 levels, but not dotted keys or table headers, and builds and frees its
 ///   tree recursively, so tens of thousands of levels (`a.a.a… = 1`, well under the size
-///   limit) overflow the stack and kill the process, a running daemon on reload included.
+///   limit) can overflow a thread's stack and kill the process, a running daemon on reload
+///   included. The limit here is far lower, and its message names it.
 ///
 /// One pass over the text, aware of strings and comments; the first problem of each kind is
 /// reported with its line and column.
