@@ -30,6 +30,13 @@ HOST_PACKAGES := libsystemd-dev libtomlplusplus-dev pkg-config scdoc python3-ven
 # PyPI's varlink, the independent client the tests call, lives in a virtual environment:
 # Debian 12 refuses pip into its own Python (PEP 668).
 VENV := .build/venv
+# systemd's own varlink client, varlinkctl, came in systemd 255; Debian 12 has 252. The tests
+# run the one of a Debian trixie tree (debootstrap, once per machine, cached here), straight
+# from the tree with the tree's own dynamic loader and libraries, so it reaches the host's
+# sockets. VARLINKCTL=/usr/bin/varlinkctl on a host with systemd >= 255 needs no tree.
+TRIXIE := .build/trixie
+TRIXIE_MIRROR ?= http://deb.debian.org/debian
+VARLINKCTL ?= $(CURDIR)/$(TRIXIE)/usr/bin/varlinkctl
 
 .PHONY: all deps build build-tests check unit-tests kernel-tests daemon-tests demo probe-demo bench man install clean
 
@@ -46,6 +53,27 @@ deps:
 	@# The control interface is also tested with an independent client: PyPI's varlink.
 	@$(VENV)/bin/python3 -c 'import varlink' 2>/dev/null || { \
 		python3 -m venv $(VENV) && $(VENV)/bin/pip install --quiet --disable-pip-version-check varlink; }
+	@# And with systemd's own: varlinkctl, from a Debian trixie tree unless VARLINKCTL names one.
+	@test -x "$(VARLINKCTL)" || $(MAKE) --no-print-directory $(TRIXIE)/usr/bin/varlinkctl
+
+# Built in a temporary folder and renamed when complete: an interrupted run leaves no tree
+# that counts as done. debootstrap mounts proc, sys (and more) inside the tree, and a killed
+# run leaves them mounted: unmounted first, and rm never crosses into them.
+$(TRIXIE)/usr/bin/varlinkctl:
+	@dpkg -s debootstrap >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap; }
+	@echo "make: building a Debian trixie tree in $(TRIXIE) for systemd's varlinkctl (once per machine)"
+	@set -e; mkdir -p $(dir $(TRIXIE)); tmp=$(TRIXIE).tmp; \
+	if [ -d $$tmp ]; then \
+		awk -v t="$(CURDIR)/$$tmp/" 'index($$2, t) == 1 { print $$2 }' /proc/self/mounts | sort -r | xargs -r umount -l; \
+		rm -rf --one-file-system $$tmp; \
+	fi; \
+	rm -rf --one-file-system $(TRIXIE); \
+	start=$$(date +%s); \
+	debootstrap --variant=minbase --include=systemd trixie $$tmp $(TRIXIE_MIRROR) > $(TRIXIE).log 2>&1 || { \
+		tail -20 $(TRIXIE).log >&2; echo "make: debootstrap failed; the whole log is $(TRIXIE).log" >&2; exit 1; }; \
+	test -x $$tmp/usr/bin/varlinkctl || { echo "make: debootstrap made no usr/bin/varlinkctl in $$tmp" >&2; exit 1; }; \
+	mv $$tmp $(TRIXIE); \
+	echo "make: $(TRIXIE) built in $$(( $$(date +%s) - start ))s, $$(du -sh --one-file-system $(TRIXIE) | cut -f1)"
 
 build: deps
 	$(SWIFT) build -c $(CONFIG)
@@ -59,7 +87,7 @@ check: unit-tests kernel-tests daemon-tests
 # XCTest's failures scroll by long before the run ends: on failure they are repeated last,
 # where a CI log's tail shows them.
 unit-tests: build-tests
-	@set -o pipefail; PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(SWIFT) test --skip KernelTests 2>&1 | tee .build/unit-tests.log || { \
+	@set -o pipefail; PATH="$(CURDIR)/$(VENV)/bin:$$PATH" VARLINKCTL="$(VARLINKCTL)" $(SWIFT) test --skip KernelTests 2>&1 | tee .build/unit-tests.log || { \
 		status=$$?; echo "== unit tests failed; the failures, repeated:"; \
 		grep -E "error: |: error -|failed \(|✘|Fatal error|crashed" .build/unit-tests.log | grep -v " started" | tail -40; \
 		exit $$status; }
