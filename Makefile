@@ -4,6 +4,7 @@
 #                 on Debian 12's 6.1 and on the newest Debian kernel (installs what it needs)
 #   make demo     the main job on a real kernel in the VM lab (installs what it needs)
 #   make install  DESTDIR= PREFIX=/usr: binaries, units, catalog, example config and alert rules, man pages
+#   make deb      vfio-powerd_VERSION_ARCH.deb with debhelper (debian/): what operators install
 #
 # Needs root on a Debian 12 machine with Swift 6.1+ (swift on PATH or in /opt/swift/usr/bin).
 
@@ -26,7 +27,15 @@ KERNEL_TESTS := KernelTests.DeviceLifecycleKernelTests,KernelTests.LowPowerKerne
 # tests scrape the exporter with a server of its own (on a free loopback port, in a temporary
 # folder; the package's own prometheus.service is left as the package sets it).
 # libtomlplusplus-dev: toml++ for the CTOML shim, used header-only (nothing of it at run time).
-HOST_PACKAGES := libsystemd-dev libtomlplusplus-dev pkg-config scdoc python3-venv prometheus
+BUILD_PACKAGES := libsystemd-dev libtomlplusplus-dev pkg-config scdoc
+HOST_PACKAGES := $(BUILD_PACKAGES) python3-venv prometheus
+# The package's own tools (make deb).
+DEB_PACKAGES := debhelper lintian
+# The version, from one place: debian/changelog. The binaries say it too (--version, and
+# the control interface's GetInfo); version-check keeps them equal.
+VERSION := ${shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog}
+VERSIONED_SOURCES := Sources/PowerDaemon/Control/ControlService.swift Sources/vfio-powerd/VFIOPowerd.swift \
+	Sources/vfio-powerctl/VFIOPowerCtl.swift
 # PyPI's varlink, the independent client the tests call, lives in a virtual environment:
 # Debian 12 refuses pip into its own Python (PEP 668).
 VENV := .build/venv
@@ -38,12 +47,21 @@ TRIXIE := .build/trixie
 TRIXIE_MIRROR ?= http://deb.debian.org/debian
 VARLINKCTL ?= $(CURDIR)/$(TRIXIE)/usr/bin/varlinkctl
 
-.PHONY: all deps build build-tests check unit-tests kernel-tests daemon-tests demo probe-demo bench man install clean
+.PHONY: all deps build-deps release version-check deb build-tests check unit-tests kernel-tests daemon-tests demo probe-demo bench man install clean
 
 all: build
 
-# Host packages the build needs; the lab installs its own (lab/lab.sh prepare).
-deps:
+# Host packages the build needs (build-deps: to build and install; deps: also to test); the
+# lab installs its own (lab/lab.sh prepare).
+build-deps:
+	@missing=""; for p in $(BUILD_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@test -x "$(SWIFT)" || { echo "make: no Swift toolchain: install Swift 6.1 or later (swift.org) and put swift on PATH" >&2; exit 1; }
+
+deps: build-deps
 	@missing=""; for p in $(HOST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "make: installing$$missing"; \
@@ -81,7 +99,7 @@ build: deps
 build-tests: deps
 	$(SWIFT) build --build-tests
 
-check: unit-tests kernel-tests daemon-tests
+check: version-check unit-tests kernel-tests daemon-tests
 
 # Host tests. KernelTests need /dev/vfio and run in the lab instead (kernel-tests).
 # XCTest's failures scroll by long before the run ends: on failure they are repeated last,
@@ -100,13 +118,16 @@ kernel-tests: build-tests
 	done
 
 # The daemon as an operator runs it: the installed unit under systemd (PID 1) and journald
-# in the lab, on each kernel of LAB_KERNELS (lab/tests/daemon_under_systemd.py).
-daemon-tests: build
+# in the lab, on each kernel of LAB_KERNELS (lab/tests/daemon_under_systemd.py); and the
+# Debian package, installed, run, removed and purged with apt (lab/tests/package_under_systemd.py).
+daemon-tests: build deb
 	@set -e; for k in $(LAB_KERNELS); do \
 		echo "== vfio-powerd under systemd on LAB_KERNEL=$$k"; \
 		LAB_KERNEL=$$k lab/lab.sh systemd --timeout 600 -- lab/tests/daemon.sh; \
 		echo "== vfio-powerd with Debian's QEMU holding a device, under systemd on LAB_KERNEL=$$k"; \
 		LAB_KERNEL=$$k lab/lab.sh systemd --timeout 600 -- lab/tests/vmm.sh; \
+		echo "== the Debian package, under systemd on LAB_KERNEL=$$k"; \
+		LAB_KERNEL=$$k lab/lab.sh systemd --timeout 600 -- lab/tests/package.sh; \
 	done
 
 # The main job on a real kernel: Debian's QEMU holds a device in the lab; its guest puts the
@@ -127,16 +148,18 @@ bench: deps
 	@dpkg -s python3-matplotlib >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-matplotlib; }
 	SWIFT=$(SWIFT) bench/run.sh
 
-man: deps
+man: build-deps
 	@mkdir -p .build/man
 	@for page in docs/man/*.scd; do \
 		out=.build/man/$$(basename $${page%.scd}); \
 		scdoc < $$page > $$out || exit 1; \
 	done
 
-install: man
-	@# The Swift runtime is linked in: an operator's host has glibc, libstdc++ and libsystemd, not a toolchain.
+# The Swift runtime is linked in: an operator's host has glibc, libstdc++ and libsystemd, not a toolchain.
+release: build-deps
 	$(SWIFT) build -c release --static-swift-stdlib
+
+install: release man
 	install -Dm755 -s .build/release/vfio-powerd $(DESTDIR)$(SBINDIR)/vfio-powerd
 	install -Dm755 -s .build/release/vfio-powerctl $(DESTDIR)$(BINDIR)/vfio-powerctl
 	install -Dm755 -s .build/release/vfio-powerd-exporter $(DESTDIR)$(SBINDIR)/vfio-powerd-exporter
@@ -159,13 +182,34 @@ install: man
 		install -Dm644 config/vfio-powerd.conf $(DESTDIR)$(SYSCONFDIR)/vfio-powerd/vfio-powerd.conf
 	install -dm755 $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions \
 		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
-	.build/release/vfio-powerctl --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/vfio-powerctl
+	@# A completion is sourced, not run: no #! line (lintian: bash-completion-with-hashbang).
+	.build/release/vfio-powerctl --generate-completion-script bash | sed '1{/^#!/d}' > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/vfio-powerctl
 	.build/release/vfio-powerctl --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_vfio-powerctl
 	.build/release/vfio-powerctl --generate-completion-script fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/vfio-powerctl.fish
 	@for page in .build/man/*.[0-9]; do \
 		section=$${page##*.}; \
 		install -Dm644 $$page $(DESTDIR)$(MANDIR)/man$$section/$$(basename $$page); \
 	done
+
+# Every binary says the version debian/changelog gives the package.
+version-check:
+	@test -n "$(VERSION)" || { echo "make: no version in debian/changelog" >&2; exit 1; }
+	@for f in $(VERSIONED_SOURCES); do \
+		grep -q 'version: "$(VERSION)"' $$f || { echo "make: $$f does not say version \"$(VERSION)\" (debian/changelog's)" >&2; exit 1; }; \
+	done
+
+# The Debian package, built by debhelper (debian/rules calls `make install DESTDIR=...`), into
+# this folder; then lintian on it. Install it with apt install ./vfio-powerd_*.deb.
+deb: version-check build-deps
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	dpkg-checkbuilddeps
+	debian/rules clean
+	DEB_DESTDIR=$(CURDIR) SWIFT=$(SWIFT) debian/rules binary
+	lintian -I vfio-powerd_$(VERSION)_$$(dpkg-architecture -qDEB_HOST_ARCH).deb
 
 clean:
 	rm -rf .build

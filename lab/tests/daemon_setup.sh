@@ -9,7 +9,6 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 build=$repo/${LAB_TEST_BUILD:-.build/debug}
-read -r nic disk <<< "$LAB_VFIO_DEVICES"
 
 # Installed like `make install` would (into the guest's tmpfs overlay), not run from the build
 # tree: the unit's PrivateTmp= hides a checkout under /tmp from the service.
@@ -34,31 +33,5 @@ printf '[Service]\nExecStart=\nExecStart=/usr/local/sbin/vfio-powerd-exporter\n'
 install -Dm644 "$repo/systemd/vfio-powerd.catalog" /usr/lib/systemd/catalog/vfio-powerd.catalog
 journalctl --update-catalog
 
-install -dm755 /etc/vfio-powerd /etc/vfio-powerd/devices.d
-cat > /etc/vfio-powerd/vfio-powerd.conf <<CONF
-# The lab's daemon settings: short delays so a test sees every transition quickly.
-[daemon]
-rescan_interval = "1s"
-
-[defaults]
-# The lab's first daemon test is about devices the daemon holds itself.
-source = "own"
-mode = "oneshot"
-rearm_delay = "${LAB_TEST_REARM:-2s}"
-flap_max_wakes = 3
-flap_window = "1m"
-CONF
-cat > /etc/vfio-powerd/devices.d/10-lab.conf <<CONF
-# The e1000e by address.
-[[device]]
-address = "$nic"
-name = "nic"
-
-# QEMU's NVMe controller by its IDs, kept out of D3cold.
-[[device]]
-name = "disk"
-match = { vendor = "1b36", device = "0010" }
-d3cold = "forbid"
-CONF
-chmod 644 /etc/vfio-powerd/vfio-powerd.conf /etc/vfio-powerd/devices.d/10-lab.conf
+"$repo/lab/tests/lab_config.sh"
 systemctl daemon-reload
