@@ -31,6 +31,14 @@ for d in "$nic" "$disk"; do
 done
 
 LAB_TEST_REARM=3s "$here/daemon_setup.sh"
+# The Prometheus exporter (its unit's SupplementaryGroups= is vfio-powerd) reads the daemon
+# as a member of the control socket's group: socket_group, and the same group on the socket
+# systemd makes, as README "Metrics" says.
+groupadd -f vfio-powerd
+sed -i 's/^\[daemon\]$/[daemon]\nsocket_group = "vfio-powerd"/' /etc/vfio-powerd/vfio-powerd.conf
+mkdir -p /etc/systemd/system/vfio-powerd.socket.d
+printf '[Socket]\nSocketGroup=vfio-powerd\n' > /etc/systemd/system/vfio-powerd.socket.d/group.conf
+systemctl daemon-reload
 say "The configuration (/etc/vfio-powerd)"
 run cat /etc/vfio-powerd/vfio-powerd.conf /etc/vfio-powerd/devices.d/10-lab.conf
 say "Checking it before starting"
@@ -79,3 +87,10 @@ say "systemctl stop vfio-powerd: every device is left out of low power, closed, 
 run systemctl stop vfio-powerd
 run systemctl show -p Result -p ExecMainStatus vfio-powerd
 run journalctl -u vfio-powerd --no-pager -o cat -n 2
+
+say "The fleet's view: vfio-powerd again, and Prometheus' text from vfio-powerd-exporter (socket-activated, port 9843)"
+run systemctl start vfio-powerd vfio-powerd-exporter.socket
+sleep 1
+run vfio-powerctl status
+printf '\033[2m$ %s\033[0m\n' "curl -s localhost:9843/metrics | grep vfio_powerd"
+curl -s localhost:9843/metrics | grep vfio_powerd
