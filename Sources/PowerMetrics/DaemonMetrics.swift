@@ -108,8 +108,8 @@ private struct Exposition {
     mutating func gauge(_ name: String, help: String, _ samples: [([(String, String)], Double)]) {
         add { registry in
             for (labels, value) in samples {
-                let gauge = labels.isEmpty ? registry.makeGauge(name: name, help: help)
-                                           : registry.makeGauge(name: name, labels: labels, help: help)
+                let gauge = labels.isEmpty ? registry.makeGauge(descriptor: Self.descriptor(name, help))
+                                           : registry.makeGauge(descriptor: Self.descriptor(name, help), labels: labels)
                 gauge.set(to: value)
             }
         }
@@ -120,8 +120,8 @@ private struct Exposition {
     mutating func counter(_ name: String, help: String, _ samples: [([(String, String)], Double)]) {
         add { registry in
             for (labels, value) in samples {
-                let counter = labels.isEmpty ? registry.makeCounter(name: name, help: help)
-                                             : registry.makeCounter(name: name, labels: labels, help: help)
+                let counter = labels.isEmpty ? registry.makeCounter(descriptor: Self.descriptor(name, help))
+                                             : registry.makeCounter(descriptor: Self.descriptor(name, help), labels: labels)
                 if value.rounded() == value, let whole = Int64(exactly: value) {
                     counter.increment(by: max(0, whole))
                 } else {
@@ -129,6 +129,12 @@ private struct Exposition {
                 }
             }
         }
+    }
+
+    /// The whole name, units included, is ours (vfio_powerd_..._seconds_total): the descriptor
+    /// adds no namespace or unit of its own.
+    private static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
     }
 
     private mutating func add(_ fill: (PrometheusCollectorRegistry) -> Void) {
