@@ -11,6 +11,8 @@ public protocol DaemonClock: Sendable {
     func now() -> MonotonicInstant
     /// A timer whose handler runs on `queue`; it waits, unscheduled, until scheduled.
     func makeTimer(on queue: DispatchQueue, _ handler: @escaping @Sendable () -> Void) -> any DaemonTimer
+    /// Runs `body` on `queue` once, `delay` from now; nothing to cancel.
+    func after(_ delay: Duration, on queue: DispatchQueue, _ body: @escaping @Sendable () -> Void)
 }
 
 /// One timer. Scheduling again replaces the deadline; a timer that is released is cancelled.
@@ -25,8 +27,8 @@ public protocol DaemonTimer: AnyObject {
 }
 
 extension DaemonClock {
-    /// Runs `body` on `queue` once, `delay` from now; nothing to cancel.
-    func after(_ delay: Duration, on queue: DispatchQueue, _ body: @escaping @Sendable () -> Void) {
+    /// By default a timer of the clock's own, held until it has fired.
+    public func after(_ delay: Duration, on queue: DispatchQueue, _ body: @escaping @Sendable () -> Void) {
         let holder = TimerHolder()
         let timer = makeTimer(on: queue) {
             holder.timer = nil  // the timer's own handler lets go of it
@@ -52,6 +54,11 @@ public struct SystemMonotonicClock: DaemonClock {
 
     public func makeTimer(on queue: DispatchQueue, _ handler: @escaping @Sendable () -> Void) -> any DaemonTimer {
         DispatchDaemonTimer(queue: queue, handler)
+    }
+
+    /// Dispatch's own one-shot: no timer source for what needs no cancelling.
+    public func after(_ delay: Duration, on queue: DispatchQueue, _ body: @escaping @Sendable () -> Void) {
+        queue.asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: delay.nanoseconds)), execute: body)
     }
 }
 

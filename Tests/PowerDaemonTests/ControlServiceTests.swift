@@ -16,19 +16,7 @@ final class ControlServiceTests: XCTestCase {
     let nvme = "0000:00:03.0"
 
     private func daemon(main: String = "[defaults]\nsource = \"own\"\nrearm_delay = \"1s\"\n") throws -> DaemonHarness {
-        let daemon = try DaemonHarness(mainConfig: main, devices: ["10-lab.conf": """
-            [[device]]
-            address = "\(nic)"
-            name = "nic"
-
-            [[device]]
-            address = "\(nvme)"
-            """])
-        try daemon.plug(nic)
-        try daemon.plug(nvme)
-        try daemon.start()
-        try daemon.startControl()
-        return daemon
+        try DaemonHarness.withControl(main: main, nic: nic, nvme: nvme)
     }
 
     // MARK: Through vfio-powerctl's client

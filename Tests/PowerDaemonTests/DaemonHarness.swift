@@ -71,6 +71,25 @@ final class DaemonHarness {
         try FileManager.default.removeItem(at: configRoot.appendingPathComponent(path))
     }
 
+    /// The daemon most control tests talk to: the lab's two devices (nic by name), held by
+    /// the daemon itself, started, with its control socket listening.
+    static func withControl(main: String = "[defaults]\nsource = \"own\"\nrearm_delay = \"1s\"\n",
+                            nic: String, nvme: String) throws -> DaemonHarness {
+        let daemon = try DaemonHarness(mainConfig: main, devices: ["10-lab.conf": """
+            [[device]]
+            address = "\(nic)"
+            name = "nic"
+
+            [[device]]
+            address = "\(nvme)"
+            """])
+        try daemon.plug(nic)
+        try daemon.plug(nvme)
+        try daemon.start()
+        try daemon.startControl()
+        return daemon
+    }
+
     /// Creates the manager and runs `start()` on its queue.
     func start() throws {
         manager = Manager(

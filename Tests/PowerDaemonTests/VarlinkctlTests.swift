@@ -44,19 +44,7 @@ final class VarlinkctlTests: XCTestCase {
     }
 
     private func daemon(main: String = "[defaults]\nsource = \"own\"\nrearm_delay = \"1s\"\n") throws -> DaemonHarness {
-        let daemon = try DaemonHarness(mainConfig: main, devices: ["10-lab.conf": """
-            [[device]]
-            address = "\(nic)"
-            name = "nic"
-
-            [[device]]
-            address = "\(nvme)"
-            """])
-        try daemon.plug(nic)
-        try daemon.plug(nvme)
-        try daemon.start()
-        try daemon.startControl()
-        return daemon
+        try DaemonHarness.withControl(main: main, nic: nic, nvme: nvme)
     }
 
     // MARK: The interface
