@@ -4,6 +4,15 @@ import sys
 import time
 
 _passed = _failed = 0
+_last = time.monotonic()
+
+
+def _took():
+    """The time since the previous check (or the start): where a slow run spent it."""
+    global _last
+    now = time.monotonic()
+    took, _last = now - _last, now
+    return f" ({took:.1f} s)" if took >= 1 else ""
 
 
 def check(name, ok, detail=""):
@@ -11,10 +20,10 @@ def check(name, ok, detail=""):
     global _passed, _failed
     if ok:
         _passed += 1
-        print(f"ok {_passed + _failed} - {name}", flush=True)
+        print(f"ok {_passed + _failed} - {name}{_took()}", flush=True)
     else:
         _failed += 1
-        print(f"not ok {_passed + _failed} - {name}" + (f"\n    {detail}" if detail else ""), flush=True)
+        print(f"not ok {_passed + _failed} - {name}{_took()}" + (f"\n    {detail}" if detail else ""), flush=True)
     return ok
 
 

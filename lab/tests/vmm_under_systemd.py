@@ -26,6 +26,10 @@ UNIT = "vfio-powerd"
 POWERCTL = "/usr/local/bin/vfio-powerctl"
 INTERVAL = int(os.environ.get("LAB_TEST_GUEST_D3_INTERVAL_MS", "500")) / 1000
 REARM = float(os.environ.get("LAB_TEST_REARM", "1"))
+# How long the daemon may take to notice an open or an exit. It is quick on a host; in the
+# lab's TCG guest on a busy CI machine one look at /proc took seconds. A deadline, not a sleep:
+# a passing check returns as soon as it sees the event.
+NOTICE = 20
 NEW_KERNEL = tuple(int(x) for x in re.findall(r"\d+", os.uname().release)[:2]) >= (6, 18)
 
 with open(os.path.join(REPO, "Sources/PowerDaemon/DaemonEvent.swift")) as f:
@@ -102,7 +106,7 @@ spawned = time.monotonic()  # CLOCK_MONOTONIC, the journal's __MONOTONIC_TIMESTA
 q = QemuGuest(NIC)
 answered = time.monotonic()
 print(f"# QEMU spawned at {spawned:.3f}, answered at {answered:.3f} (monotonic)", flush=True)
-adopted = wait(lambda: count("adopted") == 1, timeout=5)
+adopted = wait(lambda: count("adopted") == 1, timeout=NOTICE)
 # Timed by the journal's own stamp: reading the journal takes a while under TCG.
 adopted_after = int(journal("adopted")[0]["__MONOTONIC_TIMESTAMP"]) / 1e6 - answered if adopted else float("inf")
 # The target is 2 s. Under TCG everything in the guest runs many times slower than on
@@ -139,7 +143,7 @@ check(f"guest in D0 for {3 * INTERVAL + 0.5:.1f}s (3 intervals): not armed, the 
 # --- the guest puts the device into D3hot: armed -----------------------------------------
 q.set_power_state("D3hot")
 t0 = time.monotonic()
-suspended = wait(lambda: runtime_status() == "suspended", timeout=INTERVAL + 3)
+suspended = wait(lambda: runtime_status() == "suspended", timeout=INTERVAL + NOTICE)
 took = time.monotonic() - t0
 check("guest D3hot: armed and runtime-suspended within the interval + 1 s",
       suspended and took <= INTERVAL + 1.0 and count("armedInGuestD3") == 1, f"{took:.2f}s, {runtime_status()}")
@@ -157,7 +161,7 @@ check("the guest's BAR read returns the device's value and QEMU lives", q.alive(
 time.sleep(0.2)
 q.set_power_state("D3hot")
 check("guest D3hot again: armed again after the re-arm delay",
-      wait(lambda: count("armedInGuestD3") == 2 and runtime_status() == "suspended", timeout=REARM + INTERVAL + 3),
+      wait(lambda: count("armedInGuestD3") == 2 and runtime_status() == "suspended", timeout=REARM + INTERVAL + NOTICE),
       f"{count('armedInGuestD3')}, {runtime_status()}")
 
 # --- the daemon SIGKILLed while armed: nothing is stuck ---------------------------------
@@ -169,19 +173,19 @@ value = guest_wakes(q)
 check("the guest's D0 write still wakes it; its BAR read works and QEMU lives",
       runtime_status() == "active" and q.alive() and value not in (None, 0xffffffff), f"{runtime_status()}, {value}")
 check("systemd restarts the daemon (Restart=on-failure) and it adopts the running VM again",
-      wait(lambda: count("adopted") == 2, timeout=15), json.dumps(journal("adopted")[-1:]))
+      wait(lambda: count("adopted") == 2, timeout=NOTICE), json.dumps(journal("adopted")[-1:]))
 check("the wake while the daemon was down is counted (its eventfd came back from the fd store)",
       wait(lambda: device().get("wakes") == 1), json.dumps(device()))
 
 # --- a restart while armed wakes nothing --------------------------------------------------
 q.set_power_state("D3hot")
 check("armed again in guest D3hot", wait(lambda: count("armedInGuestD3") == 3 and runtime_status() == "suspended",
-                                          timeout=REARM + INTERVAL + 3), runtime_status())
+                                          timeout=REARM + INTERVAL + NOTICE), runtime_status())
 before = int(sysfs("power/runtime_suspended_time"))
 active_before = int(sysfs("power/runtime_active_time"))
 restart = run("systemctl", "restart", UNIT)
 check("systemctl restart succeeds", restart.returncode == 0, restart.stderr)
-check("the restarted daemon adopts the VM again", wait(lambda: count("adopted") == 3, timeout=10))
+check("the restarted daemon adopts the VM again", wait(lambda: count("adopted") == 3, timeout=NOTICE))
 time.sleep(2 * INTERVAL)
 after = int(sysfs("power/runtime_suspended_time"))
 check("after the restart the device did not wake: still suspended, runtime_active_time unchanged, suspended time grew",
@@ -200,7 +204,7 @@ check("the guest wakes it after the restart, the new run sees the wake, and QEMU
 released_before = count("vmmReleased")
 t0 = time.monotonic()
 q.kill()
-released = wait(lambda: count("vmmReleased") == released_before + 1, timeout=5)
+released = wait(lambda: count("vmmReleased") == released_before + 1, timeout=NOTICE)
 # Timed by the journal's stamp (CLOCK_MONOTONIC), not by how long reading the journal takes.
 took = int(journal("vmmReleased")[-1]["__MONOTONIC_TIMESTAMP"]) / 1e6 - t0 if released else float("inf")
 check("QEMU killed: the duplicate is released within 1 s", released and took <= 1.0, f"{took:.2f}s")
@@ -210,10 +214,10 @@ try:
 except QemuError as e:
     check("a new QEMU starts on the device", False, str(e))
     dump_and_exit()
-check("and is adopted", wait(lambda: count("adopted") == 4, timeout=5) and device().get("holderPid") == q2.pid,
+check("and is adopted", wait(lambda: count("adopted") == 4, timeout=NOTICE) and device().get("holderPid") == q2.pid,
       json.dumps(device()))
 q2.close()
-check("QEMU stopped: released, the device idle again", wait(lambda: device().get("state") == "idle", timeout=5), json.dumps(device()))
+check("QEMU stopped: released, the device idle again", wait(lambda: device().get("state") == "idle", timeout=NOTICE), json.dumps(device()))
 
 # --- a holder that is not an allowed VMM is left alone ------------------------------------
 other = "/run/lab-not-a-vmm"
@@ -222,7 +226,7 @@ os.chmod(other, 0o755)
 # A copied binary finds its firmware only where -L says.
 q3 = QemuGuest(NIC, qemu=other, extra_args=("-L", "/usr/share/seabios", "-L", "/usr/share/qemu"))
 check("a holder whose executable is not in vmm_executables is refused and named",
-      wait(lambda: count("adoptionRefused") == 1, timeout=5) and "lab-not-a-vmm" in journal("adoptionRefused")[0].get("MESSAGE", ""),
+      wait(lambda: count("adoptionRefused") == 1, timeout=NOTICE) and "lab-not-a-vmm" in journal("adoptionRefused")[0].get("MESSAGE", ""),
       json.dumps(journal("adoptionRefused")))
 d = device()
 check("vfio-powerctl show: not adopted, held by it", d.get("state") == "not_adopted" and d.get("holderPid") == q3.pid, json.dumps(d))
@@ -235,7 +239,7 @@ while time.monotonic() < deadline:
 check("its guest's D3hot is not armed: the device stays active", states == {"active"}, f"{states}")
 q3.close()
 os.unlink(other)
-check("it exited: the device is idle again", wait(lambda: device().get("state") == "idle", timeout=5), json.dumps(device()))
+check("it exited: the device is idle again", wait(lambda: device().get("state") == "idle", timeout=NOTICE), json.dumps(device()))
 
 # --- a launcher that opened the device itself hands its file over ------------------------
 launcher_bin = "/run/handoff-launcher"
@@ -258,7 +262,7 @@ if NEW_KERNEL:
     check("journal: handoff received", wait(lambda: count("handoffReceived") == 1), json.dumps(journal("handoffReceived")))
     launcher_says("d3hot")
     check("the launcher's guest-style D3hot write is armed like an adopted device's",
-          wait(lambda: runtime_status() == "suspended", timeout=INTERVAL + 3), runtime_status())
+          wait(lambda: runtime_status() == "suspended", timeout=INTERVAL + NOTICE), runtime_status())
     launcher_says("d0")
     check("its D0 write wakes the device", wait(lambda: runtime_status() == "active") and sysfs("power_state") == "D0",
           runtime_status())
@@ -266,7 +270,7 @@ if NEW_KERNEL:
     launcher_says("exit")
     launcher.wait(timeout=10)
     check("the launcher exits: its file is released and the device is idle",
-          wait(lambda: count("vmmReleased") == released_before + 1 and device().get("state") == "idle", timeout=5),
+          wait(lambda: count("vmmReleased") == released_before + 1 and device().get("state") == "idle", timeout=NOTICE),
           json.dumps(device()))
 else:
     reason = reply.get("parameters", {}).get("reason", "")
