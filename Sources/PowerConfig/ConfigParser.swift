@@ -296,35 +296,8 @@ struct ConfigFileParser {
                 if extraKeys.isEmpty { unknownKey(keyPath, candidates: Self.policyKeyNames) }
                 continue
             }
-            let source = provenance(keyPath)
-            switch policyKey {
-            case .source:
-                if let choice: DevicePolicy.Source = readChoice(value, path: keyPath) { settings.source = .init(choice, source) }
-            case .mode:
-                if let mode: DevicePolicy.Mode = readChoice(value, path: keyPath) { settings.mode = .init(mode, source) }
-            case .trigger:
-                if let trigger: DevicePolicy.Trigger = readChoice(value, path: keyPath) {
-                    settings.trigger = .init(trigger, source)
-                }
-            case .rearmDelay:
-                // 0s: re-arm at once after a wake (the flap guard still applies).
-                if let duration = readDuration(value, path: keyPath, range: .zero ... .seconds(86_400)) {
-                    settings.rearmDelay = .init(duration, source)
-                }
-            case .flapMaxWakes:
-                if let number = readInteger(value, path: keyPath, range: 1...1000) { settings.flapMaxWakes = .init(number, source) }
-            case .flapWindow:
-                if let duration = readDuration(value, path: keyPath, range: .seconds(1) ... .seconds(86_400)) {
-                    settings.flapWindow = .init(duration, source)
-                }
-            case .flapBackoffMax:
-                if let duration = readDuration(value, path: keyPath, range: .seconds(1) ... .seconds(86_400)) {
-                    settings.flapBackoffMax = .init(duration, source)
-                }
-            case .d3cold:
-                if let choice: DevicePolicy.D3cold = readChoice(value, path: keyPath) { settings.d3cold = .init(choice, source) }
-            case .onStop:
-                if let choice: DevicePolicy.OnStop = readChoice(value, path: keyPath) { settings.onStop = .init(choice, source) }
+            if let parsed = readValue(value, path: keyPath, type: policyKey.definition.type) {
+                settings[policyKey] = .init(parsed, provenance(keyPath))
             }
         }
         return settings
@@ -467,15 +440,22 @@ struct ConfigFileParser {
         return nil
     }
 
-    private mutating func readChoice<C: CaseIterable & RawRepresentable>(_ value: TOMLValue, path: [String]) -> C?
-    where C.RawValue == String {
-        let names = C.allCases.map(\.rawValue)
+    /// A value of the type a policy key's definition gives.
+    private mutating func readValue(_ value: TOMLValue, path: [String], type: PolicyKeyDefinition.ValueType) -> PolicyValue? {
+        switch type {
+        case .choice(let names): readChoice(value, path: path, names: names).map(PolicyValue.choice)
+        case .duration(let range): readDuration(value, path: path, range: range).map(PolicyValue.duration)
+        case .integer(let range): readInteger(value, path: path, range: range).map(PolicyValue.integer)
+        }
+    }
+
+    private mutating func readChoice(_ value: TOMLValue, path: [String], names: [String]) -> String? {
         let list = names.map { "\"\($0)\"" }.joined(separator: ", ")
         guard let text = value.string else {
             problems.append(problem(valuePath: path, message: "expected one of \(list), got \(describe(value))"))
             return nil
         }
-        if let choice = C(rawValue: text) { return choice }
+        if names.contains(text) { return text }
         var message = "expected one of \(list), got \"\(text)\""
         if let suggestion = closestMatch(to: text, in: names) { message += "; did you mean \"\(suggestion)\"?" }
         problems.append(problem(valuePath: path, message: message))

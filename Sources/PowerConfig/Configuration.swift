@@ -1,89 +1,31 @@
 import PowerPolicy
 import VFIO
 
-/// The policy keys, as spelled in the files. Each can appear in `[defaults]` of
-/// vfio-powerd.conf and in any `[[device]]` entry.
-public enum PolicyKey: String, CaseIterable, Hashable, Sendable, Comparable {
-    case source
-    case mode
-    case trigger
-    case rearmDelay = "rearm_delay"
-    case flapMaxWakes = "flap_max_wakes"
-    case flapWindow = "flap_window"
-    case flapBackoffMax = "flap_backoff_max"
-    case d3cold
-    case onStop = "on_stop"
-
-    public static func < (a: PolicyKey, b: PolicyKey) -> Bool {
-        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
-    }
-}
-
 /// Policy values as written in one place (defaults or one device entry); a key not written
-/// there is nil.
+/// there has no value.
 ///
-/// Stored out of line: most device entries write no policy key, and inline the eight optional
-/// settings made every entry about 400 bytes larger (1.6 MB at 4096 entries, held twice
-/// during a reload). An entry that writes none holds one nil reference.
+/// Most device entries write no policy key: theirs is the empty dictionary, which allocates
+/// nothing (at 4096 entries, held twice during a reload, inline settings per entry cost
+/// megabytes).
 public struct PolicySettings: Hashable, Sendable {
-    private struct Values: Hashable, Sendable {
-        var source: Sourced<DevicePolicy.Source>?
-        var mode: Sourced<DevicePolicy.Mode>?
-        var trigger: Sourced<DevicePolicy.Trigger>?
-        var rearmDelay: Sourced<Duration>?
-        var flapMaxWakes: Sourced<Int>?
-        var flapWindow: Sourced<Duration>?
-        var flapBackoffMax: Sourced<Duration>?
-        var d3cold: Sourced<DevicePolicy.D3cold>?
-        var onStop: Sourced<DevicePolicy.OnStop>?
-    }
-
-    /// Immutable; a setter makes a new one (settings are written only while parsing).
-    private final class Box: Sendable {
-        let values: Values
-        init(_ values: Values) { self.values = values }
-    }
-
-    private var box: Box?
-
-    private var values: Values {
-        get { box?.values ?? Values() }
-        set { box = newValue == Values() ? nil : Box(newValue) }
-    }
-
-    public var source: Sourced<DevicePolicy.Source>? { get { values.source } set { values.source = newValue } }
-    public var mode: Sourced<DevicePolicy.Mode>? { get { values.mode } set { values.mode = newValue } }
-    public var trigger: Sourced<DevicePolicy.Trigger>? { get { values.trigger } set { values.trigger = newValue } }
-    public var rearmDelay: Sourced<Duration>? { get { values.rearmDelay } set { values.rearmDelay = newValue } }
-    public var flapMaxWakes: Sourced<Int>? { get { values.flapMaxWakes } set { values.flapMaxWakes = newValue } }
-    public var flapWindow: Sourced<Duration>? { get { values.flapWindow } set { values.flapWindow = newValue } }
-    public var flapBackoffMax: Sourced<Duration>? { get { values.flapBackoffMax } set { values.flapBackoffMax = newValue } }
-    public var d3cold: Sourced<DevicePolicy.D3cold>? { get { values.d3cold } set { values.d3cold = newValue } }
-    public var onStop: Sourced<DevicePolicy.OnStop>? { get { values.onStop } set { values.onStop = newValue } }
+    private var values: [PolicyKey: Sourced<PolicyValue>] = [:]
 
     public init() {}
 
-    public static func == (a: PolicySettings, b: PolicySettings) -> Bool { a.box === b.box || a.values == b.values }
-    public func hash(into hasher: inout Hasher) { hasher.combine(values) }
+    /// The value written for `key`, and where; nil if it is not written here.
+    public subscript(key: PolicyKey) -> Sourced<PolicyValue>? {
+        get { values[key] }
+        set { values[key] = newValue }
+    }
 
     /// `self` written over `base`: the effective policy and where each value came from.
     public func applied(over base: EffectivePolicy) -> EffectivePolicy {
-        guard box != nil else { return base }
+        guard !values.isEmpty else { return base }
         var result = base
-        func take<V>(_ setting: Sourced<V>?, _ key: PolicyKey, _ assign: (inout DevicePolicy, V) -> Void) {
-            guard let setting else { return }
-            assign(&result.policy, setting.value)
+        for (key, setting) in values {
+            key.definition.assign(&result.policy, setting.value)
             result.sources[key] = setting.source
         }
-        take(source, .source) { $0.source = $1 }
-        take(mode, .mode) { $0.mode = $1 }
-        take(trigger, .trigger) { $0.trigger = $1 }
-        take(rearmDelay, .rearmDelay) { $0.rearmDelay = $1 }
-        take(flapMaxWakes, .flapMaxWakes) { $0.flapGuard.maxWakes = $1 }
-        take(flapWindow, .flapWindow) { $0.flapGuard.window = $1 }
-        take(flapBackoffMax, .flapBackoffMax) { $0.flapGuard.backoffCap = $1 }
-        take(d3cold, .d3cold) { $0.d3cold = $1 }
-        take(onStop, .onStop) { $0.onStop = $1 }
         result.applySourceDefaults()
         return result
     }
@@ -109,19 +51,7 @@ public struct EffectivePolicy: Hashable, Sendable {
     }
 
     /// The value of `key` as the configuration spells it ("oneshot", "30s", "10").
-    public func text(of key: PolicyKey) -> String {
-        switch key {
-        case .source: policy.source.rawValue
-        case .mode: policy.mode.rawValue
-        case .trigger: policy.trigger.rawValue
-        case .rearmDelay: policy.rearmDelay.configText
-        case .flapMaxWakes: String(policy.flapGuard.maxWakes)
-        case .flapWindow: policy.flapGuard.window.configText
-        case .flapBackoffMax: policy.flapGuard.backoffCap.configText
-        case .d3cold: policy.d3cold.rawValue
-        case .onStop: policy.onStop.rawValue
-        }
-    }
+    public func text(of key: PolicyKey) -> String { key.definition.text(policy) }
 }
 
 /// Daemon-wide settings from `[daemon]` in vfio-powerd.conf.

@@ -252,6 +252,7 @@ public final class Manager: @unchecked Sendable {
         let devices = resolution.devices
         let plan = ReloadPlan(running: controllers.keys, policy: { self.controllers[$0]?.policy },
                               wanted: devices.lazy.map { (address: $0.address, policy: $0.policy) })
+        var changes: [String] = []
         for step in plan.steps {
             switch step {
             case .retire(let address):
@@ -261,9 +262,10 @@ public final class Manager: @unchecked Sendable {
                 let device = devices[index]
                 if let controller = controllers[device.address] { retire(controller, origin: "source changed to \(device.policy.source)") }
                 addController(device)
-            case .update(let index, _):
+            case .update(let index, let changed):
                 let device = devices[index]
                 guard let controller = controllers[device.address] else { continue }
+                if changed { changes.append(Self.describeChange(controller.policy, to: device.policy, of: device.address)) }
                 controller.policyChanged(device.policy, origin: origin(of: device))
                 // A reload is the operator's "try again": a missing device is looked for, a
                 // failed one (busy group, refused arm) is opened anew.
@@ -282,9 +284,25 @@ public final class Manager: @unchecked Sendable {
             returnFreedMemory()
             notifier.ready()
             updateStatus()
-            log(.reloaded, "reloaded: \(plan.added) added, \(plan.removed) removed, \(plan.changed) changed, \(plan.unchanged) unchanged; \(summary())", [:])
+            let changed = changes.isEmpty ? "" : " (" + Self.listed(changes, most: 3) + ")"
+            log(.reloaded, "reloaded: \(plan.added) added, \(plan.removed) removed, \(plan.changed) changed\(changed), \(plan.unchanged) unchanged; \(summary())", [:])
         }
         return []
+    }
+
+    /// What a reload changed on one device, in the files' words (the policy-key table's):
+    /// `0000:01:00.0 (gpu): rearm_delay 30s → 1m`.
+    private static func describeChange(_ old: DevicePolicy, to new: DevicePolicy, of address: PCIAddress) -> String {
+        var words = PolicyKey.changes(from: old, to: new).map(\.description)
+        if old.enabled != new.enabled { words.append("enabled \(old.enabled) → \(new.enabled)") }
+        if old.name != new.name { words.append("name \(old.name.map { "\"\($0)\"" } ?? "none") → \(new.name.map { "\"\($0)\"" } ?? "none")") }
+        return DeviceController.Names(address: address, name: new.name).label + ": " + words.joined(separator: ", ")
+    }
+
+    /// The first `most` items, and how many more: a reload of thousands of entries stays one line.
+    private static func listed(_ items: [String], most: Int) -> String {
+        let shown = items.prefix(most).joined(separator: "; ")
+        return items.count > most ? shown + "; and \(items.count - most) more" : shown
     }
 
     /// Stops managing a device: it is left as its policy's `enabled = false` leaves it (an

@@ -130,7 +130,8 @@ final class DaemonTests: XCTestCase {
         XCTAssertTrue(daemon.device(b).isClosed, "a device no longer configured is closed")
         XCTAssertEqual(daemon.device(b).calls(.exit), 1, "and left awake")
         XCTAssertEqual(daemon.logs.entries(.reloaded).last?.message,
-                       "reloaded: 1 added, 1 removed, 1 changed, 0 unchanged; 2 devices: 2 in low power; 0 wakes")
+                       "reloaded: 1 added, 1 removed, 1 changed (\(nic) (nic): rearm_delay 1s → 5s), 0 unchanged; 2 devices: 2 in low power; 0 wakes",
+                       "the reload names what it changed, in the files' words")
         let notes = try daemon.notifications()
         XCTAssertEqual(notes.filter { $0.hasPrefix("RELOADING=1") }.count, 2)
         XCTAssertTrue(notes.first!.hasPrefix("RELOADING=1\nMONOTONIC_USEC="), notes.first!)
