@@ -331,13 +331,6 @@ final class DeviceController: @unchecked Sendable {
         let work: () -> (() -> Outcome?)
     }
 
-    /// Hands values between the two queues: made on one, used on the other, never by both
-    /// at once.
-    private final class Handover<Value>: @unchecked Sendable {
-        let value: Value
-        init(_ value: Value) { self.value = value }
-    }
-
     private func start(_ call: DeviceCall, rest: ArraySlice<DeviceAction>, outcome: Outcome?, shown: Shown) {
         let since = clock.now()
         waitingFor = .call(call.name, since: since)

@@ -224,12 +224,6 @@ public final class Manager: @unchecked Sendable {
     private var isReloading = false
     private var pendingReloads: [([ConfigProblem]) -> Void] = []
 
-    /// Hands a value made on the loader to the queue: made on one, used on the other.
-    private final class Handover<Value>: @unchecked Sendable {
-        let value: Value
-        init(_ value: Value) { self.value = value }
-    }
-
     /// Applies a loaded configuration: nothing if it has errors (they are returned), else
     /// only the difference.
     private func apply(_ loaded: ConfigLoadResult, _ resolution: Resolution) -> [ConfigProblem] {
