@@ -7,7 +7,8 @@
 //   CVFIO          C shim: <linux/vfio.h> and <sys/eventfd.h> facts as constants (no magic numbers), epoll, malloc_trim
 //   CSystemd       libsystemd (sd_notify, sd_journal_sendv), found through pkg-config
 //   VFIO           typed Linux layer: PCI addresses, the group path, low-power ioctls, eventfd, sysfs
-//   PowerPolicy    pure core: policy model and the per-device state machine (no I/O, no clock, no logs)
+//   PowerPolicy    pure core: policy model and the per-device state machine (no I/O, no clock, no logs;
+//                  swift-system for Errno only)
 //   CTOML          C interface over Debian's toml++ (header-only): entries with their source positions
 //   PowerConfig    TOML configuration: files, precedence, validation, device selection against sysfs
 //   Systemd        sd_notify and a swift-log handler over the journal
@@ -49,7 +50,10 @@ let package = Package(
             "CVFIO",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
-        .target(name: "PowerPolicy"),
+        // Errno only (the core classifies what the kernel answered; it calls nothing).
+        .target(name: "PowerPolicy", dependencies: [
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // recvmsg with SCM_RIGHTS: the one control-message layout the varlink server needs.
         .target(name: "CVarlink"),
         .target(name: "Varlink", dependencies: ["CVarlink"]),
@@ -116,6 +120,7 @@ let package = Package(
         ]),
         .testTarget(name: "PowerPolicyTests", dependencies: [
             "PowerPolicy",
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "PowerConfigTests", dependencies: [
@@ -130,6 +135,7 @@ let package = Package(
             "PowerDaemon", "VFIOSimulator", "PowerPolicy", "PowerConfig", "Systemd", "SystemdTesting", "VFIO",
             "PowerCtlKit", "Varlink", "ControlProtocol",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
         ], exclude: ["varlink_client.py"]),
         .testTarget(name: "VarlinkTests", dependencies: ["Varlink"]),
         .testTarget(name: "PowerCtlTests", dependencies: ["PowerCtlKit", "ControlProtocol"], exclude: ["Fixtures"]),
