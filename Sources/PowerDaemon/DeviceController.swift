@@ -640,10 +640,8 @@ final class DeviceController: @unchecked Sendable {
         let needed: LowPowerFeature = policy.mode == .reentrant ? .reentrantEntry : .oneShotEntry
         for feature in [needed, .exit] where !opened.lowPowerSupport.supports(feature) {
             closeOnDeviceQueue(opened)
-            lastError = VFIOError(.featureAbsent, device: address, operation: "manage low power",
-                                  errno: opened.lowPowerSupport.refusals[feature],
-                                  explanation: "the kernel does not offer \(feature) for this device",
-                                  advice: "Low-power features need Linux 6.1 or later and the vfio-pci driver")
+            lastError = VFIOError(.featureAbsent(feature), device: address, operation: .manageLowPower,
+                                  errno: opened.lowPowerSupport.refusals[feature])
             return Outcome(event: { $0.openFailed(.inappropriateIOCTLForDevice, now: $1) })
         }
         let wakeup: EventFD

@@ -2,10 +2,12 @@ import Logging
 import PowerPolicy
 import SystemPackage
 import VFIO
+import VFIOWords
 
 /// Turns what happened into what the operator reads: the words, the priority, the
 /// MESSAGE_ID and the fields to filter on. Pure, so the words are tested exactly; the
-/// manager is the one place that hands the result to the logger.
+/// manager is the one place that hands the result to the logger. A VFIO error's own words
+/// come from VFIOWords, which vfio-powerctl shares.
 enum EventReporter {
     struct Entry: Equatable {
         var event: DaemonEvent

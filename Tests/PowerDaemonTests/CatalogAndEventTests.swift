@@ -158,8 +158,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testArmFailedPrefersTheVFIOErrorsWords() {
-        let busy = VFIOError(.groupBusy, device: gpu, operation: "arm one-shot low power", errno: .resourceBusy,
-                             explanation: "the device is held by another user")
+        let busy = VFIOError(.deviceBusy, device: gpu, operation: .arm(.oneShotEntry), errno: .resourceBusy)
         assertEntry(.armFailed(.resourceBusy, .closedUntilRetried),
                     context(error: busy), .init(
             event: .armFailed, level: .error,
@@ -176,10 +175,8 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testOpenFailedBusyNamesTheHolder() {
-        let busy = VFIOError(.groupBusy, device: gpu, operation: "open IOMMU group 5", errno: .resourceBusy,
-                             explanation: "/dev/vfio/5 is held by qemu-system-x86 (pid 4242)",
-                             advice: "A VFIO group can be open in one process at a time: stop that process, or leave this device to it",
-                             holders: [ProcessHolding(pid: 4242, command: "qemu-system-x86")])
+        let busy = VFIOError(.groupBusy(node: "/dev/vfio/5", holders: [ProcessHolding(pid: 4242, command: "qemu-system-x86")]),
+                             device: gpu, operation: .openGroup("5"), errno: .resourceBusy)
         assertEntry(.openFailed(.resourceBusy),
                     context(error: busy), .init(
             event: .deviceSkipped, level: .warning,
@@ -204,9 +201,8 @@ final class CatalogAndEventTests: XCTestCase {
 
     func testUnsupported() {
         // What DeviceController builds when PROBE refused the entry the policy needs.
-        let absent = VFIOError(.featureAbsent, device: gpu, operation: "manage low power", errno: .inappropriateIOCTLForDevice,
-                               explanation: "the kernel does not offer LOW_POWER_ENTRY_WITH_WAKEUP for this device",
-                               advice: "Low-power features need Linux 6.1 or later and the vfio-pci driver")
+        let absent = VFIOError(.featureAbsent(.oneShotEntry), device: gpu, operation: .manageLowPower,
+                               errno: .inappropriateIOCTLForDevice)
         assertEntry(.unsupported(.inappropriateIOCTLForDevice),
                     context(error: absent), .init(
             event: .deviceSkipped, level: .warning,
@@ -230,9 +226,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testExitFailedWithAVFIOErrorAndAdvice() {
-        let stuck = VFIOError(.resumeFailed, device: gpu, operation: "exit low power", errno: .ioError,
-                              explanation: "the device failed to resume from low power (it may be stuck in D3cold)",
-                              advice: "Set `d3cold = \"forbid\"` for this device, and check `dmesg`")
+        let stuck = VFIOError(.resumeFailed, device: gpu, operation: .exitLowPower, errno: .ioError)
         assertEntry(.exitFailed(.ioError, .closedInstead),
                     context(error: stuck), .init(
             event: .wakeFailed, level: .error,
@@ -255,9 +249,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testGoneWithTheKernelsError() {
-        let gone = VFIOError(.deviceGone, device: gpu, operation: "arm one-shot low power", errno: .operationNotSupportedByDevice,
-                             explanation: "the device is gone (removed or unbound)",
-                             advice: "Close it so the kernel can finish removing it")
+        let gone = VFIOError(.deviceGone, device: gpu, operation: .arm(.oneShotEntry), errno: .operationNotSupportedByDevice)
         assertEntry(.deviceGone(.operationNotSupportedByDevice), context(error: gone), .init(
             event: .deviceGone, level: .warning,
             message: "0000:01:00.0 (gpu0): gone: the device is gone (removed or unbound); closed so the kernel can finish removing it; it is managed again when it returns",
@@ -265,9 +257,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testNotAvailableBecauseNotPresent() {
-        let missing = VFIOError(.deviceNotFound, device: gpu, operation: "open the device",
-                                explanation: "there is no such PCI device in /sys/bus/pci/devices",
-                                advice: "Check the address with `lspci -D`")
+        let missing = VFIOError(.deviceNotFound(searched: "/sys/bus/pci/devices"), device: gpu, operation: .openDevice)
         assertEntry(.deviceGone(.operationNotSupportedByDevice), context(error: missing), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not available: there is no such PCI device in /sys/bus/pci/devices. Check the address with `lspci -D`; managed as soon as it is (looked for every rescan_interval and on reload)",
@@ -276,8 +266,7 @@ final class CatalogAndEventTests: XCTestCase {
 
     func testNotAvailableBecauseBoundToAnotherDriver() {
         let advice = "Bind it to vfio-pci: echo 0000:02:00.0 > /sys/bus/pci/drivers/e1000e/unbind; echo vfio-pci > /sys/bus/pci/devices/0000:02:00.0/driver_override; echo 0000:02:00.0 > /sys/bus/pci/drivers_probe (or `driverctl set-override 0000:02:00.0 vfio-pci`)"
-        let bound = VFIOError(.notBoundToVFIO, device: nic, operation: "open the device",
-                              explanation: "it is bound to e1000e, not vfio-pci", advice: advice)
+        let bound = VFIOError(.notBoundToVFIO(driver: "e1000e"), device: nic, operation: .openDevice)
         assertEntry(.deviceGone(.operationNotSupportedByDevice), context(nic, name: nil, error: bound), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:02:00.0: not available: it is bound to e1000e, not vfio-pci. \(advice); managed as soon as it is (looked for every rescan_interval and on reload)",
