@@ -7,7 +7,9 @@
 //   CVFIO          C shim: <linux/vfio.h> and <sys/eventfd.h> facts as constants (no magic numbers), epoll, malloc_trim
 //   CSystemd       libsystemd (sd_notify, sd_journal_sendv), found through pkg-config
 //   VFIO           typed Linux layer: PCI addresses, the group path, low-power ioctls, eventfd, sysfs
-//   PowerPolicy    pure core: policy model and the per-device state machine (no I/O, no clock, no logs)
+//   VFIOWords      the VFIO layer's errors in words: what the daemon and vfio-powerctl print
+//   PowerPolicy    pure core: policy model and the per-device state machine (no I/O, no clock, no logs;
+//                  swift-system for Errno only)
 //   CTOML          C interface over Debian's toml++ (header-only): entries with their source positions
 //   PowerConfig    TOML configuration: files, precedence, validation, device selection against sysfs
 //   Systemd        sd_notify and a swift-log handler over the journal
@@ -49,7 +51,16 @@ let package = Package(
             "CVFIO",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
-        .target(name: "PowerPolicy"),
+        // Errno only (the core classifies what the kernel answered; it calls nothing).
+        // Reasons in, sentences out: the VFIO layer's errors as operators read them, for the
+        // daemon and vfio-powerctl alike (which does not link the daemon).
+        .target(name: "VFIOWords", dependencies: [
+            "VFIO",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .target(name: "PowerPolicy", dependencies: [
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // recvmsg with SCM_RIGHTS: the one control-message layout the varlink server needs.
         .target(name: "CVarlink"),
         .target(name: "Varlink", dependencies: ["CVarlink"]),
@@ -69,7 +80,7 @@ let package = Package(
             .embedInCode("io.vfiopowerd.Manager.varlink"),
         ]),
         .target(name: "PowerDaemon", dependencies: [
-            "VFIO", "CVFIO", "PowerPolicy", "PowerConfig", "Systemd", "Varlink", "ControlProtocol",
+            "VFIO", "VFIOWords", "CVFIO", "PowerPolicy", "PowerConfig", "Systemd", "Varlink", "ControlProtocol",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
@@ -97,7 +108,7 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ], path: "bench/Sources/vfio-powerd-bench"),
         .executableTarget(name: "vfio-powerctl", dependencies: [
-            "VFIO", "PowerConfig", "PowerPolicy", "PowerCtlKit", "Varlink", "ControlProtocol",
+            "VFIO", "VFIOWords", "PowerConfig", "PowerPolicy", "PowerCtlKit", "Varlink", "ControlProtocol",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Serves /metrics on its own (socket-activated) unit: the daemon keeps PrivateNetwork=yes.
@@ -111,11 +122,12 @@ let package = Package(
         ]),
 
         .testTarget(name: "VFIOTests", dependencies: [
-            "VFIO", "CVFIO", "VFIOSimulator",
+            "VFIO", "VFIOWords", "CVFIO", "VFIOSimulator",
             .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "PowerPolicyTests", dependencies: [
             "PowerPolicy",
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         .testTarget(name: "PowerConfigTests", dependencies: [
@@ -130,6 +142,7 @@ let package = Package(
             "PowerDaemon", "VFIOSimulator", "PowerPolicy", "PowerConfig", "Systemd", "SystemdTesting", "VFIO",
             "PowerCtlKit", "Varlink", "ControlProtocol",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
         ], exclude: ["varlink_client.py"]),
         .testTarget(name: "VarlinkTests", dependencies: ["Varlink"]),
         .testTarget(name: "PowerCtlTests", dependencies: ["PowerCtlKit", "ControlProtocol"], exclude: ["Fixtures"]),
@@ -137,7 +150,7 @@ let package = Package(
         .testTarget(name: "PowerMetricsTests", dependencies: ["PowerMetrics", "ControlProtocol"]),
         // Real-kernel tests: they run inside the VM lab's guest (lab/lab.sh kernel-tests),
         // where /dev/vfio exists; `swift test` on the host skips this target (see Makefile).
-        .testTarget(name: "KernelTests", dependencies: ["VFIO", "CVFIO"]),
+        .testTarget(name: "KernelTests", dependencies: ["VFIO", "VFIOWords", "CVFIO"]),
     ],
     swiftLanguageModes: [.v6],
     // toml++ 3 needs C++17.

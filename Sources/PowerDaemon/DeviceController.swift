@@ -446,7 +446,7 @@ final class DeviceController: @unchecked Sendable {
                     try source.setD3coldAllowed(allowed, for: address)
                     return { nil }
                 } catch {
-                    let errno = ErrorNumber(error.errno?.rawValue ?? ErrorNumber.EIO.rawValue)
+                    let errno = error.errno ?? .ioError
                     return { Outcome(event: { $0.d3coldWriteFailed(errno, now: $1) }, skipRest: true) }
                 }
             }
@@ -457,7 +457,7 @@ final class DeviceController: @unchecked Sendable {
                 do throws(VFIOError) {
                     switch mode {
                     case .oneShot:
-                        guard let wakeup else { return { Outcome(event: { $0.armFailed(.EBADF, now: $1) }) } }
+                        guard let wakeup else { return { Outcome(event: { $0.armFailed(.badFileDescriptor, now: $1) }) } }
                         try device.arm(.oneShot(wakeup: wakeup))
                     case .reentrant:
                         try device.arm(.reentrant)
@@ -504,9 +504,9 @@ final class DeviceController: @unchecked Sendable {
             preconditionFailure("\(action) runs on the device's queue")
         case .arm:
             // `deviceCall` takes an arm whenever a device is open.
-            return Outcome(event: { $0.armFailed(.ENODEV, now: $1) })
+            return Outcome(event: { $0.armFailed(.operationNotSupportedByDevice, now: $1) })
         case .exitLowPower:
-            return Outcome(event: { $0.exitFailed(.ENODEV, now: $1) })
+            return Outcome(event: { $0.exitFailed(.operationNotSupportedByDevice, now: $1) })
         case .startTimer(let delay):
             startTimer(delay)
             return nil
@@ -552,7 +552,7 @@ final class DeviceController: @unchecked Sendable {
             case .executableNotAllowed: .executableNotAllowed
             case .ambiguous(let files): .ambiguous(deviceFiles: files)
             case .noDeviceFile: .noDeviceFile
-            case .notPermitted(let errno): .notPermitted(ErrorNumber(errno.rawValue))
+            case .notPermitted(let errno): .notPermitted(errno)
             }
             return Outcome(event: { $0.adoptionRefused(holder, refusal, now: $1) })
         case .adopted(let adopted, let process, let basis):
@@ -571,7 +571,7 @@ final class DeviceController: @unchecked Sendable {
                 closeOnDeviceQueue(adopted)
                 follow(process)
                 let holder = VMMHolder(pid: process.pid, executable: process.executable)
-                return Outcome(event: { $0.adoptionRefused(holder, .notPermitted(ErrorNumber(error.rawValue)), now: $1) })
+                return Outcome(event: { $0.adoptionRefused(holder, .notPermitted(error), now: $1) })
             }
             follow(process)
             device = adopted
@@ -633,18 +633,16 @@ final class DeviceController: @unchecked Sendable {
         let needed: LowPowerFeature = policy.mode == .reentrant ? .reentrantEntry : .oneShotEntry
         for feature in [needed, .exit] where !opened.lowPowerSupport.supports(feature) {
             closeOnDeviceQueue(opened)
-            lastError = VFIOError(.featureAbsent, device: address, operation: "manage low power",
-                                  errno: opened.lowPowerSupport.refusals[feature],
-                                  explanation: "the kernel does not offer \(feature) for this device",
-                                  advice: "Low-power features need Linux 6.1 or later and the vfio-pci driver")
-            return Outcome(event: { $0.openFailed(.ENOTTY, now: $1) })
+            lastError = VFIOError(.featureAbsent(feature), device: address, operation: .manageLowPower,
+                                  errno: opened.lowPowerSupport.refusals[feature])
+            return Outcome(event: { $0.openFailed(.inappropriateIOCTLForDevice, now: $1) })
         }
         let wakeup: EventFD
         do {
             wakeup = try EventFD()
         } catch {
             closeOnDeviceQueue(opened)
-            return Outcome(event: { $0.openFailed(ErrorNumber(error.rawValue), now: $1) })
+            return Outcome(event: { $0.openFailed(error, now: $1) })
         }
         do {
             wakeupWatch = try watcher.watch(wakeup) { [weak self] in self?.wakeupFired($0) }
@@ -656,7 +654,7 @@ final class DeviceController: @unchecked Sendable {
             wakeupWatch.map(watcher.unwatch)
             wakeupWatch = nil
             closeOnDeviceQueue(opened)
-            return Outcome(event: { $0.openFailed(ErrorNumber(error.rawValue), now: $1) })
+            return Outcome(event: { $0.openFailed(error, now: $1) })
         }
         device = opened
         self.wakeup = wakeup
@@ -771,18 +769,18 @@ final class DeviceController: @unchecked Sendable {
     /// before opening) are mapped to what they mean for management: a device that is not
     /// there or not bound to vfio-pci is "gone" (the daemon waits for it to return); one
     /// the kernel cannot manage is "no feature".
-    static func errorNumber(_ error: VFIOError) -> ErrorNumber {
+    static func errorNumber(_ error: VFIOError) -> Errno {
         switch error.code {
         case .deviceNotFound, .notBoundToVFIO, .noIOMMUGroup, .groupNotViable, .vfioUnavailable, .deviceGone:
-            return .ENODEV
+            return .operationNotSupportedByDevice
         case .cdevOnly, .featureAbsent:
-            return .ENOTTY
+            return .inappropriateIOCTLForDevice
         case .groupBusy:
-            return .EBUSY
+            return .resourceBusy
         case .closed:
-            return .EBADF
+            return .badFileDescriptor
         case .notPermitted, .alreadyEngaged, .resumeFailed, .badEventFD, .unexpected:
-            return error.errno.map { ErrorNumber($0.rawValue) } ?? .EIO
+            return error.errno ?? .ioError
         }
     }
 }

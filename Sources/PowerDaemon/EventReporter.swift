@@ -1,10 +1,13 @@
 import Logging
 import PowerPolicy
+import SystemPackage
 import VFIO
+import VFIOWords
 
 /// Turns what happened into what the operator reads: the words, the priority, the
 /// MESSAGE_ID and the fields to filter on. Pure, so the words are tested exactly; the
-/// manager is the one place that hands the result to the logger.
+/// manager is the one place that hands the result to the logger. A VFIO error's own words
+/// come from VFIOWords, which vfio-powerctl shares.
 enum EventReporter {
     struct Entry: Equatable {
         var event: DaemonEvent
@@ -80,12 +83,12 @@ enum EventReporter {
         }
         /// The daemon's own error words when it has them (they name the holder of a busy
         /// group, the driver a device is bound to, ...), else the state machine's.
-        func because(_ errno: ErrorNumber?, _ explanation: String) -> String {
+        func because(_ errno: Errno?, _ explanation: String) -> String {
             if let errno { fields[JournalField.errno] = .string("\(errno.rawValue)") }
             if let error = context.error {
                 return "\(error.explanation)\(error.errno.map { " (\($0.symbolicName))" } ?? "")\(error.advice.map { ". \($0)" } ?? "")"
             }
-            return explanation + (errno.map { " (\($0.name))" } ?? "")
+            return explanation + (errno.map { " (\($0.symbolicName))" } ?? "")
         }
 
         switch event {
@@ -126,7 +129,7 @@ enum EventReporter {
             let error = context.error!
             return make("not available: \(error.explanation)\(error.advice.map { ". \($0)" } ?? ""); managed as soon as it is (looked for every rescan_interval and on reload)")
         case .deviceGone(let errno):
-            let why = context.error.map { ": \($0.explanation)" } ?? (errno.map { " (\($0.name))" } ?? " (removed or unbound)")
+            let why = context.error.map { ": \($0.explanation)" } ?? (errno.map { " (\($0.symbolicName))" } ?? " (removed or unbound)")
             if let errno { fields[JournalField.errno] = .string("\(errno.rawValue)") }
             return make("gone\(why); closed so the kernel can finish removing it; it is managed again when it returns")
         case .deviceBack:
@@ -162,7 +165,7 @@ enum EventReporter {
                 return make("held by \(holder), which has not opened the device yet; asking again shortly")
             case .notPermitted(let errno):
                 fields[JournalField.errno] = .string("\(errno.rawValue)")
-                return make("held by \(holder), but duplicating its device file was refused (\(errno.name)); the daemon needs CAP_SYS_PTRACE and pidfd_getfd (see the unit), and Yama's ptrace_scope must be below 3")
+                return make("held by \(holder), but duplicating its device file was refused (\(errno.symbolicName)); the daemon needs CAP_SYS_PTRACE and pidfd_getfd (see the unit), and Yama's ptrace_scope must be below 3")
             }
         case .vmmReleased(let holder, let reason):
             holderFields(holder)
@@ -216,7 +219,7 @@ enum EventReporter {
         case .setD3coldAllowed: "set d3cold_allowed"
         case .adopt: "adopt"
         }
-        return "\(call): \(failure.errno.name)"
+        return "\(call): \(failure.errno.symbolicName)"
     }
 
     /// What followed a failed call, in words.
@@ -238,10 +241,10 @@ enum EventReporter {
     }
 
     /// Why an open failed, when the VFIO layer had no words of its own.
-    static func openFailure(_ errno: ErrorNumber) -> String {
+    static func openFailure(_ errno: Errno) -> String {
         switch errno {
-        case .EBUSY: "the device or its IOMMU group is held by another process (a VMM?); it is taken as soon as that process exits"
-        case .EPERM, .EACCES: "permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root)"
+        case .resourceBusy: "the device or its IOMMU group is held by another process (a VMM?); it is taken as soon as that process exits"
+        case .notPermitted, .permissionDenied: "permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root)"
         default: "cannot open the device"
         }
     }

@@ -1,3 +1,5 @@
+import SystemPackage
+
 /// The low-power entry the daemon asks the kernel for.
 public enum ArmMode: String, Hashable, Sendable {
     /// VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP, with the device's wakeup eventfd.
@@ -90,17 +92,17 @@ public enum PolicyEvent: Hashable, Sendable {
     /// Arming said EINVAL although the daemon had not armed: someone (a previous daemon run,
     /// the other holder of a shared file) left it engaged. The daemon exits low power and arms once more.
     case alreadyEngaged(ArmMode)
-    case armFailed(ErrorNumber, AfterFailure)
+    case armFailed(Errno, AfterFailure)
     /// Opening failed; retried when the device returns, the group's holder exits (EBUSY),
     /// on reload, or when its policy changes.
-    case openFailed(ErrorNumber)
-    case exitFailed(ErrorNumber, AfterFailure)
-    case d3coldWriteFailed(ErrorNumber, AfterFailure)
+    case openFailed(Errno)
+    case exitFailed(Errno, AfterFailure)
+    case d3coldWriteFailed(Errno, AfterFailure)
     /// The kernel has no low-power feature for this device: closed, never retried.
-    case unsupported(ErrorNumber)
+    case unsupported(Errno)
     /// The device was removed, unbound or broke (ENODEV/EIO); its fd is closed. `errno` is nil
     /// when the daemon noticed the removal itself.
-    case deviceGone(ErrorNumber?)
+    case deviceGone(Errno?)
     /// A gone or failed device is present again and is being opened.
     case deviceBack
     /// The process that held the device's group (EBUSY) exited; the device is being opened.

@@ -1,3 +1,5 @@
+import SystemPackage
+
 /// The decisions for one device, as a pure state machine (swift-nio style): a private `State`,
 /// one `mutating func` per event, each returning the actions the daemon must carry out.
 ///
@@ -64,7 +66,7 @@ public struct DeviceStateMachine: Sendable {
         case exiting(then: AfterExit)
         /// Closed after an error that a retry of the same steps would hit again; left until
         /// the device returns or its policy changes.
-        case failed(DeviceFailure.Operation, ErrorNumber)
+        case failed(DeviceFailure.Operation, Errno)
         /// Removed or broken; closed; waiting for `returned`.
         case gone
         /// No low-power feature; closed; never retried.
@@ -180,7 +182,7 @@ public struct DeviceStateMachine: Sendable {
     /// again. (The daemon follows each holder's pidfd; no timer polls for the group.)
     public mutating func busyHolderExited(now: MonotonicInstant) -> [DeviceAction] {
         guard case .failed = state, let failure = statistics.lastError, failure.operation == .open,
-              failure.errno == .EBUSY, policy.isManaged else { return [] }
+              failure.errno == .resourceBusy, policy.isManaged else { return [] }
         state = .opening
         return [.log(.busyHolderExited), .open]
     }
@@ -192,10 +194,10 @@ public struct DeviceStateMachine: Sendable {
         return beginArming(armMode, reason: .initial)
     }
 
-    public mutating func openFailed(_ errno: ErrorNumber, now: MonotonicInstant) -> [DeviceAction] {
+    public mutating func openFailed(_ errno: Errno, now: MonotonicInstant) -> [DeviceAction] {
         guard case .opening = state else { preconditionFailure("openFailed without an open action in \(phase)") }
         statistics.lastError = DeviceFailure(operation: .open, errno: errno, at: now)
-        if errno == .ENOTTY {
+        if errno == .inappropriateIOCTLForDevice {
             state = .unsupported
             return [.log(.unsupported(errno))]
         }
@@ -237,10 +239,10 @@ public struct DeviceStateMachine: Sendable {
         return actions
     }
 
-    public mutating func armFailed(_ errno: ErrorNumber, now: MonotonicInstant) -> [DeviceAction] {
+    public mutating func armFailed(_ errno: Errno, now: MonotonicInstant) -> [DeviceAction] {
         guard case .arming(let arming) = state else { preconditionFailure("armFailed without an arm action in \(phase)") }
         statistics.lastError = DeviceFailure(operation: .arm, errno: errno, at: now)
-        if errno == .EINVAL {
+        if errno == .invalidArgument {
             if case .afterTakeover = arming.reason {
                 state = .failed(.arm, errno)
                 return [.close, .log(.armFailed(errno, .gaveUpAfterExit))]
@@ -276,7 +278,7 @@ public struct DeviceStateMachine: Sendable {
         }
     }
 
-    public mutating func exitFailed(_ errno: ErrorNumber, now: MonotonicInstant) -> [DeviceAction] {
+    public mutating func exitFailed(_ errno: Errno, now: MonotonicInstant) -> [DeviceAction] {
         guard case .exiting(let then) = state else { preconditionFailure("exitFailed without an exitLowPower action in \(phase)") }
         statistics.lastError = DeviceFailure(operation: .exit, errno: errno, at: now)
         switch then {
@@ -293,7 +295,7 @@ public struct DeviceStateMachine: Sendable {
     }
 
     /// The `d3cold_allowed` write before an arm failed; the arm was skipped.
-    public mutating func d3coldWriteFailed(_ errno: ErrorNumber, now: MonotonicInstant) -> [DeviceAction] {
+    public mutating func d3coldWriteFailed(_ errno: Errno, now: MonotonicInstant) -> [DeviceAction] {
         guard case .arming(let arming) = state else { preconditionFailure("d3coldWriteFailed without a setD3coldAllowed action in \(phase)") }
         statistics.lastError = DeviceFailure(operation: .setD3coldAllowed, errno: errno, at: now)
         let wanted = policy.d3cold == .allow
@@ -854,9 +856,9 @@ public struct DeviceStateMachine: Sendable {
         return actions + [.arm(mode)]
     }
 
-    private mutating func failClosed(_ errno: ErrorNumber, operation: DeviceFailure.Operation,
-                                     _ event: (ErrorNumber) -> PolicyEvent) -> [DeviceAction] {
-        if errno == .ENOTTY {
+    private mutating func failClosed(_ errno: Errno, operation: DeviceFailure.Operation,
+                                     _ event: (Errno) -> PolicyEvent) -> [DeviceAction] {
+        if errno == .inappropriateIOCTLForDevice {
             state = .unsupported
             return [.close, .log(.unsupported(errno))]
         }
@@ -898,7 +900,7 @@ public enum DevicePhase: Hashable, Sendable {
     case exiting
     /// A call failed (see `AfterFailure` in the event that said so); `statistics.lastError`
     /// holds the same failure with its time.
-    case failed(DeviceFailure.Operation, ErrorNumber)
+    case failed(DeviceFailure.Operation, Errno)
     case gone
     case unsupported
     case stopped
@@ -944,10 +946,10 @@ public struct DeviceStatistics: Hashable, Sendable {
 public struct DeviceFailure: Hashable, Sendable {
     public enum Operation: Hashable, Sendable { case open, arm, exit, setD3coldAllowed, adopt }
     public var operation: Operation
-    public var errno: ErrorNumber
+    public var errno: Errno
     public var at: MonotonicInstant
 
-    public init(operation: Operation, errno: ErrorNumber, at: MonotonicInstant) {
+    public init(operation: Operation, errno: Errno, at: MonotonicInstant) {
         self.operation = operation
         self.errno = errno
         self.at = at

@@ -1,3 +1,5 @@
+import SystemPackage
+
 /// The values the state machine needs about a `vmm` device's holder and its guest. The daemon
 /// finds them (in /proc and sysfs); the machine only decides on them.
 
@@ -40,7 +42,7 @@ public enum AdoptionRefusal: Hashable, Sendable {
     /// The holder has the group open but no device file yet (a VMM that is still starting).
     case noDeviceFile
     /// pidfd_open or pidfd_getfd was refused (ptrace rights, Yama's ptrace_scope = 3).
-    case notPermitted(ErrorNumber)
+    case notPermitted(Errno)
 }
 
 /// The wakeup eventfd of the daemon's previous run, back from systemd's fd store when the

@@ -1,7 +1,8 @@
 import SystemPackage
 
-/// The checks made before a device is opened, each failing with one message that names the
-/// device and says what to do. They read sysfs and /dev only; nothing touches the device.
+/// The checks made before a device is opened, each failing with a reason that names what is
+/// missing (VFIOWords says what to do about it). They read sysfs and /dev only; nothing
+/// touches the device.
 public struct DevicePreflight: Sendable {
     public let sysfsRoot: FilePath
     public let devRoot: FilePath
@@ -32,54 +33,29 @@ public struct DevicePreflight: Sendable {
     /// Runs every check in order and returns where to open the device, or the first failure.
     public func check(_ address: PCIAddress) throws(VFIOError) -> Verdict {
         let sysfs = SysfsPCIDevice(address: address, sysfsRoot: sysfsRoot)
-        let operation = "open the device"
-        guard sysfs.exists else {
-            throw VFIOError(.deviceNotFound, device: address, operation: operation,
-                            explanation: "there is no such PCI device in \(sysfsRoot.appending("bus/pci/devices"))",
-                            advice: "Check the address with `lspci -D`")
+        func failure(_ reason: VFIOError.Reason) -> VFIOError {
+            VFIOError(reason, device: address, operation: .openDevice)
         }
+        guard sysfs.exists else { throw failure(.deviceNotFound(searched: sysfsRoot.appending("bus/pci/devices"))) }
         let driver = sysfs.driver()
-        guard let driver, Self.isVFIOPCIDriver(driver) else {
-            throw VFIOError(.notBoundToVFIO, device: address, operation: operation,
-                            explanation: driver.map { "it is bound to \($0), not vfio-pci" } ?? "it is bound to no driver, not vfio-pci",
-                            advice: bindAdvice(address, currentDriver: driver))
-        }
-        guard let group = sysfs.iommuGroup() else {
-            throw VFIOError(.noIOMMUGroup, device: address, operation: operation,
-                            explanation: "it has no IOMMU group, so VFIO cannot isolate it",
-                            advice: "Turn the IOMMU on (VT-d or AMD-Vi in the firmware, intel_iommu=on or amd_iommu=on on the kernel command line)")
-        }
+        guard let driver, Self.isVFIOPCIDriver(driver) else { throw failure(.notBoundToVFIO(driver: driver)) }
+        guard let group = sysfs.iommuGroup() else { throw failure(.noIOMMUGroup) }
         let members = (try? sysfs.iommuGroupMembers()) ?? [address]
         for member in members where member != address {
             let memberDriver = SysfsPCIDevice(address: member, sysfsRoot: sysfsRoot).driver()
             if let memberDriver, !Self.isVFIOPCIDriver(memberDriver), !Self.groupFriendlyDrivers.contains(memberDriver) {
-                throw VFIOError(.groupNotViable, device: address, operation: operation,
-                                explanation: "its IOMMU group \(group) also holds \(member), which is bound to \(memberDriver)",
-                                advice: "Bind every device of group \(group) to vfio-pci, or unbind \(member) from \(memberDriver)")
+                throw failure(.groupMemberOnHostDriver(group: group, member: member, driver: memberDriver))
             }
         }
         let vfio = devRoot.appending("vfio")
         guard Syscalls.exists(vfio.appending("vfio")) else {
-            if Syscalls.exists(sysfs.directory.appending("vfio-dev")) {
-                throw VFIOError(.cdevOnly, device: address, operation: operation,
-                                explanation: "this kernel offers only the VFIO device cdev (/dev/vfio/devices/vfioN with iommufd), which vfio-powerd does not support yet; it uses the group interface",
-                                advice: "Use a kernel built with CONFIG_VFIO_GROUP=y and CONFIG_VFIO_CONTAINER=y (every Debian kernel is)")
-            }
-            throw VFIOError(.vfioUnavailable, device: address, operation: operation,
-                            explanation: "\(vfio.appending("vfio")) does not exist",
-                            advice: "Load VFIO with `modprobe vfio-pci`")
+            if Syscalls.exists(sysfs.directory.appending("vfio-dev")) { throw failure(.cdevOnly) }
+            throw failure(.noVFIO(missing: vfio.appending("vfio")))
         }
         for name in [group, "noiommu-\(group)"] where Syscalls.exists(vfio.appending(name)) {
             return Verdict(address: address, driver: driver, groupName: name, groupMembers: members)
         }
-        throw VFIOError(.vfioUnavailable, device: address, operation: operation,
-                        explanation: "\(vfio.appending(group)), the node of its IOMMU group, does not exist",
-                        advice: "Check that vfio-pci finished binding the device (`dmesg | grep vfio`)")
-    }
-
-    private func bindAdvice(_ address: PCIAddress, currentDriver: String?) -> String {
-        let unbind = currentDriver.map { "echo \(address) > /sys/bus/pci/drivers/\($0)/unbind; " } ?? ""
-        return "Bind it to vfio-pci: \(unbind)echo vfio-pci > /sys/bus/pci/devices/\(address)/driver_override; echo \(address) > /sys/bus/pci/drivers_probe (or `driverctl set-override \(address) vfio-pci`)"
+        throw failure(.noGroupNode(vfio.appending(group)))
     }
 }
 

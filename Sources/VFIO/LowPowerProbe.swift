@@ -61,7 +61,7 @@ public struct LowPowerProbe: Sendable {
         if cycle {
             guard device.lowPowerSupport.supports(.oneShotEntry) else {
                 throw VFIODevice.error(device.lowPowerSupport.refusals[.oneShotEntry] ?? .inappropriateIOCTLForDevice,
-                                       device: address, operation: "arm one-shot low power", feature: .oneShotEntry)
+                                       device: address, operation: .arm(.oneShotEntry), feature: .oneShotEntry)
             }
             cycleReport = try runCycle(device, sysfs)
         }
@@ -73,7 +73,7 @@ public struct LowPowerProbe: Sendable {
         let clock = ContinuousClock()
         let wakeup: EventFD
         do { wakeup = try EventFD() } catch {
-            throw VFIOError(.unexpected, device: device.address, operation: "create an eventfd", errno: error, explanation: "eventfd failed")
+            throw VFIOError(.systemCallFailed(.eventfd), device: device.address, operation: .createEventFD, errno: error)
         }
         let armStart = clock.now
         try device.arm(.oneShot(wakeup: wakeup))

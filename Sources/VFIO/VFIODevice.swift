@@ -59,19 +59,16 @@ final class VFIOGroup: @unchecked Sendable {
         let vfio = devRoot.appending("vfio")
         let node = vfio.appending(name)
         self.node = node
-        let operation = "open IOMMU group \(name)"
+        let operation = VFIOError.Operation.openGroup(name)
 
         // A local function would capture self before every property is set; a closure over
         // locals does not.
-        let fail = { (errno: Errno, step: String) -> VFIOError in
+        let fail = { (errno: Errno, step: VFIOError.GroupStep) -> VFIOError in
             switch errno {
             case .permissionDenied, .notPermitted:
-                VFIOError(.notPermitted, device: device, operation: operation, errno: errno,
-                          explanation: "\(step) was refused",
-                          advice: name.hasPrefix("noiommu") ? "noiommu groups need CAP_SYS_RAWIO: run as root" : "Run as root, or give this user read-write access to \(node)")
+                VFIOError(.groupStepRefused(step, node: node), device: device, operation: operation, errno: errno)
             default:
-                VFIOError(.unexpected, device: device, operation: operation, errno: errno,
-                          explanation: "\(step) failed")
+                VFIOError(.groupStepFailed(step), device: device, operation: operation, errno: errno)
             }
         }
 
@@ -84,7 +81,7 @@ final class VFIOGroup: @unchecked Sendable {
         do {
             container = try FileDescriptor.open(vfio.appending("vfio"), .readWrite, options: [.closeOnExec])
         } catch {
-            throw fail(error as? Errno ?? .ioError, "opening \(vfio.appending("vfio"))")
+            throw fail(error as? Errno ?? .ioError, .openContainer(vfio.appending("vfio")))
         }
         let descriptor: FileDescriptor
         do {
@@ -94,15 +91,9 @@ final class VFIOGroup: @unchecked Sendable {
             let errno = error as? Errno ?? .ioError
             if errno == .resourceBusy {
                 let holders = ProcessHolding.holders(of: node, procRoot: procRoot)
-                let who = holders.isEmpty
-                    ? "another process (could not tell which from /proc)"
-                    : holders.map(\.description).joined(separator: ", ")
-                throw VFIOError(.groupBusy, device: device, operation: operation, errno: errno,
-                                explanation: "\(node) is held by \(who)",
-                                advice: "A VFIO group can be open in one process at a time: stop that process, or leave this device to it",
-                                holders: holders)
+                throw VFIOError(.groupBusy(node: node, holders: holders), device: device, operation: operation, errno: errno)
             }
-            throw fail(errno, "opening \(node)")
+            throw fail(errno, .openGroup(node))
         }
 
         do throws(VFIOError) {
@@ -119,30 +110,27 @@ final class VFIOGroup: @unchecked Sendable {
     /// Checks the container's API and the group's viability, then joins the group to the
     /// container with the type1v2 IOMMU.
     private static func attach(group descriptor: FileDescriptor, to container: FileDescriptor, name: String,
-                               device: PCIAddress, operation: String,
-                               fail: (Errno, String) -> VFIOError) throws(VFIOError) {
+                               device: PCIAddress, operation: VFIOError.Operation,
+                               fail: (Errno, VFIOError.GroupStep) -> VFIOError) throws(VFIOError) {
         // The container must speak the API this header describes and offer type1v2.
         let version = Syscalls.ioctl(container, CVFIO_GET_API_VERSION)
         guard case .success(let api) = version, api == CVFIO_API_VERSION_VALUE else {
-            throw VFIOError(.unexpected, device: device, operation: operation,
-                            explanation: "the VFIO container speaks an unknown API version")
+            throw VFIOError(.unknownAPIVersion, device: device, operation: operation)
         }
         var status = vfio_group_status()
         status.argsz = UInt32(MemoryLayout<vfio_group_status>.size)
         if case .failure(let errno) = Syscalls.ioctl(descriptor, CVFIO_GROUP_GET_STATUS, &status) {
-            throw fail(errno, "VFIO_GROUP_GET_STATUS")
+            throw fail(errno, .getStatus)
         }
         guard status.flags & CVFIO_GROUP_FLAGS_VIABLE != 0 else {
-            throw VFIOError(.groupNotViable, device: device, operation: operation,
-                            explanation: "the kernel says group \(name) is not viable: a device in it is bound to a host driver",
-                            advice: "Bind every device of /sys/kernel/iommu_groups/\(name.split(separator: "-").last ?? "")/devices to vfio-pci")
+            throw VFIOError(.groupNotViable(group: name), device: device, operation: operation)
         }
         var containerFD = container.rawValue
         if case .failure(let errno) = Syscalls.ioctl(descriptor, CVFIO_GROUP_SET_CONTAINER, &containerFD) {
-            throw fail(errno, "VFIO_GROUP_SET_CONTAINER")
+            throw fail(errno, .setContainer)
         }
         if case .failure(let errno) = Syscalls.ioctl(container, CVFIO_SET_IOMMU, value: CVFIO_TYPE1v2_IOMMU) {
-            throw fail(errno, "VFIO_SET_IOMMU (type1v2)")
+            throw fail(errno, .setIOMMU)
         }
     }
 
@@ -188,7 +176,7 @@ public final class VFIODevice: @unchecked Sendable {
         self.address = address
         self.driver = driver
         self.group = group
-        let operation = "open the device"
+        let operation = VFIOError.Operation.openDevice
         var name = Array(address.description.utf8CString)
         let fd: CInt
         switch name.withUnsafeMutableBytes({ Syscalls.ioctl(group.descriptor, CVFIO_GROUP_GET_DEVICE_FD, $0.baseAddress!) }) {
@@ -203,7 +191,7 @@ public final class VFIODevice: @unchecked Sendable {
         info.argsz = UInt32(MemoryLayout<vfio_device_info>.size)
         if case .failure(let errno) = Syscalls.ioctl(descriptor, CVFIO_DEVICE_GET_INFO, &info) {
             Syscalls.close(descriptor)
-            throw VFIODevice.error(errno, device: address, operation: "read the device's info (VFIO_DEVICE_GET_INFO)")
+            throw VFIODevice.error(errno, device: address, operation: .readDeviceInfo)
         }
         deviceFlags = info.flags
 
@@ -261,12 +249,8 @@ public final class VFIODevice: @unchecked Sendable {
     /// EINVAL means something is already engaged on this device (by this or another holder
     /// of the same file): `alreadyEngaged`.
     public func arm(_ entry: LowPowerEntry) throws(VFIOError) {
-        try VFIODevice.arm(try openDescriptor(VFIODevice.armOperation(entry)), entry, device: address)
+        try VFIODevice.arm(try openDescriptor(.arm(entry.feature)), entry, device: address)
         engagement = entry.feature == .oneShotEntry ? .oneShot : .reentrant
-    }
-
-    static func armOperation(_ entry: LowPowerEntry) -> String {
-        "arm \(entry.feature == .oneShotEntry ? "one-shot" : "re-entrant") low power"
     }
 
     /// The entry ioctl on any open file of a device (this type's own, or a VMM's duplicate).
@@ -283,7 +267,7 @@ public final class VFIODevice: @unchecked Sendable {
             result = Syscalls.deviceFeature(fd, argsz: LowPowerFeature.reentrantEntry.minimumArgumentSize, flags: flags, payload: nil)
         }
         if case .failure(let errno) = result {
-            throw VFIODevice.error(errno, device: device, operation: armOperation(entry), feature: entry.feature)
+            throw VFIODevice.error(errno, device: device, operation: .arm(entry.feature), feature: entry.feature)
         }
     }
 
@@ -291,7 +275,7 @@ public final class VFIODevice: @unchecked Sendable {
     static func exitLowPower(_ fd: FileDescriptor, device: PCIAddress) throws(VFIOError) {
         let flags = CVFIO_DEVICE_FEATURE_SET | LowPowerFeature.exit.index
         if case .failure(let errno) = Syscalls.deviceFeature(fd, argsz: LowPowerFeature.exit.minimumArgumentSize, flags: flags, payload: nil) {
-            throw VFIODevice.error(errno, device: device, operation: "exit low power", feature: .exit)
+            throw VFIODevice.error(errno, device: device, operation: .exitLowPower, feature: .exit)
         }
     }
 
@@ -299,7 +283,7 @@ public final class VFIODevice: @unchecked Sendable {
     /// not. On a suspended one-shot device the kernel resumes it first, which signals the
     /// wakeup eventfd: a wake this call caused.
     public func exitLowPower() throws(VFIOError) {
-        try VFIODevice.exitLowPower(try openDescriptor("exit low power"), device: address)
+        try VFIODevice.exitLowPower(try openDescriptor(.exitLowPower), device: address)
         engagement = .none
     }
 
@@ -313,21 +297,21 @@ public final class VFIODevice: @unchecked Sendable {
     /// An access that resumes the device (VFIO_DEVICE_GET_INFO): what a VMM's next call
     /// does. On an armed one-shot device it fires the eventfd. For diagnostics and tests.
     public func wakeByAccess() throws(VFIOError) {
-        let fd = try openDescriptor("access the device")
+        let fd = try openDescriptor(.accessDevice)
         var info = vfio_device_info()
         info.argsz = UInt32(MemoryLayout<vfio_device_info>.size)
         if case .failure(let errno) = Syscalls.ioctl(fd, CVFIO_DEVICE_GET_INFO, &info) {
-            throw VFIODevice.error(errno, device: address, operation: "access the device (VFIO_DEVICE_GET_INFO)")
+            throw VFIODevice.error(errno, device: address, operation: .accessDeviceInfo)
         }
     }
 
     /// Reads `count` bytes of PCI config space at `offset` through the config region.
     /// Resumes the device, like any region access.
     public func readConfigSpace(offset: Int, count: Int) throws(VFIOError) -> [UInt8] {
-        let operation = "read config space"
+        let operation = VFIOError.Operation.readConfigSpace
         let fd = try openDescriptor(operation)
         guard let region = configRegion else {
-            throw VFIOError(.unexpected, device: address, operation: operation, explanation: "the device has no config region")
+            throw VFIOError(.noConfigRegion, device: address, operation: operation)
         }
         var bytes = [UInt8](repeating: 0, count: count)
         do {
@@ -341,10 +325,10 @@ public final class VFIODevice: @unchecked Sendable {
     /// Writes PCI config space at `offset` through the config region (what a guest driver
     /// does through its VMM). Resumes the device.
     public func writeConfigSpace(offset: Int, bytes: [UInt8]) throws(VFIOError) {
-        let operation = "write config space"
+        let operation = VFIOError.Operation.writeConfigSpace
         let fd = try openDescriptor(operation)
         guard let region = configRegion else {
-            throw VFIOError(.unexpected, device: address, operation: operation, explanation: "the device has no config region")
+            throw VFIOError(.noConfigRegion, device: address, operation: operation)
         }
         do {
             _ = try bytes.withUnsafeBytes { try fd.write(toAbsoluteOffset: region.offset + Int64(offset), $0) }
@@ -377,45 +361,26 @@ public final class VFIODevice: @unchecked Sendable {
         group = nil
     }
 
-    private func openDescriptor(_ operation: String) throws(VFIOError) -> FileDescriptor {
+    private func openDescriptor(_ operation: VFIOError.Operation) throws(VFIOError) -> FileDescriptor {
         guard let descriptor else {
-            throw VFIOError(.closed, device: address, operation: operation, explanation: "the device was closed")
+            throw VFIOError(.closed, device: address, operation: operation)
         }
         return descriptor
     }
 
-    /// Maps a kernel errno to the domain's explanation.
-    static func error(_ errno: Errno, device: PCIAddress, operation: String,
+    /// What a kernel errno means for a call on the device.
+    static func error(_ errno: Errno, device: PCIAddress, operation: VFIOError.Operation,
                       feature: LowPowerFeature? = nil) -> VFIOError {
-        switch errno {
-        case .invalidArgument where feature == .oneShotEntry || feature == .reentrantEntry:
-            return VFIOError(.alreadyEngaged, device: device, operation: operation, errno: errno,
-                             explanation: "low power is already engaged on this device (a re-entrant entry, or a one-shot entry that has not woken yet)",
-                             advice: "Exit low power first")
-        case .inappropriateIOCTLForDevice:
-            return VFIOError(.featureAbsent, device: device, operation: operation, errno: errno,
-                             explanation: "the kernel does not offer \(feature.map { "\($0)" } ?? "this feature") for this device",
-                             advice: "Low-power features need Linux 6.1 or later and the vfio-pci driver")
-        case .operationNotSupportedByDevice, .noSuchAddressOrDevice:
-            return VFIOError(.deviceGone, device: device, operation: operation, errno: errno,
-                             explanation: "the device is gone (removed or unbound)",
-                             advice: "Close it so the kernel can finish removing it")
-        case .ioError:
-            return VFIOError(.resumeFailed, device: device, operation: operation, errno: errno,
-                             explanation: "the device failed to resume from low power (it may be stuck in D3cold)",
-                             advice: "Set `d3cold = \"forbid\"` for this device, and check `dmesg`")
-        case .badFileDescriptor:
-            return VFIOError(.badEventFD, device: device, operation: operation, errno: errno,
-                             explanation: "the wakeup eventfd is not an open file descriptor")
-        case .permissionDenied, .notPermitted:
-            return VFIOError(.notPermitted, device: device, operation: operation, errno: errno,
-                             explanation: "the kernel refused", advice: "Run as root")
-        case .resourceBusy:
-            return VFIOError(.groupBusy, device: device, operation: operation, errno: errno,
-                             explanation: "the device is held by another user")
-        default:
-            return VFIOError(.unexpected, device: device, operation: operation, errno: errno,
-                             explanation: "the kernel refused")
+        let reason: VFIOError.Reason = switch errno {
+        case .invalidArgument where feature == .oneShotEntry || feature == .reentrantEntry: .alreadyEngaged
+        case .inappropriateIOCTLForDevice: .featureAbsent(feature)
+        case .operationNotSupportedByDevice, .noSuchAddressOrDevice: .deviceGone
+        case .ioError: .resumeFailed
+        case .badFileDescriptor: .badEventFD
+        case .permissionDenied, .notPermitted: .permissionRefused
+        case .resourceBusy: .deviceBusy
+        default: .kernelRefused
         }
+        return VFIOError(reason, device: device, operation: operation, errno: errno)
     }
 }

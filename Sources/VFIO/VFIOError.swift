@@ -2,14 +2,13 @@ import Glibc
 import CVFIO
 import SystemPackage
 
-/// Something the kernel or the host refused, explained in the domain's words.
+/// Something the kernel or the host refused, as a reason: which device, what was being
+/// done, why (with the facts a sentence about it needs), and the errno the kernel gave.
 ///
-/// Every error names the device (when there is one), what was being done, the errno the
-/// kernel gave (when it gave one), what that means for low power, and what to do about it.
-/// `description` is the one line an operator reads.
-public struct VFIOError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// What went wrong, as a kind a caller can switch over.
-    public enum Code: String, Equatable, Sendable {
+/// No words here: VFIOWords turns an error into the line an operator reads (`description`).
+public struct VFIOError: Error, Equatable, Sendable {
+    /// What went wrong, as a kind a caller can switch over or compare.
+    public enum Code: String, Hashable, Sendable {
         /// No such PCI device in sysfs.
         case deviceNotFound
         /// The device is bound to another driver (or none), not vfio-pci.
@@ -20,7 +19,7 @@ public struct VFIOError: Error, Equatable, Sendable, CustomStringConvertible {
         case groupNotViable
         /// The group (or the device) is held by another process: EBUSY.
         case groupBusy
-        /// No VFIO on this host: /dev/vfio/vfio is missing.
+        /// No VFIO on this host: /dev/vfio/vfio (or the group's node) is missing.
         case vfioUnavailable
         /// The kernel offers only the cdev interface (/dev/vfio/devices), which is not used yet.
         case cdevOnly
@@ -42,35 +41,122 @@ public struct VFIOError: Error, Equatable, Sendable, CustomStringConvertible {
         case unexpected
     }
 
-    public let code: Code
-    public let device: PCIAddress?
-    /// What was being done, e.g. "arm one-shot low power".
-    public let operation: String
-    public let errno: Errno?
-    /// What happened, in the domain's words.
-    public let explanation: String
-    /// What to do about it; nil when there is nothing to do.
-    public let advice: String?
-    /// `groupBusy`: the processes /proc shows holding the group (empty when it shows none).
-    public let holders: [ProcessHolding]
+    /// Why, with the facts that say it exactly.
+    public enum Reason: Equatable, Sendable {
+        /// No such device in `searched` (sysfs' bus/pci/devices).
+        case deviceNotFound(searched: FilePath)
+        /// Bound to `driver` (nil: to none) instead of vfio-pci.
+        case notBoundToVFIO(driver: String?)
+        case noIOMMUGroup
+        /// `member`, in the same IOMMU group, is bound to the host driver `driver`.
+        case groupMemberOnHostDriver(group: String, member: PCIAddress, driver: String)
+        /// The kernel says the group (by its /dev/vfio name) is not viable.
+        case groupNotViable(group: String)
+        /// Opening the group's node gave EBUSY; `holders` as /proc shows them (maybe none).
+        case groupBusy(node: FilePath, holders: [ProcessHolding])
+        /// A call on the device gave EBUSY.
+        case deviceBusy
+        /// The VFIO container node is missing.
+        case noVFIO(missing: FilePath)
+        /// The group's node is missing.
+        case noGroupNode(FilePath)
+        case cdevOnly
+        /// A step of opening the group was refused (EPERM, EACCES).
+        case groupStepRefused(GroupStep, node: FilePath)
+        /// A step of opening the group failed otherwise.
+        case groupStepFailed(GroupStep)
+        /// The container speaks an API version this header does not describe.
+        case unknownAPIVersion
+        /// A call on the device was refused (EPERM, EACCES).
+        case permissionRefused
+        /// EINVAL on an entry: something is engaged already.
+        case alreadyEngaged
+        /// ENOTTY for `feature` (nil: for the call made).
+        case featureAbsent(LowPowerFeature?)
+        case deviceGone
+        case resumeFailed
+        case badEventFD
+        /// This handle of the device was closed.
+        case closed
+        /// The VMM's device file this handle duplicated was released.
+        case released
+        case noConfigRegion
+        /// A system call the layer needs failed.
+        case systemCallFailed(SystemCall)
+        /// The kernel refused with an errno nothing above expects.
+        case kernelRefused
+    }
 
-    public init(_ code: Code, device: PCIAddress?, operation: String, errno: Errno? = nil,
-                explanation: String, advice: String? = nil, holders: [ProcessHolding] = []) {
-        self.code = code
+    /// The steps of opening a VFIO group.
+    public enum GroupStep: Equatable, Sendable {
+        case openContainer(FilePath)
+        case openGroup(FilePath)
+        case getStatus
+        case setContainer
+        case setIOMMU
+    }
+
+    public enum SystemCall: Equatable, Sendable {
+        case eventfd
+        case pidfdOpen
+    }
+
+    /// What was being done.
+    public enum Operation: Equatable, Sendable {
+        case openDevice
+        /// Opening the IOMMU group by its /dev/vfio name.
+        case openGroup(String)
+        case readDeviceInfo
+        /// Arming an entry feature.
+        case arm(LowPowerFeature)
+        case exitLowPower
+        case accessDevice
+        /// Accessing the device with VFIO_DEVICE_GET_INFO.
+        case accessDeviceInfo
+        case readConfigSpace
+        case writeConfigSpace
+        case lookForVMM
+        case followVMM(pid: Int32)
+        case createEventFD
+        case manageLowPower
+    }
+
+    public let reason: Reason
+    public let device: PCIAddress?
+    public let operation: Operation
+    public let errno: Errno?
+
+    public init(_ reason: Reason, device: PCIAddress?, operation: Operation, errno: Errno? = nil) {
+        self.reason = reason
         self.device = device
         self.operation = operation
         self.errno = errno
-        self.explanation = explanation
-        self.advice = advice
-        self.holders = holders
     }
 
-    public var description: String {
-        var line = device.map { "\($0): " } ?? ""
-        line += "cannot \(operation): \(explanation)"
-        if let errno { line += " (\(errno.symbolicName))" }
-        if let advice { line += ". \(advice)" }
-        return line
+    public var code: Code {
+        switch reason {
+        case .deviceNotFound: .deviceNotFound
+        case .notBoundToVFIO: .notBoundToVFIO
+        case .noIOMMUGroup: .noIOMMUGroup
+        case .groupMemberOnHostDriver, .groupNotViable: .groupNotViable
+        case .groupBusy, .deviceBusy: .groupBusy
+        case .noVFIO, .noGroupNode: .vfioUnavailable
+        case .cdevOnly: .cdevOnly
+        case .groupStepRefused, .permissionRefused: .notPermitted
+        case .alreadyEngaged: .alreadyEngaged
+        case .featureAbsent: .featureAbsent
+        case .deviceGone: .deviceGone
+        case .resumeFailed: .resumeFailed
+        case .badEventFD: .badEventFD
+        case .closed, .released: .closed
+        case .groupStepFailed, .unknownAPIVersion, .noConfigRegion, .systemCallFailed, .kernelRefused: .unexpected
+        }
+    }
+
+    /// `groupBusy`: the processes /proc shows holding the group (empty when it shows none).
+    public var holders: [ProcessHolding] {
+        if case .groupBusy(_, let holders) = reason { return holders }
+        return []
     }
 }
 

@@ -130,16 +130,16 @@ public final class AdoptedDevice: LowPowerDevice, @unchecked Sendable {
     deinit { close() }
 
     public func arm(_ entry: LowPowerEntry) throws(VFIOError) {
-        try VFIODevice.arm(try open(VFIODevice.armOperation(entry)), entry, device: address)
+        try VFIODevice.arm(try open(.arm(entry.feature)), entry, device: address)
     }
 
     public func exitLowPower() throws(VFIOError) {
-        try VFIODevice.exitLowPower(try open("exit low power"), device: address)
+        try VFIODevice.exitLowPower(try open(.exitLowPower), device: address)
     }
 
-    private func open(_ operation: String) throws(VFIOError) -> FileDescriptor {
+    private func open(_ operation: VFIOError.Operation) throws(VFIOError) -> FileDescriptor {
         guard let descriptor else {
-            throw VFIOError(.closed, device: address, operation: operation, explanation: "the device was released")
+            throw VFIOError(.released, device: address, operation: operation)
         }
         return descriptor
     }
@@ -199,8 +199,7 @@ public struct VMMFinder: Sendable {
     public func adopt(_ address: PCIAddress, candidates: [Int32]? = nil, allowed: ExecutableAllowList) -> AdoptionOutcome {
         let sysfs = SysfsPCIDevice(address: address, sysfsRoot: sysfsRoot)
         guard let group = sysfs.iommuGroup() else {
-            return .failed(VFIOError(.noIOMMUGroup, device: address, operation: "look for its VMM",
-                                     explanation: "the device has no IOMMU group (not present, or no IOMMU)"))
+            return .failed(VFIOError(.noIOMMUGroup, device: address, operation: .lookForVMM))
         }
         let groupNode = devRoot.appending("vfio").appending(group)
         let cdevNames = (try? Syscalls.listDirectory(sysfs.directory.appending("vfio-dev")).get()) ?? []
@@ -245,8 +244,8 @@ public struct VMMFinder: Sendable {
         guard pidfd >= 0 else {
             // ESRCH: it exited while we looked.
             return errno == ESRCH ? .noHolder
-                : .failed(VFIOError(.unexpected, device: address, operation: "follow its VMM (pid \(pid))",
-                                    errno: Errno(rawValue: errno), explanation: "pidfd_open failed"))
+                : .failed(VFIOError(.systemCallFailed(.pidfdOpen), device: address, operation: .followVMM(pid: pid),
+                                    errno: Errno(rawValue: errno)))
         }
         let process = VMMProcess(pid: pid, executable: executable, exitNotifier: FileDescriptor(rawValue: pidfd))
         guard allowed.allows(executable) else { return .refused(process, .executableNotAllowed) }

@@ -3,6 +3,7 @@ import Foundation
 import PowerPolicy
 import SystemPackage
 import VFIO
+import VFIOWords
 
 struct Probe: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -2,6 +2,7 @@ import Glibc
 import Foundation
 import SystemPackage
 import VFIO
+import VFIOWords
 import XCTest
 
 /// Opening, refusing to open, and losing devices on a real kernel: the pre-open checks and

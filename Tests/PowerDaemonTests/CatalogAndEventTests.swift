@@ -2,6 +2,7 @@ import Foundation
 import Logging
 @testable import PowerDaemon
 import PowerPolicy
+import SystemPackage
 import VFIO
 import XCTest
 
@@ -149,7 +150,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testArmFailedInTheStateMachinesWords() {
-        assertEntry(.armFailed(.EINVAL, .gaveUpAfterExit),
+        assertEntry(.armFailed(.invalidArgument, .gaveUpAfterExit),
                     context(), .init(
             event: .armFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot arm: still refused after exiting low power; giving up on this device until it returns or its policy changes (EINVAL)",
@@ -157,9 +158,8 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testArmFailedPrefersTheVFIOErrorsWords() {
-        let busy = VFIOError(.groupBusy, device: gpu, operation: "arm one-shot low power", errno: .resourceBusy,
-                             explanation: "the device is held by another user")
-        assertEntry(.armFailed(.EBUSY, .closedUntilRetried),
+        let busy = VFIOError(.deviceBusy, device: gpu, operation: .arm(.oneShotEntry), errno: .resourceBusy)
+        assertEntry(.armFailed(.resourceBusy, .closedUntilRetried),
                     context(error: busy), .init(
             event: .armFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot arm: the device is held by another user (EBUSY)",
@@ -167,7 +167,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testD3coldWriteFailed() {
-        assertEntry(.d3coldWriteFailed(.EACCES, .notArmed),
+        assertEntry(.d3coldWriteFailed(.permissionDenied, .notArmed),
                     context(), .init(
             event: .armFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot write d3cold_allowed: could not forbid D3cold, so the device is not armed (its policy says it may not resume from D3cold) (EACCES)",
@@ -175,11 +175,9 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testOpenFailedBusyNamesTheHolder() {
-        let busy = VFIOError(.groupBusy, device: gpu, operation: "open IOMMU group 5", errno: .resourceBusy,
-                             explanation: "/dev/vfio/5 is held by qemu-system-x86 (pid 4242)",
-                             advice: "A VFIO group can be open in one process at a time: stop that process, or leave this device to it",
-                             holders: [ProcessHolding(pid: 4242, command: "qemu-system-x86")])
-        assertEntry(.openFailed(.EBUSY),
+        let busy = VFIOError(.groupBusy(node: "/dev/vfio/5", holders: [ProcessHolding(pid: 4242, command: "qemu-system-x86")]),
+                             device: gpu, operation: .openGroup("5"), errno: .resourceBusy)
+        assertEntry(.openFailed(.resourceBusy),
                     context(error: busy), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not managed yet: /dev/vfio/5 is held by qemu-system-x86 (pid 4242) (EBUSY). A VFIO group can be open in one process at a time: stop that process, or leave this device to it; it is taken as soon as that process exits",
@@ -194,7 +192,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testOpenFailedWithoutAVFIOError() {
-        assertEntry(.openFailed(.EPERM),
+        assertEntry(.openFailed(.notPermitted),
                     context(), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not managed: permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root) (EPERM)",
@@ -203,10 +201,9 @@ final class CatalogAndEventTests: XCTestCase {
 
     func testUnsupported() {
         // What DeviceController builds when PROBE refused the entry the policy needs.
-        let absent = VFIOError(.featureAbsent, device: gpu, operation: "manage low power", errno: .inappropriateIOCTLForDevice,
-                               explanation: "the kernel does not offer LOW_POWER_ENTRY_WITH_WAKEUP for this device",
-                               advice: "Low-power features need Linux 6.1 or later and the vfio-pci driver")
-        assertEntry(.unsupported(.ENOTTY),
+        let absent = VFIOError(.featureAbsent(.oneShotEntry), device: gpu, operation: .manageLowPower,
+                               errno: .inappropriateIOCTLForDevice)
+        assertEntry(.unsupported(.inappropriateIOCTLForDevice),
                     context(error: absent), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not managed: the kernel does not offer LOW_POWER_ENTRY_WITH_WAKEUP for this device (ENOTTY). Low-power features need Linux 6.1 or later and the vfio-pci driver",
@@ -214,7 +211,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testUnsupportedInTheStateMachinesWords() {
-        assertEntry(.unsupported(.ENOTTY),
+        assertEntry(.unsupported(.inappropriateIOCTLForDevice),
                     context(), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not managed: the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried (ENOTTY)",
@@ -222,17 +219,15 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testExitFailed() {
-        assertEntry(.exitFailed(.EINVAL, .closedInstead), context(), .init(
+        assertEntry(.exitFailed(.invalidArgument, .closedInstead), context(), .init(
             event: .wakeFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot exit low power: closing the device instead (the kernel exits low power on close) (EINVAL)",
             fields: gpuFields(["ERRNO": "22"])))
     }
 
     func testExitFailedWithAVFIOErrorAndAdvice() {
-        let stuck = VFIOError(.resumeFailed, device: gpu, operation: "exit low power", errno: .ioError,
-                              explanation: "the device failed to resume from low power (it may be stuck in D3cold)",
-                              advice: "Set `d3cold = \"forbid\"` for this device, and check `dmesg`")
-        assertEntry(.exitFailed(.EIO, .closedInstead),
+        let stuck = VFIOError(.resumeFailed, device: gpu, operation: .exitLowPower, errno: .ioError)
+        assertEntry(.exitFailed(.ioError, .closedInstead),
                     context(error: stuck), .init(
             event: .wakeFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot exit low power: the device failed to resume from low power (it may be stuck in D3cold) (EIO). Set `d3cold = \"forbid\"` for this device, and check `dmesg`",
@@ -247,27 +242,23 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testGoneWithAnErrnoOnly() {
-        assertEntry(.deviceGone(.EIO), context(), .init(
+        assertEntry(.deviceGone(.ioError), context(), .init(
             event: .deviceGone, level: .warning,
             message: "0000:01:00.0 (gpu0): gone (EIO); closed so the kernel can finish removing it; it is managed again when it returns",
             fields: gpuFields(["ERRNO": "5"])))
     }
 
     func testGoneWithTheKernelsError() {
-        let gone = VFIOError(.deviceGone, device: gpu, operation: "arm one-shot low power", errno: .operationNotSupportedByDevice,
-                             explanation: "the device is gone (removed or unbound)",
-                             advice: "Close it so the kernel can finish removing it")
-        assertEntry(.deviceGone(.ENODEV), context(error: gone), .init(
+        let gone = VFIOError(.deviceGone, device: gpu, operation: .arm(.oneShotEntry), errno: .operationNotSupportedByDevice)
+        assertEntry(.deviceGone(.operationNotSupportedByDevice), context(error: gone), .init(
             event: .deviceGone, level: .warning,
             message: "0000:01:00.0 (gpu0): gone: the device is gone (removed or unbound); closed so the kernel can finish removing it; it is managed again when it returns",
             fields: gpuFields(["ERRNO": "19"])))
     }
 
     func testNotAvailableBecauseNotPresent() {
-        let missing = VFIOError(.deviceNotFound, device: gpu, operation: "open the device",
-                                explanation: "there is no such PCI device in /sys/bus/pci/devices",
-                                advice: "Check the address with `lspci -D`")
-        assertEntry(.deviceGone(.ENODEV), context(error: missing), .init(
+        let missing = VFIOError(.deviceNotFound(searched: "/sys/bus/pci/devices"), device: gpu, operation: .openDevice)
+        assertEntry(.deviceGone(.operationNotSupportedByDevice), context(error: missing), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not available: there is no such PCI device in /sys/bus/pci/devices. Check the address with `lspci -D`; managed as soon as it is (looked for every rescan_interval and on reload)",
             fields: gpuFields()))
@@ -275,9 +266,8 @@ final class CatalogAndEventTests: XCTestCase {
 
     func testNotAvailableBecauseBoundToAnotherDriver() {
         let advice = "Bind it to vfio-pci: echo 0000:02:00.0 > /sys/bus/pci/drivers/e1000e/unbind; echo vfio-pci > /sys/bus/pci/devices/0000:02:00.0/driver_override; echo 0000:02:00.0 > /sys/bus/pci/drivers_probe (or `driverctl set-override 0000:02:00.0 vfio-pci`)"
-        let bound = VFIOError(.notBoundToVFIO, device: nic, operation: "open the device",
-                              explanation: "it is bound to e1000e, not vfio-pci", advice: advice)
-        assertEntry(.deviceGone(.ENODEV), context(nic, name: nil, error: bound), .init(
+        let bound = VFIOError(.notBoundToVFIO(driver: "e1000e"), device: nic, operation: .openDevice)
+        assertEntry(.deviceGone(.operationNotSupportedByDevice), context(nic, name: nil, error: bound), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:02:00.0: not available: it is bound to e1000e, not vfio-pci. \(advice); managed as soon as it is (looked for every rescan_interval and on reload)",
             fields: ["VFIO_DEVICE": "0000:02:00.0"]))
@@ -322,8 +312,8 @@ final class CatalogAndEventTests: XCTestCase {
             .armed(.oneShot), .woke(count: 1, inLowPowerFor: .seconds(1)), .rearmed(.oneShot, quietFor: .seconds(30)),
             .flappingStarted(wakes: 11, window: .seconds(600), backoff: .seconds(60)),
             .flappingEnded(suppressedWakes: 1, lasted: .seconds(600)), .alreadyEngaged(.oneShot),
-            .armFailed(.EINVAL, .gaveUpAfterExit), .openFailed(.EBUSY), .exitFailed(.EINVAL, .closedInstead),
-            .d3coldWriteFailed(.EACCES, .notArmed), .unsupported(.ENOTTY),
+            .armFailed(.invalidArgument, .gaveUpAfterExit), .openFailed(.resourceBusy), .exitFailed(.invalidArgument, .closedInstead),
+            .d3coldWriteFailed(.permissionDenied, .notArmed), .unsupported(.inappropriateIOCTLForDevice),
             .deviceGone(nil), .deviceBack, .released, .heldAwake(for: nil),
             .adopted(qemu, .fdinfo), .adopted(qemu, .handoff), .adoptionRefused(qemu, .executableNotAllowed), .vmmReleased(qemu, .vmmExited),
             .armedInGuestD3, .keptAwake(.runtimePMForbidden), .suspendedAtLast(afterArmedFor: .seconds(12)),

@@ -244,9 +244,9 @@ final class DaemonTests: XCTestCase {
         defer { if holder.isRunning { holder.terminate() } }
         let daemon = try harness()
         let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
-        daemon.source.failOpen(a, with: VFIOError(.groupBusy, device: a, operation: "open IOMMU group 5", errno: .resourceBusy,
-                                                  explanation: "/dev/vfio/5 is held by sleep (pid \(holder.processIdentifier))",
-                                                  holders: [ProcessHolding(pid: holder.processIdentifier, command: "sleep")]))
+        let sleeper = ProcessHolding(pid: holder.processIdentifier, command: "sleep")
+        daemon.source.failOpen(a, with: VFIOError(.groupBusy(node: "/dev/vfio/5", holders: [sleeper]), device: a,
+                                                  operation: .openGroup("5"), errno: .resourceBusy))
         try daemon.start()
         XCTAssertEqual(daemon.phase(a), .failed)
         let shown = daemon.onQueue { $0.devices().first { $0.address == a }?.lastError } ?? nil
@@ -265,13 +265,14 @@ final class DaemonTests: XCTestCase {
     func testOneFailingDeviceNeverDisturbsAnother() throws {
         let daemon = try harness()
         let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
-        daemon.source.failOpen(a, with: VFIOError(.groupBusy, device: a, operation: "open IOMMU group 5", errno: .resourceBusy,
-                                                  explanation: "/dev/vfio/5 is held by qemu-system-x86 (pid 4242)"))
+        // Busy, and /proc did not say by whom: the open is not retried on a holder's exit.
+        daemon.source.failOpen(a, with: VFIOError(.groupBusy(node: "/dev/vfio/5", holders: []), device: a,
+                                                  operation: .openGroup("5"), errno: .resourceBusy))
         try daemon.start()
         XCTAssertEqual(daemon.phase(a), .failed)
         XCTAssertEqual(daemon.device(b).engagement, .oneShot)
         let skipped = try XCTUnwrap(daemon.logs.entries(.deviceSkipped, device: a).first)
-        XCTAssertEqual(skipped.message, "0000:00:02.0 (nic): not managed: /dev/vfio/5 is held by qemu-system-x86 (pid 4242) (EBUSY)")
+        XCTAssertEqual(skipped.message, "0000:00:02.0 (nic): not managed: /dev/vfio/5 is held by another process (could not tell which from /proc) (EBUSY). A VFIO group can be open in one process at a time: stop that process, or leave this device to it")
         XCTAssertEqual(daemon.onQueue { $0.summary() }, "2 devices: 1 in low power, 1 failing; 0 wakes")
 
         // EIO on re-arm: the device failed to resume; it is closed and treated as gone.

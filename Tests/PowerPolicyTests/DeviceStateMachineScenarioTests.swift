@@ -1,4 +1,5 @@
 import PowerPolicy
+import SystemPackage
 import Testing
 
 /// Whole stories through the protocol, with statistics checked on the way.
@@ -7,19 +8,19 @@ import Testing
         var m = DeviceStateMachine(policy: oneShot)
         #expect(m.handle(.configured, at: 0) == [.open])
         #expect(m.handle(.opened, at: 1) == [.arm(.oneShot)])
-        #expect(m.handle(.armFailed(.EINVAL), at: 1) == [.log(.alreadyEngaged(.oneShot)), .exitLowPower])
+        #expect(m.handle(.armFailed(.invalidArgument), at: 1) == [.log(.alreadyEngaged(.oneShot)), .exitLowPower])
         // EXIT resumed the device the previous holder had armed: its eventfd, not ours, fired.
         #expect(m.handle(.exited(0), at: 1) == [.arm(.oneShot)])
-        #expect(m.handle(.armFailed(.EINVAL), at: 1) == [.close, .log(.armFailed(.EINVAL, .gaveUpAfterExit))])
-        #expect(m.phase == .failed(.arm, .EINVAL))
-        #expect(m.statistics.lastError == DeviceFailure(operation: .arm, errno: .EINVAL, at: at(1)))
+        #expect(m.handle(.armFailed(.invalidArgument), at: 1) == [.close, .log(.armFailed(.invalidArgument, .gaveUpAfterExit))])
+        #expect(m.phase == .failed(.arm, .invalidArgument))
+        #expect(m.statistics.lastError == DeviceFailure(operation: .arm, errno: .invalidArgument, at: at(1)))
         #expect(m.statistics.arms == 0)
     }
 
     @Test func takeoverSucceedsAfterExit() {
         var m = DeviceStateMachine(policy: reentrant)
         m.handle(.configured, at: 0); m.handle(.opened, at: 1)
-        #expect(m.handle(.armFailed(.EINVAL), at: 1) == [.log(.alreadyEngaged(.reentrant)), .exitLowPower])
+        #expect(m.handle(.armFailed(.invalidArgument), at: 1) == [.log(.alreadyEngaged(.reentrant)), .exitLowPower])
         #expect(m.handle(.exited(0), at: 2) == [.arm(.reentrant)])
         #expect(m.handle(.armed, at: 2) == [.log(.armed(.reentrant))])
         #expect(m.phase == .lowPower(.reentrant, since: at(2)))
@@ -48,8 +49,8 @@ import Testing
     @Test func aFailedForbidWriteNeverArms() {
         var m = DeviceStateMachine(policy: forbidD3cold)
         m.handle(.configured, at: 0); m.handle(.opened, at: 1)
-        #expect(m.handle(.d3coldWriteFailed(.EACCES), at: 1) == [.close, .log(.d3coldWriteFailed(.EACCES, .notArmed))])
-        #expect(m.phase == .failed(.setD3coldAllowed, .EACCES))
+        #expect(m.handle(.d3coldWriteFailed(.permissionDenied), at: 1) == [.close, .log(.d3coldWriteFailed(.permissionDenied, .notArmed))])
+        #expect(m.phase == .failed(.setD3coldAllowed, .permissionDenied))
     }
 
     @Test func modeChangeExitsDrainsTheSelfWakeAndArmsInTheNewMode() {
@@ -116,7 +117,7 @@ import Testing
         m.handle(.configured, at: 0); m.handle(.opened, at: 0); m.handle(.armed, at: 0)
         m.handle(.woke(1), at: 5)
         #expect(m.handle(.timerFired, at: 35) == [.arm(.oneShot)])
-        #expect(m.handle(.armFailed(.ENODEV), at: 35) == [.close, .log(.deviceGone(.ENODEV))])
+        #expect(m.handle(.armFailed(.operationNotSupportedByDevice), at: 35) == [.close, .log(.deviceGone(.operationNotSupportedByDevice))])
         #expect(m.phase == .gone)
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import SystemPackage
 @testable import VFIO
+import VFIOWords
 import VFIOSimulator
 import XCTest
 

@@ -1,5 +1,6 @@
 import SystemPackage
 import VFIO
+import VFIOWords
 import XCTest
 
 final class EventFDTests: XCTestCase {
@@ -23,9 +24,9 @@ final class EventFDTests: XCTestCase {
     }
 
     func testErrorsReadAsOperatorsExpect() {
-        let error = VFIOError(.alreadyEngaged, device: PCIAddress("01:00.0"), operation: "arm re-entrant low power",
-                              errno: .invalidArgument, explanation: "low power is already engaged", advice: "Exit low power first")
-        XCTAssertEqual(error.description, "0000:01:00.0: cannot arm re-entrant low power: low power is already engaged (EINVAL). Exit low power first")
+        let error = VFIOError(.alreadyEngaged, device: PCIAddress("01:00.0"), operation: .arm(.reentrantEntry),
+                              errno: .invalidArgument)
+        XCTAssertEqual(error.description, "0000:01:00.0: cannot arm re-entrant low power: low power is already engaged on this device (a re-entrant entry, or a one-shot entry that has not woken yet) (EINVAL). Exit low power first")
         XCTAssertEqual(Errno.inappropriateIOCTLForDevice.symbolicName, "ENOTTY")
         XCTAssertEqual(Errno(rawValue: 19).symbolicName, "ENODEV")
     }

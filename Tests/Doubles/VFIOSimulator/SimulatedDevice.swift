@@ -82,8 +82,8 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
             resumeForCall()
             switch engaged {
             case .reentrant, .oneShot:
-                return .failure(VFIOError(.alreadyEngaged, device: address, operation: "arm low power",
-                                          errno: .invalidArgument, explanation: "low power is already engaged on this device"))
+                return .failure(VFIOError(.alreadyEngaged, device: address, operation: .arm(entry.feature),
+                                          errno: .invalidArgument))
             case .none:
                 switch entry {
                 case .oneShot(let wakeup): engaged = .oneShot(wakeup)
@@ -220,22 +220,26 @@ public final class SimulatedDevice: LowPowerDevice, @unchecked Sendable {
     }
 
     private func check(_ operation: Operation, feature: LowPowerFeature) -> VFIOError? {
+        let call: VFIOError.Operation = switch operation {
+        case .arm: .arm(feature)
+        case .exit: .exitLowPower
+        }
         if closed {
-            return VFIOError(.closed, device: address, operation: "\(operation)", explanation: "the device was closed")
+            return VFIOError(.closed, device: address, operation: call)
         }
         if gone {
-            return VFIOError(.deviceGone, device: address, operation: "\(operation)", errno: .init(rawValue: 19),
-                             explanation: "the device is gone (removed or unbound)")
+            return VFIOError(.deviceGone, device: address, operation: call, errno: .init(rawValue: 19))
         }
         if let errno = injected.removeValue(forKey: operation) {
-            let code: VFIOError.Code = switch errno.rawValue {
+            // What the kernel's errno means, as VFIODevice reads it.
+            let reason: VFIOError.Reason = switch errno.rawValue {
             case 19: .deviceGone
             case 5: .resumeFailed
-            case 25: .featureAbsent
+            case 25: .featureAbsent(feature)
             case 22: .alreadyEngaged
-            default: .unexpected
+            default: .kernelRefused
             }
-            return VFIOError(code, device: address, operation: "\(operation)", errno: errno, explanation: "injected by the test")
+            return VFIOError(reason, device: address, operation: call, errno: errno)
         }
         return nil
     }
@@ -375,8 +379,8 @@ public final class SimulatedDeviceSource: DeviceSource, @unchecked Sendable {
             _opens[address, default: 0] += 1
             if let error = openErrors[address] { return .failure(error) }
             guard let device = devices[address] else {
-                return .failure(VFIOError(.deviceNotFound, device: address, operation: "open the device",
-                                          explanation: "there is no such simulated device"))
+                return .failure(VFIOError(.deviceNotFound(searched: "/sys/bus/pci/devices"), device: address,
+                                          operation: .openDevice))
             }
             // A reopened device is a new open file: nothing engaged, nothing suspended.
             let fresh = SimulatedDevice(address: address, support: device.lowPowerSupport)
