@@ -68,7 +68,7 @@ let package = Package(
         // linked or needed at run time, so the binaries copied into the lab's VMs stay as they are.
         .target(name: "CTOML"),
         .target(name: "PowerConfig", dependencies: [
-            "PowerPolicy", "VFIO", "CTOML",
+            "PowerPolicy", "VFIO", "VFIOWords", "CTOML",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .target(name: "Systemd", dependencies: [

@@ -1,5 +1,6 @@
 import PowerPolicy
 import VFIO
+import VFIOWords
 
 /// Turns one file's TOML text into typed settings, collecting every problem in it.
 ///

@@ -57,12 +57,9 @@ public struct PCIAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
     }
 }
 
-/// A string that is not a PCI address.
-public struct PCIAddressError: Error, Equatable, Sendable, CustomStringConvertible {
+/// A string that is not a PCI address (VFIOWords says so in words).
+public struct PCIAddressError: Error, Equatable, Sendable {
     public let text: String
-    public var description: String {
-        "\"\(text)\" is not a PCI address: write it as DDDD:BB:DD.F (for example \"0000:01:00.0\") or BB:DD.F as lspci prints it"
-    }
 }
 
 private func hex<T: BinaryInteger>(_ value: T, width: Int) -> String {

@@ -289,8 +289,9 @@ public struct PowerView: Equatable, Sendable {
     }
 }
 
-/// A sysfs attribute that could not be read, or did not hold what the kernel documents.
-public struct SysfsError: Error, Equatable, Sendable, CustomStringConvertible {
+/// A sysfs attribute that could not be read (`errno`), or did not hold what the kernel
+/// documents (`unexpected`); VFIOWords says so in words.
+public struct SysfsError: Error, Equatable, Sendable {
     public let path: FilePath
     public let errno: Errno?
     public let unexpected: String?
@@ -299,11 +300,6 @@ public struct SysfsError: Error, Equatable, Sendable, CustomStringConvertible {
         self.path = path
         self.errno = errno
         self.unexpected = unexpected
-    }
-
-    public var description: String {
-        if let errno { return "cannot read \(path): \(errno)" }
-        return "unexpected content in \(path): \"\(unexpected ?? "")\""
     }
 }
 

@@ -150,3 +150,16 @@ extension VFIOError: CustomStringConvertible {
         return "Bind it to vfio-pci: \(unbind)echo vfio-pci > /sys/bus/pci/devices/\(address)/driver_override; echo \(address) > /sys/bus/pci/drivers_probe (or `driverctl set-override \(address) vfio-pci`)"
     }
 }
+
+extension PCIAddressError: CustomStringConvertible {
+    public var description: String {
+        "\"\(text)\" is not a PCI address: write it as DDDD:BB:DD.F (for example \"0000:01:00.0\") or BB:DD.F as lspci prints it"
+    }
+}
+
+extension SysfsError: CustomStringConvertible {
+    public var description: String {
+        if let errno { return "cannot read \(path): \(errno)" }
+        return "unexpected content in \(path): \"\(unexpected ?? "")\""
+    }
+}
