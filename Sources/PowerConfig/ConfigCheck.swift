@@ -49,16 +49,11 @@ public enum ConfigCheck {
         lines.append("")
         let daemon = loaded.configuration.daemon
         lines.append("Daemon:")
-        lines.append("  " + pad("rescan_interval = \(daemon.rescanInterval.value.configText)") + "(\(daemon.rescanInterval.source))")
-        lines.append("  " + pad("max_devices = \(daemon.maxDevices.value)") + "(\(daemon.maxDevices.source))")
-        for (key, setting) in [("socket_group", daemon.socketGroup), ("admin_group", daemon.adminGroup)] {
-            lines.append("  " + pad(setting.map { "\(key) = \"\($0.value)\"" } ?? "\(key) = (none: root only)")
-                         + "(\(setting.map { "\($0.source)" } ?? "built-in default"))")
+        for key in DaemonKey.allCases {
+            let definition = key.definition
+            let text = definition.text(daemon) ?? "(none: root only)"
+            lines.append("  " + pad("\(key.rawValue) = \(text)") + "(\(definition.source(daemon)))")
         }
-        lines.append("  " + pad("vmm_executables = [\(daemon.vmmExecutables.value.map { "\"\($0)\"" }.joined(separator: ", "))]")
-                     + "(\(daemon.vmmExecutables.source))")
-        lines.append("  " + pad("guest_d3_interval = \(daemon.guestD3Interval.value.configText)") + "(\(daemon.guestD3Interval.source))")
-        lines.append("  " + pad("vmm_scan_interval = \(daemon.vmmScanInterval.value.configText)") + "(\(daemon.vmmScanInterval.source))")
 
         lines.append("")
         lines.append("Devices:")

@@ -39,8 +39,7 @@ struct ConfigFileParser {
 
     static let policyKeyNames = PolicyKey.allCases.map(\.rawValue)
     static let mainTopKeys = ["daemon", "defaults"]
-    static let daemonKeys = ["rescan_interval", "max_devices", "socket_group", "admin_group",
-                             "vmm_executables", "guest_d3_interval", "vmm_scan_interval"]
+    static let daemonKeys = DaemonKey.allCases.map(\.rawValue)
     static let deviceKeys = ["name", "enabled", "address", "match"] + policyKeyNames
     static let matchKeys = ["vendor", "device", "class", "driver"]
 
@@ -66,59 +65,13 @@ struct ConfigFileParser {
                 guard let table = expectTable(value, path: ["daemon"]) else { continue }
                 for (subkey, value) in table.entries {
                     let path = ["daemon", subkey]
-                    switch subkey {
-                    case "rescan_interval":
-                        if let duration = readDuration(value, path: path, range: .seconds(1) ... .seconds(3600)) {
-                            daemon.rescanInterval = .init(duration, provenance(path))
-                        }
-                    case "max_devices":
-                        if let number = readInteger(value, path: path, range: 1...4096) {
-                            daemon.maxDevices = .init(number, provenance(path))
-                        }
-                    case "guest_d3_interval":
-                        if let duration = readDuration(value, path: path, range: .milliseconds(100) ... .seconds(60)) {
-                            daemon.guestD3Interval = .init(duration, provenance(path))
-                        }
-                    case "vmm_scan_interval":
-                        // 0s turns the fallback off (inotify and start hooks only).
-                        if let duration = readDuration(value, path: path, range: .zero ... .seconds(3600)) {
-                            guard duration == .zero || duration >= .seconds(1) else {
-                                problems.append(problem(valuePath: path, message:
-                                    "\(duration.configText) is out of range: \"0s\" (off) or between 1s and 1h"))
-                                continue
-                            }
-                            daemon.vmmScanInterval = .init(duration, provenance(path))
-                        }
-                    case "vmm_executables":
-                        guard let array = value.array else {
-                            problems.append(problem(valuePath: path, message:
-                                "expected a list of executables like [\"qemu-system-*\", \"crosvm\"], got \(describe(value))"))
-                            continue
-                        }
-                        var patterns: [String] = []
-                        for index in 0..<array.count {
-                            guard let pattern = array[index].string, !pattern.isEmpty else {
-                                problems.append(problem(valuePath: path, message:
-                                    "entry \(index + 1) is \(describe(array[index])): each entry is an executable's name or path (glob patterns allowed), like \"qemu-system-*\""))
-                                continue
-                            }
-                            patterns.append(pattern)
-                        }
-                        daemon.vmmExecutables = .init(patterns, provenance(path))
-                    case "socket_group", "admin_group":
-                        guard let name = readString(value, path: path, advice: "expected a group name like \"vfio-powerd\"") else { continue }
-                        guard Self.isGroupName(name) else {
-                            problems.append(problem(valuePath: path, message:
-                                "\"\(name)\" is not a group name: lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32"))
-                            continue
-                        }
-                        if subkey == "socket_group" {
-                            daemon.socketGroup = .init(name, provenance(path))
-                        } else {
-                            daemon.adminGroup = .init(name, provenance(path))
-                        }
-                    default:
+                    guard let daemonKey = DaemonKey(rawValue: subkey) else {
                         unknownKey(path, candidates: Self.daemonKeys)
+                        continue
+                    }
+                    let definition = daemonKey.definition
+                    if let parsed = readDaemonValue(value, path: path, type: definition.type) {
+                        definition.assign(&daemon, parsed, provenance(path))
                     }
                 }
             case "defaults":
@@ -439,6 +392,48 @@ struct ConfigFileParser {
         }
         problems.append(problem(valuePath: path, message: "expected a PCI ID like 0x10de, got \(describe(value))"))
         return nil
+    }
+
+    /// A value of the type a `[daemon]` key's definition gives.
+    private mutating func readDaemonValue(_ value: TOMLValue, path: [String], type: DaemonKeyDefinition.ValueType) -> DaemonValue? {
+        switch type {
+        case .duration(let range, orOff: false):
+            return readDuration(value, path: path, range: range).map(DaemonValue.duration)
+        case .duration(let range, orOff: true):
+            guard let duration = readDuration(value, path: path, range: .zero ... range.upperBound) else { return nil }
+            guard duration == .zero || duration >= range.lowerBound else {
+                problems.append(problem(valuePath: path, message:
+                    "\(duration.configText) is out of range: \"0s\" (off) or between \(range.lowerBound.configText) and \(range.upperBound.configText)"))
+                return nil
+            }
+            return .duration(duration)
+        case .integer(let range):
+            return readInteger(value, path: path, range: range).map(DaemonValue.integer)
+        case .group:
+            guard let name = readString(value, path: path, advice: "expected a group name like \"vfio-powerd\"") else { return nil }
+            guard Self.isGroupName(name) else {
+                problems.append(problem(valuePath: path, message:
+                    "\"\(name)\" is not a group name: lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32"))
+                return nil
+            }
+            return .group(name)
+        case .executables:
+            guard let array = value.array else {
+                problems.append(problem(valuePath: path, message:
+                    "expected a list of executables like [\"qemu-system-*\", \"crosvm\"], got \(describe(value))"))
+                return nil
+            }
+            var patterns: [String] = []
+            for index in 0..<array.count {
+                guard let pattern = array[index].string, !pattern.isEmpty else {
+                    problems.append(problem(valuePath: path, message:
+                        "entry \(index + 1) is \(describe(array[index])): each entry is an executable's name or path (glob patterns allowed), like \"qemu-system-*\""))
+                    continue
+                }
+                patterns.append(pattern)
+            }
+            return .executables(patterns)
+        }
     }
 
     /// A value of the type a policy key's definition gives.

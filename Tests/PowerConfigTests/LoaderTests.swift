@@ -248,6 +248,27 @@ import VFIOSimulator
         #expect(bad.hasSuffix("Configuration refused: 1 error, 0 warnings; 2 devices selected (1 not present).\n"))
     }
 
+    /// The [daemon] settings, each with where its value came from.
+    @Test func reportListsTheDaemonSettingsAndTheirSources() throws {
+        let root = try TempConfigRoot()
+        try root.write("etc/vfio-powerd/vfio-powerd.conf",
+                       "[daemon]\nmax_devices = 8\nsocket_group = \"vfio-powerd\"\nvmm_executables = [\"qemu-*\", \"/opt/vmm/bin/vmm\"]\nvmm_scan_interval = \"0s\"\n")
+        let report = ConfigCheck.run(root.options(), sysfsRoot: "/nonexistent").report
+            .replacingOccurrences(of: root.path + "/", with: "")
+        let file = "etc/vfio-powerd/vfio-powerd.conf"
+        #expect(report.contains("""
+            Daemon:
+              rescan_interval = 30s       (built-in default)
+              max_devices = 8             (\(file):2)
+              socket_group = "vfio-powerd" (\(file):3)
+              admin_group = (none: root only) (built-in default)
+              vmm_executables = ["qemu-*", "/opt/vmm/bin/vmm"] (\(file):4)
+              guest_d3_interval = 1s      (built-in default)
+              vmm_scan_interval = 0s      (\(file):5)
+
+            """), "\(report)")
+    }
+
     @Test func theShippedExamplesAreValid() throws {
         // config/ sits three levels above this file: Tests/PowerConfigTests/LoaderTests.swift.
         let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
