@@ -118,19 +118,12 @@ kernel-tests: build-tests
 	done
 
 # The daemon as an operator runs it: the installed unit under systemd (PID 1) and journald
-# in the lab, on each kernel of LAB_KERNELS (lab/tests/daemon_under_systemd.py); and the
-# Debian package, installed, run, removed and purged with apt (lab/tests/package_under_systemd.py),
-# on the first kernel only.
+# in the lab, on each kernel of LAB_KERNELS (lab/tests/daemon_under_systemd.py and, with
+# Debian's QEMU holding a device, vmm_under_systemd.py); and the Debian package, installed,
+# run, removed and purged with apt (lab/tests/package_under_systemd.py), on the first kernel.
+# One lane per kernel, side by side (lab/daemon-lanes.sh; LAB_SERIAL=1 for one at a time).
 daemon-tests: build deb
-	@set -e; for k in $(LAB_KERNELS); do \
-		echo "== vfio-powerd under systemd on LAB_KERNEL=$$k"; \
-		LAB_KERNEL=$$k lab/lab.sh systemd --timeout 600 -- lab/tests/daemon.sh; \
-		echo "== vfio-powerd with Debian's QEMU holding a device, under systemd on LAB_KERNEL=$$k"; \
-		LAB_KERNEL=$$k lab/lab.sh systemd --timeout 600 -- lab/tests/vmm.sh; \
-	done
-	@# The package does not depend on the kernel: once, on Debian 12's own.
-	@echo "== the Debian package, under systemd on LAB_KERNEL=$(firstword $(LAB_KERNELS))"
-	@LAB_KERNEL=$(firstword $(LAB_KERNELS)) lab/lab.sh systemd --timeout 600 -- lab/tests/package.sh
+	@lab/daemon-lanes.sh $(LAB_KERNELS)
 
 # The main job on a real kernel: Debian's QEMU holds a device in the lab; its guest puts the
 # device into D3hot; vfio-powerd, under systemd, arms low power; the guest takes it back
