@@ -2,21 +2,23 @@ import Dispatch
 import PowerPolicy
 import Systemd
 
-/// The daemon's time: what time it is, and timers that run on the daemon's queue. It is the
-/// one seam between the daemon's decisions and the clock: the daemon reads CLOCK_MONOTONIC
-/// and Dispatch's timers (`SystemMonotonicClock`), tests turn a manual clock instead of
-/// sleeping (in the spirit of swift-nio's EmbeddedEventLoop).
+/// The daemon's time: what time it is, and timers that run on the daemon's queue (as
+/// `DaemonActor`). It is the one seam between the daemon's decisions and the clock: the
+/// daemon reads CLOCK_MONOTONIC and Dispatch's timers (`SystemMonotonicClock`), tests turn a
+/// manual clock instead of sleeping (in the spirit of swift-nio's EmbeddedEventLoop).
 public protocol DaemonClock: Sendable {
     /// CLOCK_MONOTONIC, so instants match systemd's MONOTONIC_USEC.
     func now() -> MonotonicInstant
-    /// A timer whose handler runs on `queue`; it waits, unscheduled, until scheduled.
-    func makeTimer(on queue: DispatchQueue, _ handler: @escaping @Sendable () -> Void) -> any DaemonTimer
-    /// Runs `body` on `queue` once, `delay` from now; nothing to cancel.
-    func after(_ delay: Duration, on queue: DispatchQueue, _ body: @escaping @Sendable () -> Void)
+    /// A timer whose handler runs on the daemon's queue; it waits, unscheduled, until scheduled.
+    @DaemonActor
+    func makeTimer(_ handler: @escaping @Sendable @DaemonActor () -> Void) -> any DaemonTimer
+    /// Runs `body` on the daemon's queue once, `delay` from now; nothing to cancel.
+    @DaemonActor
+    func after(_ delay: Duration, _ body: @escaping @Sendable @DaemonActor () -> Void)
 }
 
 /// One timer. Scheduling again replaces the deadline; a timer that is released is cancelled.
-/// Used on its queue only.
+/// Used on the daemon's queue only (it is held and scheduled by `@DaemonActor` code).
 public protocol DaemonTimer: AnyObject {
     /// Fires once, `delay` from now (`leeway` lets the system batch wake-ups).
     func schedule(after delay: Duration, leeway: Duration)
@@ -28,9 +30,10 @@ public protocol DaemonTimer: AnyObject {
 
 extension DaemonClock {
     /// By default a timer of the clock's own, held until it has fired.
-    public func after(_ delay: Duration, on queue: DispatchQueue, _ body: @escaping @Sendable () -> Void) {
+    @DaemonActor
+    public func after(_ delay: Duration, _ body: @escaping @Sendable @DaemonActor () -> Void) {
         let holder = TimerHolder()
-        let timer = makeTimer(on: queue) {
+        let timer = makeTimer {
             holder.timer = nil  // the timer's own handler lets go of it
             body()
         }
@@ -39,8 +42,9 @@ extension DaemonClock {
     }
 }
 
-/// Keeps a fire-and-forget timer alive until it has fired (confined to its queue).
-private final class TimerHolder: @unchecked Sendable {
+/// Keeps a fire-and-forget timer alive until it has fired.
+@DaemonActor
+private final class TimerHolder {
     var timer: (any DaemonTimer)?
 }
 
@@ -52,13 +56,17 @@ public struct SystemMonotonicClock: DaemonClock {
         MonotonicInstant(nanoseconds: MonotonicClock.nowMicroseconds() * 1000)
     }
 
-    public func makeTimer(on queue: DispatchQueue, _ handler: @escaping @Sendable () -> Void) -> any DaemonTimer {
-        DispatchDaemonTimer(queue: queue, handler)
+    @DaemonActor
+    public func makeTimer(_ handler: @escaping @Sendable @DaemonActor () -> Void) -> any DaemonTimer {
+        DispatchDaemonTimer(handler)
     }
 
     /// Dispatch's own one-shot: no timer source for what needs no cancelling.
-    public func after(_ delay: Duration, on queue: DispatchQueue, _ body: @escaping @Sendable () -> Void) {
-        queue.asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: delay.nanoseconds)), execute: body)
+    @DaemonActor
+    public func after(_ delay: Duration, _ body: @escaping @Sendable @DaemonActor () -> Void) {
+        DaemonActor.queue.asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: delay.nanoseconds))) {
+            DaemonActor.assumeIsolated(body)
+        }
     }
 }
 
@@ -67,9 +75,9 @@ public struct SystemMonotonicClock: DaemonClock {
 final class DispatchDaemonTimer: DaemonTimer {
     private let source: any DispatchSourceTimer
 
-    init(queue: DispatchQueue, _ handler: @escaping @Sendable () -> Void) {
-        source = DispatchSource.makeTimerSource(queue: queue)
-        source.setEventHandler(handler: handler)
+    init(_ handler: @escaping @Sendable @DaemonActor () -> Void) {
+        source = DispatchSource.makeTimerSource(queue: DaemonActor.queue)
+        source.setEventHandler { DaemonActor.assumeIsolated(handler) }
         source.activate()
     }
 

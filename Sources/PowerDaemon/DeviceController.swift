@@ -4,6 +4,7 @@ import SystemPackage
 import VFIO
 
 /// Tells the manager what one device did; called on the daemon's queue.
+@DaemonActor
 protocol DeviceControllerDelegate: AnyObject {
     /// The state machine asked to tell the operator something.
     func device(_ controller: DeviceController, reported event: PolicyEvent, context: DeviceController.Context)
@@ -20,6 +21,7 @@ protocol DeviceControllerDelegate: AnyObject {
 
 /// Where a `vmm` device's wakeup eventfd outlives the daemon: systemd's fd store, so that a
 /// restarted daemon knows a device is still armed without an ioctl (which would wake it).
+@DaemonActor
 protocol WakeupStore: AnyObject {
     /// The eventfd the previous run kept for `address`, once.
     func takeKept(_ address: PCIAddress) -> EventFD?
@@ -34,19 +36,20 @@ protocol WakeupStore: AnyObject {
 /// out the machine's actions in order and feeds each outcome back as the next event (the
 /// protocol in `DeviceStateMachine`).
 ///
-/// Confined to the daemon's serial queue: every method runs there, and so does every
-/// source handler. That is the whole of its thread-safety. The one exception is the work of
-/// a call that touches the device (open, arm, exit, close, a d3cold_allowed write): it runs
-/// on the device's own serial queue, sees only what was handed to it, and hands its result
-/// back to the daemon's queue; the controller takes no other event meanwhile.
-final class DeviceController: @unchecked Sendable {
+/// Confined to the daemon's serial queue (`@DaemonActor`, checked by the compiler): every
+/// method runs there, and so does every source handler. That is the whole of its
+/// thread-safety. The one exception is the work of a call that touches the device (open, arm,
+/// exit, close, a d3cold_allowed write): it runs on the device's own serial queue, is
+/// `@Sendable` and sees only the Sendable values handed to it, and hands its result back to
+/// the daemon's queue; the controller takes no other event meanwhile.
+@DaemonActor
+final class DeviceController {
     let address: PCIAddress
     private(set) var machine: DeviceStateMachine
     /// Where the device's entry came from, for status and logs.
     private(set) var origin: String
 
     private let source: any DeviceSource
-    private let queue: DispatchQueue
     /// Where this device's calls run. Each can resume the device: hundreds of milliseconds
     /// on a real GPU, and no end on a broken one. A queue of its own, so that one device's
     /// slow call never delays another device, the control socket or the watchdog; serial,
@@ -136,13 +139,12 @@ final class DeviceController: @unchecked Sendable {
     private var names: Names
 
     init(address: PCIAddress, policy: DevicePolicy, origin: String, source: any DeviceSource,
-         queue: DispatchQueue, watcher: EventFDWatcher, clock: any DaemonClock, calls: DispatchGroup = DispatchGroup(),
+         watcher: EventFDWatcher, clock: any DaemonClock, calls: DispatchGroup = DispatchGroup(),
          stuckBound: Duration = .seconds(10)) {
         self.address = address
         self.machine = DeviceStateMachine(policy: policy)
         self.origin = origin
         self.source = source
-        self.queue = queue
         // A serial queue targets an overcommitting root queue: a call that hangs holds one
         // thread, and the next device's call gets another.
         self.deviceQueue = DispatchQueue(label: "vfio-powerd.device.\(address)")
@@ -269,7 +271,6 @@ final class DeviceController: @unchecked Sendable {
 
     /// Feeds one event to the machine and carries out what it returns.
     private func run(_ event: @escaping Event) {
-        dispatchPrecondition(condition: .onQueue(queue))
         if waitingFor != nil {
             deferred.append(event)
             return
@@ -328,30 +329,43 @@ final class DeviceController: @unchecked Sendable {
     /// the daemon's queue does with its result.
     private struct DeviceCall {
         let name: String
-        let work: () -> (() -> Outcome?)
+        let work: @Sendable () -> @Sendable @DaemonActor () -> Outcome?
     }
+
+    /// The rest of the turn a device call suspended, taken up when its result is back (one at
+    /// a time: the controller takes no event while a call is under way).
+    private var suspendedTurn: (rest: ArraySlice<DeviceAction>, outcome: Outcome?, shown: Shown)?
 
     private func start(_ call: DeviceCall, rest: ArraySlice<DeviceAction>, outcome: Outcome?, shown: Shown) {
         let since = clock.now()
         waitingFor = .call(call.name, since: since)
+        suspendedTurn = (rest, outcome, shown)
         calls.enter()
         delegate?.deviceCall(self, underWay: true)
-        let turn = Handover((call.work, rest, outcome, shown))
+        let work = call.work, calls = self.calls
         deviceQueue.async { [self] in
-            let finish = Handover(turn.value.0())
-            queue.async { [self] in
-                let (_, rest, outcome, shown) = turn.value
-                callReturned()
-                var actions = rest
-                var next = outcome
-                if let result = finish.value() {
-                    next = result
-                    if result.skipRest { actions = [] }
+            let finish = work()
+            DaemonActor.queue.async { [self] in
+                DaemonActor.assumeIsolated {
+                    callFinished(finish)
+                    calls.leave()
                 }
-                proceed(actions, outcome: next, shown: shown)
-                calls.leave()
             }
         }
+    }
+
+    /// Takes up the turn a device call suspended, with the call's result.
+    private func callFinished(_ finish: @DaemonActor () -> Outcome?) {
+        guard let (rest, outcome, shown) = suspendedTurn else { preconditionFailure("a call returned to no turn") }
+        suspendedTurn = nil
+        callReturned()
+        var actions = rest
+        var next = outcome
+        if let result = finish() {
+            next = result
+            if result.skipRest { actions = [] }
+        }
+        proceed(actions, outcome: next, shown: shown)
     }
 
     /// The manager's look at a call under way: one that has run for `stuckBound` makes the
@@ -407,17 +421,11 @@ final class DeviceController: @unchecked Sendable {
         lookShown = shown
         let candidates = self.candidates
         let allowed = allowedExecutables
+        let source = self.source, address = self.address
         Self.lookout.async { [self] in
-            let found = Found(source.adopt(address, candidates: candidates, allowed: allowed))
-            queue.async { [self] in lookFinished(found.outcome) }
+            let outcome = source.adopt(address, candidates: candidates, allowed: allowed)
+            DaemonActor.queue.async { [self] in DaemonActor.assumeIsolated { lookFinished(outcome) } }
         }
-    }
-
-    /// An outcome on its way from the lookout to the queue: made on one, used on the other,
-    /// never by both at once.
-    private final class Found: @unchecked Sendable {
-        let outcome: AdoptionOutcome
-        init(_ outcome: AdoptionOutcome) { self.outcome = outcome }
     }
 
     /// What the status showed when the turn that started the look began.
@@ -681,7 +689,7 @@ final class DeviceController: @unchecked Sendable {
                 break  // cannot follow it: `systemctl reload` retries
             }
         }
-        if exited { queue.async { [weak self] in self?.busyHolderExited() } }
+        if exited { DaemonActor.queue.async { [weak self] in DaemonActor.assumeIsolated { self?.busyHolderExited() } } }
     }
 
     private func busyHolderExited() {
@@ -697,10 +705,9 @@ final class DeviceController: @unchecked Sendable {
     /// Closing a device file can wait for the device (vfio resets it on the last close): it
     /// runs on the device's queue, after the calls before it, and the turn goes on without it.
     private func closeOnDeviceQueue(_ device: any LowPowerDevice) {
-        let file = Handover(device)
         calls.enter()
         deviceQueue.async { [calls] in
-            file.value.close()
+            device.close()
             calls.leave()
         }
     }
@@ -754,7 +761,7 @@ final class DeviceController: @unchecked Sendable {
     }
 
     private func makeTimer() -> any DaemonTimer {
-        let timer = clock.makeTimer(on: queue) { [weak self] in
+        let timer = clock.makeTimer { [weak self] in
             guard let self, self.timerArmed else { return }
             self.timerArmed = false
             self.run { $0.timerFired(now: $1) }
@@ -769,7 +776,7 @@ final class DeviceController: @unchecked Sendable {
     /// before opening) are mapped to what they mean for management: a device that is not
     /// there or not bound to vfio-pci is "gone" (the daemon waits for it to return); one
     /// the kernel cannot manage is "no feature".
-    static func errorNumber(_ error: VFIOError) -> Errno {
+    nonisolated static func errorNumber(_ error: VFIOError) -> Errno {
         switch error.code {
         case .deviceNotFound, .notBoundToVFIO, .noIOMMUGroup, .groupNotViable, .vfioUnavailable, .deviceGone:
             return .operationNotSupportedByDevice

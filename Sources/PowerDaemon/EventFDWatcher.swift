@@ -16,8 +16,9 @@ import VFIO
 ///
 /// The watcher reads each ready eventfd itself (which resets it and clears its readiness,
 /// whatever the handler does) and hands the handler the counter: the number of signals since
-/// the last read. Confined to the daemon's queue.
-final class EventFDWatcher: @unchecked Sendable {
+/// the last read. Confined to the daemon's queue: `@DaemonActor`.
+@DaemonActor
+final class EventFDWatcher {
     /// Names one watched eventfd; `unwatch` takes it back.
     struct Token: Hashable, Sendable {
         fileprivate let value: UInt64
@@ -41,32 +42,26 @@ final class EventFDWatcher: @unchecked Sendable {
     }
 
     private let set: EpollSet
-    private let queue: DispatchQueue
-    private var source: DispatchSourceRead?
+    private var source: OwnedSource?
     private var members: [UInt64: Member] = [:]
     private var nextToken: UInt64 = 1
     /// epoll_wait's output, reused by every callout.
-    private let ready = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 256)
+    private let readyBuffer = OwnedBuffer<UInt64>(capacity: 256)
+    private var ready: UnsafeMutableBufferPointer<UInt64> { readyBuffer.pointer }
 
     /// At most this many eventfds are handled in one callout; the rest stay ready and the
     /// source fires again, so a storm cannot hold off the queue's other sources (timers, the
     /// watchdog ping, control requests) for longer than one batch.
-    static let calloutLimit = 1024
+    nonisolated static let calloutLimit = 1024
 
-    init(queue: DispatchQueue) throws(Errno) {
+    init() throws(Errno) {
         self.set = try EpollSet()
-        self.queue = queue
-        let source = DispatchSource.makeReadSource(fileDescriptor: set.descriptor.rawValue, queue: queue)
-        source.setEventHandler { [weak self] in self?.drain() }
+        let source = DispatchSource.makeReadSource(fileDescriptor: set.descriptor.rawValue, queue: DaemonActor.queue)
+        source.setEventHandler { [weak self] in DaemonActor.assumeIsolated { self?.drain() } }
         // The set is closed only after Dispatch has stopped watching its descriptor.
         source.setCancelHandler { [set] in _ = set }
         source.activate()
-        self.source = source
-    }
-
-    deinit {
-        source?.cancel()
-        ready.deallocate()
+        self.source = OwnedSource(source)
     }
 
     /// The number of eventfds watched now.
@@ -74,7 +69,6 @@ final class EventFDWatcher: @unchecked Sendable {
 
     /// Calls `handler` on the queue with the counter each time `eventfd` is signalled.
     func watch(_ eventfd: EventFD, _ handler: @escaping (UInt64) -> Void) throws(Errno) -> Token {
-        dispatchPrecondition(condition: .onQueue(queue))
         let token = nextToken
         nextToken += 1
         try set.add(eventfd.descriptor, token: token)
@@ -86,7 +80,6 @@ final class EventFDWatcher: @unchecked Sendable {
     /// it: for a pidfd, which is readable from its process's exit on. `owner` owns the
     /// descriptor and is kept alive while it is watched.
     func watchExit(_ descriptor: FileDescriptor, owner: AnyObject, _ handler: @escaping () -> Void) throws(Errno) -> Token {
-        dispatchPrecondition(condition: .onQueue(queue))
         let token = nextToken
         nextToken += 1
         try set.add(descriptor, token: token)
@@ -96,7 +89,6 @@ final class EventFDWatcher: @unchecked Sendable {
 
     /// Stops watching; a signal already collected in a batch is not delivered afterwards.
     func unwatch(_ token: Token) {
-        dispatchPrecondition(condition: .onQueue(queue))
         guard let member = members.removeValue(forKey: token.value) else { return }
         // Fails only if the descriptor is no longer in the set, which is what we want.
         try? set.remove(member.descriptor)

@@ -30,13 +30,15 @@ public struct DaemonOptions: Sendable {
 
 /// The daemon: the configuration, one controller per device, and the loop's timers.
 ///
-/// Everything runs on one serial Dispatch queue (`queue`): device eventfds, timers, signals
-/// and control requests all arrive there, so no state is ever shared between threads. Call
-/// every method on that queue. Only calls that touch a device run elsewhere, each device's
-/// on a queue of its own (see `DeviceController`), so that a slow device delays no other. Nothing polls: with every device armed and nothing missing,
+/// Everything runs on one serial Dispatch queue (`DaemonActor.queue`): device eventfds,
+/// timers, signals and control requests all arrive there, so no state is ever shared between
+/// threads. The manager is `@DaemonActor`: the compiler checks that every method is called
+/// there (from off the queue, `DaemonActor.sync`). Only calls that touch a device run
+/// elsewhere, each device's on a queue of its own (see `DeviceController`), so that a slow
+/// device delays no other. Nothing polls: with every device armed and nothing missing,
 /// the only source that fires on its own is the watchdog ping.
-public final class Manager: @unchecked Sendable {
-    public let queue: DispatchQueue
+@DaemonActor
+public final class Manager {
     private let options: DaemonOptions
     private let source: any DeviceSource
     private let notifier: SystemdNotifier
@@ -90,15 +92,14 @@ public final class Manager: @unchecked Sendable {
     private var isStarted = false
     private(set) public var isStopping = false
 
-    public init(options: DaemonOptions, source: any DeviceSource, notifier: SystemdNotifier = SystemdNotifier(),
-                logger: Logger, clock: any DaemonClock = SystemMonotonicClock(),
-                queue: DispatchQueue = DispatchQueue(label: "vfio-powerd")) {
+    /// Made anywhere; used on the daemon's queue.
+    public nonisolated init(options: DaemonOptions, source: any DeviceSource, notifier: SystemdNotifier = SystemdNotifier(),
+                            logger: Logger, clock: any DaemonClock = SystemMonotonicClock()) {
         self.options = options
         self.source = source
         self.notifier = notifier
         self.logger = logger
         self.clock = clock
-        self.queue = queue
     }
 
     // MARK: Start
@@ -115,7 +116,6 @@ public final class Manager: @unchecked Sendable {
     /// `systemctl start vfio-powerd && vfio-powerctl status` never finds it missing), then
     /// tells systemd READY=1. An invalid configuration starts nothing.
     public func start(beforeReady: @escaping () -> Void = {}, whenReady: @escaping () -> Void = {}) throws(StartError) {
-        dispatchPrecondition(condition: .onQueue(queue))
         let (loaded, resolution) = loadConfiguration()
         let problems = loaded.problems + resolution.problems
         logWarnings(problems)
@@ -127,13 +127,13 @@ public final class Manager: @unchecked Sendable {
         }
         daemonSettings = loaded.configuration.daemon
         do {
-            watcher = try EventFDWatcher(queue: queue)
+            watcher = try EventFDWatcher()
         } catch {
             logger.critical("cannot watch the devices' eventfds: epoll_create1: \(error) (\(error.symbolicName)); nothing was opened")
             throw .eventLoopUnavailable(error)
         }
         do {
-            openWatcher = try OpenWatcher(queue: queue) { [weak self] addresses in self?.vmmOpened(addresses) }
+            openWatcher = try OpenWatcher { [weak self] addresses in self?.vmmOpened(addresses) }
         } catch {
             logger.warning("cannot watch the devices' group nodes for VMMs opening them: inotify_init1: \(error) (\(error.symbolicName)); VMMs are found by the vmm_scan_interval scan and `vfio-powerctl adopt` only")
         }
@@ -166,12 +166,13 @@ public final class Manager: @unchecked Sendable {
     /// Runs `body` on the queue once no call on any device is under way, or after `bound`.
     private func whenSettled(within bound: Duration, _ body: @escaping () -> Void) {
         let once = Once(body)
-        calls.notify(queue: queue) { once.run() }
-        clock.after(bound, on: queue) { once.run() }
+        calls.notify(queue: DaemonActor.queue) { DaemonActor.assumeIsolated { once.run() } }
+        clock.after(bound) { once.run() }
     }
 
     /// A body that runs the first time it is asked to (both asks come on the queue).
-    private final class Once: @unchecked Sendable {
+    @DaemonActor
+    private final class Once {
         private var body: (() -> Void)?
         init(_ body: @escaping () -> Void) { self.body = body }
         func run() {
@@ -193,35 +194,38 @@ public final class Manager: @unchecked Sendable {
     /// on the queue. `completion` gets the errors (empty: applied), on the queue. A reload
     /// asked for while one is loading runs once that one is applied.
     public func reload(then completion: @escaping ([ConfigProblem]) -> Void = { _ in }) {
-        dispatchPrecondition(condition: .onQueue(queue))
         guard isStarted, !isStopping else { return completion([]) }
-        guard !isReloading else {
+        guard reloading == nil else {
             pendingReloads.append(completion)
             return
         }
-        isReloading = true
+        reloading = completion
         notifier.reloading(monotonicUsec: MonotonicClock.nowMicroseconds())
         let options = self.options
-        let answer = Handover(completion)
         Self.loader.async { [self] in
-            let loaded = Handover(Self.loadConfiguration(options))
-            queue.async { [self] in
-                isReloading = false
-                let problems = isStopping ? [] : apply(loaded.value.0, loaded.value.1)
-                if !isStopping { reloads.record(applied: problems.isEmpty, at: now()) }
-                answer.value(problems)
-                if !pendingReloads.isEmpty {
-                    let waiting = pendingReloads
-                    pendingReloads = []
-                    reload { problems in waiting.forEach { $0(problems) } }
-                }
-            }
+            let loaded = Self.loadConfiguration(options)
+            DaemonActor.queue.async { [self] in DaemonActor.assumeIsolated { reloadLoaded(loaded) } }
+        }
+    }
+
+    /// Takes up a configuration the loader read, on the queue.
+    private func reloadLoaded(_ loaded: (ConfigLoadResult, Resolution)) {
+        guard let answer = reloading else { preconditionFailure("a configuration was loaded for no reload") }
+        reloading = nil
+        let problems = isStopping ? [] : apply(loaded.0, loaded.1)
+        if !isStopping { reloads.record(applied: problems.isEmpty, at: now()) }
+        answer(problems)
+        if !pendingReloads.isEmpty {
+            let waiting = pendingReloads
+            pendingReloads = []
+            reload { problems in waiting.forEach { $0(problems) } }
         }
     }
 
     /// Where configurations are read and resolved: off the daemon's queue.
-    private static let loader = DispatchQueue(label: "vfio-powerd.loader")
-    private var isReloading = false
+    private nonisolated static let loader = DispatchQueue(label: "vfio-powerd.loader")
+    /// The answer of the reload whose configuration is loading (nil: none is).
+    private var reloading: (([ConfigProblem]) -> Void)?
     private var pendingReloads: [([ConfigProblem]) -> Void] = []
 
     /// Applies a loaded configuration: nothing if it has errors (they are returned), else
@@ -322,7 +326,6 @@ public final class Manager: @unchecked Sendable {
     /// `reply` gets the device once the calls the request made have returned (nil: no such
     /// device).
     public func wake(_ address: PCIAddress, for duration: Duration?, then reply: @escaping (DeviceSnapshot?) -> Void) {
-        dispatchPrecondition(condition: .onQueue(queue))
         guard let controller = controllers[address] else { return reply(nil) }
         controller.wake(for: duration)
         afterTurn(of: controller, reply)
@@ -330,7 +333,6 @@ public final class Manager: @unchecked Sendable {
 
     /// Arms a device now (an awake one at once; a failed or missing one is opened again).
     public func arm(_ address: PCIAddress, then reply: @escaping (DeviceSnapshot?) -> Void) {
-        dispatchPrecondition(condition: .onQueue(queue))
         guard let controller = controllers[address] else { return reply(nil) }
         controller.arm()
         afterTurn(of: controller, reply)
@@ -338,12 +340,12 @@ public final class Manager: @unchecked Sendable {
 
     /// How long an operator's request waits for the device's calls before it is answered
     /// with the device as it stands (a stuck one says so).
-    static let answerBound: Duration = .seconds(5)
+    nonisolated static let answerBound: Duration = .seconds(5)
 
     private func afterTurn(of controller: DeviceController, _ reply: @escaping (DeviceSnapshot?) -> Void) {
         let once = Once { [self] in reply(snapshot(controller, now: clock.now())) }
         controller.whenSettled { once.run() }
-        clock.after(Self.answerBound, on: queue) { once.run() }
+        clock.after(Self.answerBound) { once.run() }
     }
 
     /// Runs `body` on the queue once no call on any device is under way (within
@@ -355,7 +357,6 @@ public final class Manager: @unchecked Sendable {
     /// `vmm`: looks for the VMM holding the device now (only `pid`, when given): what a VMM's
     /// start hook asks for where the daemon cannot see the VMM's open (libvirt's private /dev).
     public func adopt(_ address: PCIAddress, pid: Int32?) -> DeviceSnapshot? {
-        dispatchPrecondition(condition: .onQueue(queue))
         guard let controller = controllers[address] else { return nil }
         controller.vmmMayHaveOpened(candidates: pid.map { [$0] })
         return snapshot(controller, now: clock.now())
@@ -367,7 +368,6 @@ public final class Manager: @unchecked Sendable {
     /// under way has finished.
     public func handoff(_ address: PCIAddress, fd: Int32, sender: Int32,
                         completion: @escaping (Result<DeviceSnapshot, HandoffRefusal>) -> Void) {
-        dispatchPrecondition(condition: .onQueue(queue))
         guard let controller = controllers[address], controller.policy.source == .vmm, controller.policy.isManaged else {
             _ = close(fd)
             return completion(.failure(.notVMMDevice))
@@ -384,7 +384,6 @@ public final class Manager: @unchecked Sendable {
 
     /// `vmm`: closes the daemon's copy of the device's file now.
     public func release(_ address: PCIAddress) -> DeviceSnapshot? {
-        dispatchPrecondition(condition: .onQueue(queue))
         guard let controller = controllers[address] else { return nil }
         controller.release()
         return snapshot(controller, now: clock.now())
@@ -401,8 +400,8 @@ public final class Manager: @unchecked Sendable {
     public func now() -> MonotonicInstant { clock.now() }
 
     /// Runs `body` on the daemon's queue once, `delay` from now, by the daemon's clock.
-    func after(_ delay: Duration, _ body: @escaping @Sendable () -> Void) {
-        clock.after(delay, on: queue, body)
+    func after(_ delay: Duration, _ body: @escaping @Sendable @DaemonActor () -> Void) {
+        clock.after(delay, body)
     }
 
     // MARK: Stop
@@ -414,7 +413,6 @@ public final class Manager: @unchecked Sendable {
     /// have returned (or after `settleBound`: a stuck device must not keep the daemon from
     /// exiting). The watchdog is pinged until then.
     public func stop(then completion: @escaping () -> Void = {}) {
-        dispatchPrecondition(condition: .onQueue(queue))
         guard !isStopping else { return }
         isStopping = true
         notifier.stopping()
@@ -501,9 +499,11 @@ public final class Manager: @unchecked Sendable {
     private func scheduleStatusUpdate() {
         guard !statusUpdatePending else { return }
         statusUpdatePending = true
-        queue.async { [weak self] in
-            self?.statusUpdatePending = false
-            self?.updateStatus()
+        DaemonActor.queue.async { [weak self] in
+            DaemonActor.assumeIsolated {
+                self?.statusUpdatePending = false
+                self?.updateStatus()
+            }
         }
     }
 
@@ -521,7 +521,7 @@ public final class Manager: @unchecked Sendable {
     private func addController(_ device: ResolvedDevice) {
         guard let watcher else { preconditionFailure("devices are added only after start() made the watcher") }
         let controller = DeviceController(address: device.address, policy: device.policy, origin: origin(of: device),
-                                          source: source, queue: queue, watcher: watcher, clock: clock, calls: calls,
+                                          source: source, watcher: watcher, clock: clock, calls: calls,
                                           stuckBound: options.stuckBound)
         controller.delegate = self
         controller.wakeupStore = self
@@ -560,7 +560,7 @@ public final class Manager: @unchecked Sendable {
         Self.loadConfiguration(options)
     }
 
-    private static func loadConfiguration(_ options: DaemonOptions) -> (ConfigLoadResult, Resolution) {
+    private nonisolated static func loadConfiguration(_ options: DaemonOptions) -> (ConfigLoadResult, Resolution) {
         let loaded = ConfigLoader.load(options.config)
         let resolution = DeviceResolver.resolve(loaded.configuration, sysfsRoot: options.sysfsRoot)
         return (loaded, resolution)
@@ -580,7 +580,7 @@ public final class Manager: @unchecked Sendable {
     /// and systemd restarts the daemon.
     private func startWatchdog() {
         guard let interval = SystemdWatchdog.pingInterval() else { return }
-        let timer = clock.makeTimer(on: queue) { [notifier] in notifier.watchdogPing() }
+        let timer = clock.makeTimer { [notifier] in notifier.watchdogPing() }
         timer.schedule(every: interval, first: .zero, leeway: .milliseconds(100))
         watchdogTimer = timer
     }
@@ -596,7 +596,7 @@ public final class Manager: @unchecked Sendable {
         }
         guard rescanTimer == nil else { return }
         let interval = daemonSettings.rescanInterval.value
-        let timer = clock.makeTimer(on: queue) { [weak self] in self?.rescan() }
+        let timer = clock.makeTimer { [weak self] in self?.rescan() }
         timer.schedule(every: interval, first: interval, leeway: .milliseconds(500))
         rescanTimer = timer
     }
@@ -614,7 +614,7 @@ public final class Manager: @unchecked Sendable {
             return
         }
         guard vmmScanTimer == nil else { return }
-        let timer = clock.makeTimer(on: queue) { [weak self] in self?.scanForVMMs() }
+        let timer = clock.makeTimer { [weak self] in self?.scanForVMMs() }
         timer.schedule(every: interval, first: interval, leeway: .milliseconds(250))
         vmmScanTimer = timer
     }
@@ -631,7 +631,7 @@ public final class Manager: @unchecked Sendable {
         }
         guard sampler == nil || samplerInterval != interval else { return }
         sampler?.cancel()
-        let timer = clock.makeTimer(on: queue) { [weak self] in self?.sampleGuests() }
+        let timer = clock.makeTimer { [weak self] in self?.sampleGuests() }
         timer.schedule(every: interval, first: interval, leeway: interval / 20)
         sampler = timer
         samplerInterval = interval
@@ -698,7 +698,7 @@ public final class Manager: @unchecked Sendable {
 
 extension Manager: WakeupStore {
     /// The fd store's name for a device's wakeup eventfd (FDNAME= may not contain ':').
-    static func wakeupName(_ address: PCIAddress) -> String {
+    nonisolated static func wakeupName(_ address: PCIAddress) -> String {
         "wakeup-" + String(address.description.map { $0 == ":" ? "_" : $0 })
     }
 
@@ -757,7 +757,7 @@ extension Manager: DeviceControllerDelegate {
         if underWay {
             calling[ObjectIdentifier(controller)] = controller
             guard callWatch == nil else { return }
-            let timer = clock.makeTimer(on: queue) { [weak self] in
+            let timer = clock.makeTimer { [weak self] in
                 guard let self else { return }
                 let now = clock.now()
                 for controller in calling.values { controller.checkCall(now: now) }

@@ -10,34 +10,31 @@ import VFIO
 ///
 /// It sees opens of the host's node only: libvirt gives QEMU a private /dev whose nodes are
 /// other inodes, so its opens are not seen here (the fallback scan and start hooks cover it).
-/// Confined to the daemon's queue.
-final class OpenWatcher: @unchecked Sendable {
+/// Confined to the daemon's queue: `@DaemonActor`.
+@DaemonActor
+final class OpenWatcher {
     private let descriptor: FileDescriptor
-    private var source: DispatchSourceRead?
+    private var source: OwnedSource?
     /// inotify watch descriptor → the node and the devices it announces (a group can hold
     /// several devices).
     private var watches: [Int32: (node: FilePath, addresses: Set<PCIAddress>)] = [:]
     private var byNode: [FilePath: Int32] = [:]
-    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 * 1024, alignment: 8)
+    private let storage = OwnedBuffer<UInt64>(capacity: 16 * 1024 / 8)
+    private var buffer: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(storage.pointer) }
     /// Called with the devices whose node was opened (all of them when the kernel's queue
     /// overflowed and opens may have been missed).
     private let onOpen: (Set<PCIAddress>) -> Void
 
-    init(queue: DispatchQueue, onOpen: @escaping (Set<PCIAddress>) -> Void) throws(Errno) {
+    init(onOpen: @escaping (Set<PCIAddress>) -> Void) throws(Errno) {
         let fd = cvfio_inotify_init()
         guard fd >= 0 else { throw Errno(rawValue: errno) }
         descriptor = FileDescriptor(rawValue: fd)
         self.onOpen = onOpen
-        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
-        source.setEventHandler { [weak self] in self?.drain() }
+        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: DaemonActor.queue)
+        source.setEventHandler { [weak self] in DaemonActor.assumeIsolated { self?.drain() } }
         source.setCancelHandler { [descriptor] in try? descriptor.close() }
         source.activate()
-        self.source = source
-    }
-
-    deinit {
-        source?.cancel()
-        buffer.deallocate()
+        self.source = OwnedSource(source)
     }
 
     /// Watches `nodes` for opens on behalf of `address`. A node that does not exist yet (the

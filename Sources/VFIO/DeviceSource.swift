@@ -2,7 +2,8 @@ import SystemPackage
 
 /// A device the daemon can put into low power: the real `VFIODevice`, or a simulated one in
 /// tests and benchmarks. The calls mirror the kernel's: each may wake the device.
-public protocol LowPowerDevice: AnyObject {
+/// Sendable: the daemon calls it on the device's own queue and on the daemon's queue.
+public protocol LowPowerDevice: AnyObject, Sendable {
     var address: PCIAddress { get }
     /// What the kernel answered to PROBE at open.
     var lowPowerSupport: LowPowerSupport { get }
@@ -20,7 +21,8 @@ extension VFIODevice: LowPowerDevice {}
 /// Where the daemon gets a device from (PRODUCT.md, "device source"): `own` opens it through
 /// VFIO; `vmm` adopts the open file of the VMM that holds it. The real kernel is
 /// `KernelDeviceSource`; tests and benchmarks use a simulated one.
-public protocol DeviceSource: AnyObject {
+/// Sendable: the daemon calls it from its queue, the devices' queues and the lookout at once.
+public protocol DeviceSource: AnyObject, Sendable {
     /// Checks, opens and probes the device; nothing is armed.
     func openDevice(_ address: PCIAddress) throws(VFIOError) -> any LowPowerDevice
     /// Whether the device could be opened now as far as sysfs and /dev tell (present, bound

@@ -49,7 +49,7 @@ public struct ExecutableAllowList: Hashable, Sendable {
 }
 
 /// What looking for a device's VMM found.
-public enum AdoptionOutcome {
+public enum AdoptionOutcome: Sendable {
     /// No process holds the device's group (or it exited while being looked at).
     case noHolder
     /// A duplicate of the VMM's device file, ready to arm.

@@ -13,6 +13,11 @@ import Dispatch
 ///
 /// Call `start()` and `stop()` on `queue`. Stop the server before dropping it: its sources
 /// keep it and its connections alive until then.
+///
+/// `@unchecked Sendable`, as the module's other queue-confined classes (`VarlinkConnection`,
+/// `VarlinkReply`, `ReadBuffer`, `ReceivedFiles`), with `dispatchPrecondition` checking the
+/// queue at run time: the compiler checks confinement only to an actor, and this module runs on
+/// whatever queue it is given (the daemon's, a test's own) and knows no actor of its users.
 public final class VarlinkServer: @unchecked Sendable {
     public struct Limits: Sendable, Equatable {
         /// Largest message accepted, NUL excluded. A longer one is answered with io.systemd.System

@@ -64,37 +64,46 @@ struct VFIOPowerd: ParsableCommand {
         let manager = Manager(options: DaemonOptions(config: loadOptions, sysfsRoot: FilePath(sysfsRoot)),
                               source: KernelDeviceSource(session: session), logger: logger)
         let control = ControlService(manager: manager, socketPath: controlSocket)
-        let signals = SignalSources(queue: manager.queue)
-        manager.queue.async {
-            do throws(Manager.StartError) {
-                try manager.start(beforeReady: {
-                    do {
-                        try control.start()
-                    } catch {
-                        // The devices are managed either way; only vfio-powerctl cannot reach us.
-                        logger.error("control socket \(controlSocket) unavailable: \(error); vfio-powerctl cannot reach the daemon (devices are managed all the same)")
-                    }
-                })
-            } catch {
-                // Every problem is already in the journal (and on stderr when run by hand).
-                switch error {
-                case .configRejected:
-                    SystemdNotifier().errno(EINVAL)
-                    Glibc.exit(ConfigCheck.exitConfigError)
-                case .eventLoopUnavailable(let errno):
-                    SystemdNotifier().errno(errno.rawValue)
-                    Glibc.exit(EXIT_FAILURE)
-                }
+        let signals = SignalSources()
+        DaemonActor.queue.async {
+            DaemonActor.assumeIsolated {
+                Self.start(manager, control: control, signals: signals, logger: logger, controlSocket: controlSocket)
             }
-            signals.start(
-                reload: { manager.reload() },
-                stop: {
-                    control.stop()
-                    // Exits once the devices' last calls have returned (at most 20 s).
-                    manager.stop { Glibc.exit(0) }
-                })
         }
         dispatchMain()
+    }
+
+    /// On the daemon's queue: starts the manager, then follows the signals.
+    @DaemonActor
+    private static func start(_ manager: Manager, control: ControlService, signals: SignalSources,
+                              logger: Logger, controlSocket: String) {
+        do throws(Manager.StartError) {
+            try manager.start(beforeReady: {
+                do {
+                    try control.start()
+                } catch {
+                    // The devices are managed either way; only vfio-powerctl cannot reach us.
+                    logger.error("control socket \(controlSocket) unavailable: \(error); vfio-powerctl cannot reach the daemon (devices are managed all the same)")
+                }
+            })
+        } catch {
+            // Every problem is already in the journal (and on stderr when run by hand).
+            switch error {
+            case .configRejected:
+                SystemdNotifier().errno(EINVAL)
+                Glibc.exit(ConfigCheck.exitConfigError)
+            case .eventLoopUnavailable(let errno):
+                SystemdNotifier().errno(errno.rawValue)
+                Glibc.exit(EXIT_FAILURE)
+            }
+        }
+        signals.start(
+            reload: { manager.reload() },
+            stop: {
+                control.stop()
+                // Exits once the devices' last calls have returned (at most 20 s).
+                manager.stop { Glibc.exit(0) }
+            })
     }
 }
 
@@ -103,20 +112,20 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 /// SIGHUP → reload, SIGTERM/SIGINT → stop, as Dispatch sources on the daemon's queue. The
 /// signals were blocked in main before any thread existed; the sources receive them.
-final class SignalSources: @unchecked Sendable {
-    private let queue: DispatchQueue
-    private var sources: [DispatchSourceSignal] = []
+@DaemonActor
+final class SignalSources {
+    /// Each cancelled when released.
+    private var sources: [OwnedSource] = []
 
-    init(queue: DispatchQueue) { self.queue = queue }
+    /// Made before the loop runs (and kept by `run`, which never returns).
+    nonisolated init() {}
 
-    func start(reload: @escaping @Sendable () -> Void, stop: @escaping @Sendable () -> Void) {
+    func start(reload: @escaping @Sendable @DaemonActor () -> Void, stop: @escaping @Sendable @DaemonActor () -> Void) {
         for (signal, action) in [(SIGHUP, reload), (SIGTERM, stop), (SIGINT, stop)] {
-            let source = DispatchSource.makeSignalSource(signal: signal, queue: queue)
-            source.setEventHandler(handler: action)
+            let source = DispatchSource.makeSignalSource(signal: signal, queue: DaemonActor.queue)
+            source.setEventHandler { DaemonActor.assumeIsolated(action) }
             source.activate()
-            sources.append(source)
+            sources.append(OwnedSource(source))
         }
     }
-
-    deinit { sources.forEach { $0.cancel() } }
 }

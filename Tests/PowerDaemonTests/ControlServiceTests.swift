@@ -113,7 +113,8 @@ final class ControlServiceTests: XCTestCase {
         let nextArm = try XCTUnwrap(woken.nextArmRealtimeUsec)
         let now = Int64(Date().timeIntervalSince1970 * 1_000_000)
         XCTAssertEqual(Double(nextArm - now), 1_000_000, accuracy: 300_000)
-        XCTAssertTrue(daemon.waitUntil { daemon.device(PCIAddress(nic)!).engagement == .oneShot }, "armed again after 1s")
+        let address = PCIAddress(nic)!
+        XCTAssertTrue(daemon.waitUntil { daemon.device(address).engagement == .oneShot }, "armed again after 1s")
         XCTAssertThrowsError(try client.wake(nic, seconds: 0)) { error in
             XCTAssertEqual(error as? ControlClientError, .invalidParameter(parameter: "seconds", reason: "a whole number of seconds from 1 to 604800"))
         }

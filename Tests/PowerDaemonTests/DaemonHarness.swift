@@ -12,7 +12,12 @@ import XCTest
 /// One daemon under test: the real Manager and Dispatch loop, simulated devices over real
 /// eventfds, a configuration root in a temporary folder, a fake systemd notify socket, and
 /// every log entry captured.
-final class DaemonHarness {
+///
+/// Unchecked Sendable: waitUntil's conditions run on the daemon's queue and read the harness
+/// there. Its settings are set before `start()` and its manager and control by it, on the test's
+/// thread, before any condition runs; what the daemon changes meanwhile (the simulated source,
+/// the log capture) locks itself.
+final class DaemonHarness: @unchecked Sendable {
     let configRoot: URL
     let tree: FakeSysfsTree
     let source = SimulatedDeviceSource()
@@ -45,7 +50,7 @@ final class DaemonHarness {
 
     deinit {
         drain.stop()
-        if let control, let manager { manager.queue.sync { control.stop() } }
+        if let control, manager != nil { DaemonActor.sync { control.stop() } }
         unsetenv("NOTIFY_SOCKET")
         tree.remove()
     }
@@ -98,12 +103,14 @@ final class DaemonHarness {
             source: source, logger: Logger(label: "test") { _ in self.logs.handler(level: self.logLevel) }, clock: clock)
         // READY=1 waits for the devices' first calls, which run on their own queues.
         let ready = DispatchSemaphore(value: 0)
-        try manager.queue.sync { try manager.start(whenReady: { ready.signal() }) }
+        let manager = self.manager!
+        try DaemonActor.sync { try manager.start(whenReady: { ready.signal() }) }
         ready.wait()
     }
 
-    func onQueue<T>(_ body: (Manager) throws -> T) rethrows -> T {
-        try manager.queue.sync { try body(manager) }
+    func onQueue<T: Sendable>(_ body: @DaemonActor (Manager) throws -> T) rethrows -> T {
+        let manager = self.manager!
+        return try DaemonActor.sync { try body(manager) }
     }
 
     /// The control socket, once `startControl()` ran.
@@ -144,10 +151,10 @@ final class DaemonHarness {
     func device(_ address: PCIAddress) -> SimulatedDevice { source.device(address)! }
 
     /// Polls the daemon (on its queue) until `condition` holds; false after `timeout`.
-    func waitUntil(timeout: TimeInterval = 5, _ condition: () -> Bool) -> Bool {
+    func waitUntil(timeout: TimeInterval = 5, _ condition: @DaemonActor () -> Bool) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            if manager.queue.sync(execute: { condition() }) { return true }
+            if DaemonActor.sync(condition) { return true }
             usleep(5_000)
         }
         return false

@@ -93,7 +93,7 @@ final class DaemonTests: XCTestCase {
         XCTAssertFalse(daemon.device(a).isSuspended)
         XCTAssertEqual(daemon.phase(a), .lowPower, "within the bound, the arming is not yet in doubt")
         // (waitUntil's condition runs on the daemon's queue: it reads the manager directly.)
-        let phaseOfA = { daemon.manager.devices().first { $0.address == a }.map { DeviceRecord.State($0.phase) } }
+        let phaseOfA = { @DaemonActor in daemon.manager.devices().first { $0.address == a }.map { DeviceRecord.State($0.phase) } }
         XCTAssertTrue(daemon.waitUntil(timeout: 10) { phaseOfA() == .keptAwake },
                       "\(String(describing: daemon.phase(a)))")
         let kept = daemon.logs.entries(.keptAwake, device: a)

@@ -6,18 +6,16 @@ import XCTest
 
 /// The one Dispatch source over every device's eventfds: batches, counts, unwatching.
 final class EventFDWatcherTests: XCTestCase {
-    private let queue = DispatchQueue(label: "watcher-test")
-
     /// Collects (member, counter) pairs on the queue.
     private final class Deliveries: @unchecked Sendable {
         var seen: [(Int, UInt64)] = []
         var callouts: [Int] = []
     }
 
-    private func eventually(_ condition: () -> Bool) -> Bool {
+    private func eventually(_ condition: @DaemonActor () -> Bool) -> Bool {
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
-            if queue.sync(execute: condition) { return true }
+            if DaemonActor.sync(condition) { return true }
             usleep(2_000)
         }
         return false
@@ -30,10 +28,10 @@ final class EventFDWatcherTests: XCTestCase {
     private func settle(_ watcher: EventFDWatcher) throws {
         let sentinel = try EventFD()
         let arrived = Deliveries()
-        let token = try queue.sync { try watcher.watch(sentinel) { arrived.seen.append((-1, $0)) } }
+        let token = try DaemonActor.sync { try watcher.watch(sentinel) { arrived.seen.append((-1, $0)) } }
         try sentinel.signal()
         XCTAssertTrue(eventually { !arrived.seen.isEmpty }, "the watcher went round once more")
-        queue.sync { watcher.unwatch(token) }
+        DaemonActor.sync { watcher.unwatch(token) }
     }
 
     func testEveryEventfdOfAStormIsDeliveredOnceWithItsCounter() throws {
@@ -41,20 +39,20 @@ final class EventFDWatcherTests: XCTestCase {
         let count = EventFDWatcher.calloutLimit + 300
         let eventfds = try (0..<count).map { _ in try EventFD() }
         let deliveries = Deliveries()
-        let watcher = try queue.sync {
-            let watcher = try EventFDWatcher(queue: queue)
+        let watcher = try DaemonActor.sync {
+            let watcher = try EventFDWatcher()
             for (index, eventfd) in eventfds.enumerated() {
                 _ = try watcher.watch(eventfd) { deliveries.seen.append((index, $0)) }
             }
             return watcher
         }
         // Signal all of them while the queue is busy, so they are ready together.
-        queue.sync {
+        DaemonActor.sync {
             for (index, eventfd) in eventfds.enumerated() { try? eventfd.signal(index % 3 == 0 ? 2 : 1) }
         }
         XCTAssertTrue(eventually { deliveries.seen.count >= count }, "delivered \(deliveries.seen.count) of \(count)")
         try settle(watcher)
-        queue.sync {
+        DaemonActor.sync {
             XCTAssertEqual(deliveries.seen.count, count, "each signalled eventfd once")
             XCTAssertEqual(Set(deliveries.seen.map(\.0)).count, count)
             for (index, signals) in deliveries.seen {
@@ -64,14 +62,14 @@ final class EventFDWatcherTests: XCTestCase {
         }
         // The watcher read and reset every counter.
         for eventfd in eventfds { XCTAssertNil(try eventfd.read()) }
-        queue.sync { watcher.cancel() }
+        DaemonActor.sync { watcher.cancel() }
     }
 
     func testAnUnwatchedEventfdIsNotDeliveredEvenFromTheSameBatch() throws {
         let (first, second) = (try EventFD(), try EventFD())
         let deliveries = Deliveries()
-        let watcher = try queue.sync { try EventFDWatcher(queue: queue) }
-        queue.sync {
+        let watcher = try DaemonActor.sync { try EventFDWatcher() }
+        DaemonActor.sync {
             var secondToken: EventFDWatcher.Token?
             // Whichever of the two comes first in the batch unwatches the other.
             let firstToken = try? watcher.watch(first) { _ in
@@ -87,7 +85,7 @@ final class EventFDWatcherTests: XCTestCase {
         }
         XCTAssertTrue(eventually { !deliveries.seen.isEmpty })
         try settle(watcher)
-        let survivor = try queue.sync {
+        let survivor = try DaemonActor.sync {
             XCTAssertEqual(deliveries.seen.count, 1, "the other member left the set before its turn")
             XCTAssertEqual(watcher.count, 1)
             return try XCTUnwrap(deliveries.seen.first?.0)
@@ -97,17 +95,17 @@ final class EventFDWatcherTests: XCTestCase {
         try second.signal()
         XCTAssertTrue(eventually { deliveries.seen.count == 2 })
         try settle(watcher)
-        queue.sync { XCTAssertEqual(deliveries.seen.map(\.0), [survivor, survivor]) }
+        DaemonActor.sync { XCTAssertEqual(deliveries.seen.map(\.0), [survivor, survivor]) }
     }
 
     func testTheDescriptorClosesWhenUnwatchedAndReleased() throws {
-        let watcher = try queue.sync { try EventFDWatcher(queue: queue) }
+        let watcher = try DaemonActor.sync { try EventFDWatcher() }
         var eventfd: EventFD? = try EventFD()
         let fd = eventfd!.descriptor.rawValue
-        let token = try queue.sync { try watcher.watch(eventfd!) { _ in } }
+        let token = try DaemonActor.sync { try watcher.watch(eventfd!) { _ in } }
         eventfd = nil
         XCTAssertNotEqual(fcntl(fd, F_GETFD), -1, "the watcher keeps a watched eventfd open")
-        queue.sync { watcher.unwatch(token) }
+        DaemonActor.sync { watcher.unwatch(token) }
         XCTAssertEqual(fcntl(fd, F_GETFD), -1, "closed once unwatched and released")
         XCTAssertEqual(errno, EBADF)
     }

@@ -4,7 +4,7 @@ import PowerDaemon
 import PowerPolicy
 
 /// A clock the test turns: time stands still until `advance(by:)`, which fires every timer
-/// that falls due on the way, in deadline order, each on its own queue. A test of "not
+/// that falls due on the way, in deadline order, each on the daemon's queue. A test of "not
 /// before the deadline" then needs no sleep: before the advance, nothing can have fired.
 final class ManualClock: DaemonClock, @unchecked Sendable {
     private let lock = NSLock()
@@ -19,8 +19,8 @@ final class ManualClock: DaemonClock, @unchecked Sendable {
 
     func now() -> MonotonicInstant { lock.withLock { current } }
 
-    func makeTimer(on queue: DispatchQueue, _ handler: @escaping @Sendable () -> Void) -> any DaemonTimer {
-        let timer = ManualTimer(clock: self, queue: queue, handler: handler)
+    func makeTimer(_ handler: @escaping @Sendable @DaemonActor () -> Void) -> any DaemonTimer {
+        let timer = ManualTimer(clock: self, handler: handler)
         lock.withLock {
             timers.removeAll { $0.timer == nil }
             timers.append(Weak(timer: timer))
@@ -28,8 +28,8 @@ final class ManualClock: DaemonClock, @unchecked Sendable {
         return timer
     }
 
-    /// Moves time forward, firing what falls due. Call it from the test, never from a
-    /// timer's queue.
+    /// Moves time forward, firing what falls due. Call it from the test, never from the
+    /// daemon's queue.
     func advance(by duration: Duration) {
         let target = now() + duration
         while let (timer, deadline) = nextDue(by: target) {
@@ -57,15 +57,13 @@ final class ManualClock: DaemonClock, @unchecked Sendable {
 
 final class ManualTimer: DaemonTimer, @unchecked Sendable {
     private unowned let clock: ManualClock
-    private let queue: DispatchQueue
-    private let handler: @Sendable () -> Void
+    private let handler: @Sendable @DaemonActor () -> Void
     /// Guarded by the clock's lock.
     private var _deadline: MonotonicInstant?
     private var interval: Duration?
 
-    init(clock: ManualClock, queue: DispatchQueue, handler: @escaping @Sendable () -> Void) {
+    init(clock: ManualClock, handler: @escaping @Sendable @DaemonActor () -> Void) {
         self.clock = clock
-        self.queue = queue
         self.handler = handler
     }
 
@@ -92,9 +90,9 @@ final class ManualTimer: DaemonTimer, @unchecked Sendable {
 
     func cancel() { clock.withLock { _deadline = nil } }
 
-    /// Runs the handler on the timer's queue, unless it was rescheduled or cancelled meanwhile.
+    /// Runs the handler on the daemon's queue, unless it was rescheduled or cancelled meanwhile.
     fileprivate func fire(at deadline: MonotonicInstant) {
-        queue.sync {
+        DaemonActor.sync {
             let due: Bool = clock.withLock {
                 guard _deadline == deadline else { return false }
                 _deadline = interval.map { deadline + $0 }

@@ -17,7 +17,9 @@ final class VMMDaemonTests: XCTestCase {
         ])
     }
 
-    private func state(_ daemon: DaemonHarness, _ address: PCIAddress) -> DevicePhase? {
+    /// For waitUntil's conditions, which run on the daemon's queue.
+    @DaemonActor
+    private static func state(_ daemon: DaemonHarness, _ address: PCIAddress) -> DevicePhase? {
         daemon.manager.device(address)?.phase
     }
 
@@ -25,14 +27,14 @@ final class VMMDaemonTests: XCTestCase {
         let daemon = try harness()
         let (a, b) = (try daemon.plug(nic), try daemon.plug(nvme))
         try daemon.start()
-        XCTAssertTrue(daemon.waitUntil { self.state(daemon, a) == .idle && self.state(daemon, b) == .idle })
+        XCTAssertTrue(daemon.waitUntil { Self.state(daemon, a) == .idle && Self.state(daemon, b) == .idle })
         XCTAssertEqual(daemon.source.openDuplicates(a), 0, "an idle device is never opened")
 
         // One VMM with both devices; the operator's adopt plays the start hook.
         let vmm = daemon.source.startVMM(holding: [a, b])
         _ = daemon.onQueue { $0.adopt(a, pid: vmm.pid) }
         _ = daemon.onQueue { $0.adopt(b, pid: nil) }
-        XCTAssertTrue(daemon.waitUntil { self.state(daemon, a) == .guestActive && self.state(daemon, b) == .guestActive })
+        XCTAssertTrue(daemon.waitUntil { Self.state(daemon, a) == .guestActive && Self.state(daemon, b) == .guestActive })
         XCTAssertEqual(daemon.logs.entries(.adopted, device: a).count, 1)
         XCTAssertEqual(daemon.device(a).calls(.arm), 0, "the guest uses it (D0): never armed")
 
@@ -43,12 +45,12 @@ final class VMMDaemonTests: XCTestCase {
 
         // Its D0 write is a wake; the device is not armed again while it stays in D0.
         daemon.device(a).guestWrites(.d0)
-        XCTAssertTrue(daemon.waitUntil { daemon.logs.entries(.woke, device: a).count == 1 && self.state(daemon, a) == .guestActive })
+        XCTAssertTrue(daemon.waitUntil { daemon.logs.entries(.woke, device: a).count == 1 && Self.state(daemon, a) == .guestActive })
         XCTAssertEqual(daemon.device(a).calls(.arm), 1)
 
         // The VMM exits: both duplicates are closed at once.
         vmm.exit()
-        XCTAssertTrue(daemon.waitUntil { self.state(daemon, a) == .idle && self.state(daemon, b) == .idle })
+        XCTAssertTrue(daemon.waitUntil { Self.state(daemon, a) == .idle && Self.state(daemon, b) == .idle })
         daemon.settle()  // the closes run on the devices' queues
         XCTAssertEqual(daemon.source.openDuplicates(a) + daemon.source.openDuplicates(b), 0)
         XCTAssertEqual(daemon.logs.entries(.vmmReleased, device: a).count, 1)
@@ -59,9 +61,9 @@ final class VMMDaemonTests: XCTestCase {
         let daemon = try harness(main: "[daemon]\nvmm_scan_interval = \"1s\"\n")
         let a = try daemon.plug(nic)
         try daemon.start()
-        XCTAssertTrue(daemon.waitUntil { self.state(daemon, a) == .idle })
+        XCTAssertTrue(daemon.waitUntil { Self.state(daemon, a) == .idle })
         daemon.source.startVMM(holding: [a])
-        XCTAssertTrue(daemon.waitUntil(timeout: 5) { self.state(daemon, a) == .guestActive })
+        XCTAssertTrue(daemon.waitUntil(timeout: 5) { Self.state(daemon, a) == .guestActive })
     }
 
     func testAHolderThatIsNotAllowedIsNamedAndLeftAlone() throws {
@@ -71,10 +73,10 @@ final class VMMDaemonTests: XCTestCase {
         let other = daemon.source.startVMM(holding: [a], executable: "/opt/x/runner")
         _ = daemon.onQueue { $0.adopt(a, pid: nil) }
         XCTAssertTrue(daemon.waitUntil { daemon.logs.entries(.adoptionRefused, device: a).count == 1 })
-        XCTAssertEqual(daemon.manager.device(a)?.holder?.pid, other.pid)
+        XCTAssertEqual(daemon.onQueue { $0.device(a)?.holder?.pid }, other.pid)
         daemon.device(a).guestWrites(.d3hot)
         other.exit()
-        XCTAssertTrue(daemon.waitUntil { self.state(daemon, a) == .idle })
+        XCTAssertTrue(daemon.waitUntil { Self.state(daemon, a) == .idle })
         XCTAssertEqual(daemon.device(a).calls(.arm), 0, "never armed for a holder that is not allowed")
         XCTAssertEqual(daemon.source.adoptions, 0)
     }
@@ -133,7 +135,7 @@ final class VMMDaemonTests: XCTestCase {
         let reason = (out["pipe"]?["parameters"] as? [String: Any])?["reason"] as? String ?? ""
         XCTAssertTrue(reason.hasPrefix("the file passed is not a VFIO device file"), reason)
         XCTAssertEqual(out["none"]?["error"] as? String, "io.vfiopowerd.Manager.InvalidParameter")
-        XCTAssertTrue(daemon.waitUntil { self.state(daemon, a) == .idle })
+        XCTAssertTrue(daemon.waitUntil { Self.state(daemon, a) == .idle })
         daemon.settle()
         XCTAssertEqual(daemon.source.openDuplicates(a), 0)
     }

@@ -13,10 +13,12 @@ import VFIO
 ///
 /// Reading is open to whoever can connect (root and socket_group, by the socket's mode 0660);
 /// changing (Arm, Wake, Reload) needs uid 0 or membership in admin_group. Every method runs
-/// on the Manager's queue and answers at once: none of them waits on a device.
-public final class ControlService: @unchecked Sendable {
+/// on the daemon's queue (`@DaemonActor`, as the Manager) and answers at once: none of them
+/// waits on a device.
+@DaemonActor
+public final class ControlService {
     /// Wake's hold is bounded: a week is longer than any maintenance window.
-    static let maximumHold: Int64 = 7 * 24 * 3600
+    nonisolated static let maximumHold: Int64 = 7 * 24 * 3600
 
     private let manager: Manager
     private let socketPath: String
@@ -24,24 +26,26 @@ public final class ControlService: @unchecked Sendable {
     private var monitors: [ObjectIdentifier: VarlinkReply] = [:]
     private var adminGroup: gid_t?
 
-    public init(manager: Manager, socketPath: String = ManagerInterface.defaultSocketPath) {
+    /// Made anywhere; used on the daemon's queue.
+    public nonisolated init(manager: Manager, socketPath: String = ManagerInterface.defaultSocketPath) {
         self.manager = manager
         self.socketPath = socketPath
     }
 
     /// Opens the socket (mode 0660, group socket_group) and starts answering. Call on the
-    /// manager's queue after `Manager.start()`, so the settings are loaded.
+    /// daemon's queue after `Manager.start()`, so the settings are loaded.
     public func start() throws {
-        dispatchPrecondition(condition: .onQueue(manager.queue))
         let settings = manager.settings
         let socketGroup = resolveGroup(settings.socketGroup, key: "socket_group")
         adminGroup = resolveGroup(settings.adminGroup, key: "admin_group")
         let server = VarlinkServer(
-            socketPath: socketPath, mode: 0o660, group: socketGroup, queue: manager.queue,
+            socketPath: socketPath, mode: 0o660, group: socketGroup, queue: DaemonActor.queue,
             info: (vendor: "vfio-powerd", product: "vfio-powerd", version: "0.1.0",
                    url: "https://github.com/vfio-powerd/vfio-powerd"),
             interfaces: [ManagerInterface.name: ManagerInterface.description],
-            handler: { [weak self] call, peer, reply in self?.handle(call, peer: peer, reply: reply) })
+            handler: { [weak self] call, peer, reply in
+                DaemonActor.assumeIsolated { self?.handle(call, peer: peer, reply: reply) }
+            })
         if let activated = manager.activatedControlSocket,
            SystemdNotifier.isListeningUnixSocket(activated, path: socketPath) {
             // vfio-powerd.socket made it, with SocketGroup=: the daemon cannot chown (no
@@ -76,7 +80,7 @@ public final class ControlService: @unchecked Sendable {
     // MARK: Calls
 
     /// Each method's input parameters, from the interface file.
-    static let methodParameters: [String: Set<String>] = ManagerInterface.definition.methods.mapValues {
+    nonisolated static let methodParameters: [String: Set<String>] = ManagerInterface.definition.methods.mapValues {
         Set($0.parameters.map(\.name))
     }
 
@@ -192,7 +196,7 @@ public final class ControlService: @unchecked Sendable {
         // the client reads it (a device that changes meanwhile may come twice, newest last).
         let key = ObjectIdentifier(reply)
         monitors[key] = reply
-        reply.onCancel = { [weak self] in self?.forget(key) }
+        reply.onCancel = { [weak self] in DaemonActor.assumeIsolated { self?.forget(key) } }
         // Snapshots of every change are built only while someone is monitoring.
         manager.onDeviceChange = { [weak self] device in self?.publish(device) }
         let addresses = manager.deviceAddresses()
@@ -214,7 +218,7 @@ public final class ControlService: @unchecked Sendable {
     }
 
     /// What a refused handoff's caller reads.
-    static func words(_ refusal: HandoffRefusal) -> String {
+    nonisolated static func words(_ refusal: HandoffRefusal) -> String {
         switch refusal {
         case .notAVFIODeviceFile(let what): "the file passed is not a VFIO device file (it is \(what))"
         case .otherDevice(let other): "the file passed is the VFIO device file of \(other), not of this device"
@@ -287,7 +291,7 @@ public final class ControlService: @unchecked Sendable {
 
     /// The peer's primary group and its user's supplementary groups (from the group
     /// database: /proc of other processes is hidden in the daemon's sandbox).
-    static func groups(of peer: PeerCredentials) -> Set<gid_t> {
+    nonisolated static func groups(of peer: PeerCredentials) -> Set<gid_t> {
         var result: Set<gid_t> = [peer.gid]
         var record = passwd()
         var found: UnsafeMutablePointer<passwd>?
@@ -370,7 +374,7 @@ public final class ControlService: @unchecked Sendable {
     }
 
     /// A monotonic instant as CLOCK_REALTIME microseconds: what clients can print.
-    static func realtimeMicroseconds(of instant: MonotonicInstant, now: MonotonicInstant) -> Int64 {
+    nonisolated static func realtimeMicroseconds(of instant: MonotonicInstant, now: MonotonicInstant) -> Int64 {
         var realtime = timespec()
         clock_gettime(CLOCK_REALTIME, &realtime)
         let realtimeNow = Int64(realtime.tv_sec) * 1_000_000 + Int64(realtime.tv_nsec) / 1000

@@ -134,7 +134,7 @@ func runVMMBench(_ arguments: Arguments) throws {
                                                  sysfsRoot: .init(tree.path)),
                           source: source, logger: logger)
     let ready = DispatchSemaphore(value: 0)
-    try manager.queue.sync { try manager.start(whenReady: { ready.signal() }) }
+    try DaemonActor.sync { try manager.start(whenReady: { ready.signal() }) }
     ready.wait()
 
     // One VMM per device, adopted as a start hook would ask.
@@ -142,14 +142,14 @@ func runVMMBench(_ arguments: Arguments) throws {
     for address in addresses {
         let vmm = simulated.startVMM(holding: [address])
         vmms[address] = vmm
-        _ = manager.queue.sync { manager.adopt(address, pid: vmm.pid) }
+        _ = DaemonActor.sync { manager.adopt(address, pid: vmm.pid) }
     }
     // The looks run off the daemon's queue: wait for them.
     var inUse = 0
     let adoptDeadline = nowNanoseconds() + 60_000_000_000
     repeat {
         sleepMicroseconds(20_000)
-        inUse = manager.queue.sync { manager.devices().filter { $0.phase == .guestActive }.count }
+        inUse = DaemonActor.sync { manager.devices().filter { $0.phase == .guestActive }.count }
     } while inUse < n && nowNanoseconds() < adoptDeadline
     precondition(inUse == n, "adopted \(inUse) of \(n)")
 
@@ -189,13 +189,13 @@ func runVMMBench(_ arguments: Arguments) throws {
     // duplicates at adoption, so the chosen devices are released and adopted from new VMMs.
     let exited = Stamps(), releasedAt = Stamps()
     for address in chosen {
-        _ = manager.queue.sync { manager.release(address) }
+        _ = DaemonActor.sync { manager.release(address) }
     }
     simulated.releaseObserver = { releasedAt.note($0) }
     for address in chosen {
         let vmm = simulated.startVMM(holding: [address])
         vmms[address] = vmm
-        _ = manager.queue.sync { manager.adopt(address, pid: vmm.pid) }
+        _ = DaemonActor.sync { manager.adopt(address, pid: vmm.pid) }
     }
     let readoptDeadline = nowNanoseconds() + 30_000_000_000
     while simulated.adoptions < n + k && nowNanoseconds() < readoptDeadline { sleepMicroseconds(10_000) }
@@ -218,6 +218,6 @@ func runVMMBench(_ arguments: Arguments) throws {
 /// Stops the daemon and waits until its devices' last calls have returned.
 func stopAndWait(_ manager: Manager) {
     let stopped = DispatchSemaphore(value: 0)
-    manager.queue.sync { manager.stop { stopped.signal() } }
+    DaemonActor.sync { manager.stop { stopped.signal() } }
     stopped.wait()
 }

@@ -325,7 +325,7 @@ func runBench() throws {
     // The devices' calls run on their own queues; READY=1 comes once they have returned.
     let startedAt = nowNanoseconds()
     let ready = DispatchSemaphore(value: 0)
-    let startOK: Bool = manager.queue.sync {
+    let startOK: Bool = DaemonActor.sync {
         do { try manager.start(whenReady: { ready.signal() }); return true } catch { return false }
     }
     if startOK { ready.wait() }
@@ -344,10 +344,10 @@ func runBench() throws {
     // The daemon's own totals (GetStatistics), not a snapshot of every device: the harness's
     // checks should not charge the daemon's memory with a 4096-device status listing.
     func lowPowerCount() -> Int {
-        manager.queue.sync { manager.statistics().lowPower }
+        DaemonActor.sync { manager.statistics().lowPower }
     }
     func totalWakes() -> UInt64 {
-        manager.queue.sync { manager.statistics().wakes }
+        DaemonActor.sync { manager.statistics().wakes }
     }
     
     // MARK: Idle: N devices armed, no events, WATCHDOG_USEC set
@@ -372,7 +372,7 @@ func runBench() throws {
     func timedReload() -> Double {
         let settled = DispatchSemaphore(value: 0)
         let t0 = nowNanoseconds()
-        manager.queue.sync {
+        DaemonActor.sync {
             manager.reload { _ in manager.whenDevicesSettled { settled.signal() } }
         }
         settled.wait()
@@ -495,7 +495,7 @@ func runBench() throws {
         results.storm.roundGapMicroseconds = arguments.roundGapMicroseconds
     }
     
-    results.flapEpisodes = manager.queue.sync { manager.statistics().flapEpisodes }
+    results.flapEpisodes = DaemonActor.sync { manager.statistics().flapEpisodes }
     precondition(lowPowerCount() == n, "after the storm not every device is in low power")
     stopAndWait(manager)
     results.maxRSSKilobytes = maxRSSKilobytes()
