@@ -454,8 +454,10 @@ final class DeviceController {
                     try source.setD3coldAllowed(allowed, for: address)
                     return { nil }
                 } catch {
-                    let errno = error.errno ?? .ioError
-                    return { Outcome(event: { $0.d3coldWriteFailed(errno, now: $1) }, skipRest: true) }
+                    // The kernel's errno says what a failed write means; content no kernel
+                    // writes there is a refusal with none.
+                    let failure = error.errno.map { CallFailure(errno: $0) } ?? CallFailure(.refused, errno: nil)
+                    return { Outcome(event: { $0.d3coldWriteFailed(failure, now: $1) }, skipRest: true) }
                 }
             }
         case .arm(let mode):
@@ -465,7 +467,7 @@ final class DeviceController {
                 do throws(VFIOError) {
                     switch mode {
                     case .oneShot:
-                        guard let wakeup else { return { Outcome(event: { $0.armFailed(.badFileDescriptor, now: $1) }) } }
+                        guard let wakeup else { return { Outcome(event: { $0.armFailed(CallFailure(.refused, errno: nil), now: $1) }) } }
                         try device.arm(.oneShot(wakeup: wakeup))
                     case .reentrant:
                         try device.arm(.reentrant)
@@ -477,8 +479,8 @@ final class DeviceController {
                 } catch {
                     return { [self] in
                         lastError = error
-                        let errno = Self.errorNumber(error)
-                        return Outcome(event: { $0.armFailed(errno, now: $1) })
+                        let failure = Self.failure(error)
+                        return Outcome(event: { $0.armFailed(failure, now: $1) })
                     }
                 }
             }
@@ -496,8 +498,8 @@ final class DeviceController {
                 } catch {
                     return { [self] in
                         lastError = error
-                        let errno = Self.errorNumber(error)
-                        return Outcome(event: { $0.exitFailed(errno, now: $1) })
+                        let failure = Self.failure(error)
+                        return Outcome(event: { $0.exitFailed(failure, now: $1) })
                     }
                 }
             }
@@ -512,9 +514,9 @@ final class DeviceController {
             preconditionFailure("\(action) runs on the device's queue")
         case .arm:
             // `deviceCall` takes an arm whenever a device is open.
-            return Outcome(event: { $0.armFailed(.operationNotSupportedByDevice, now: $1) })
+            return Outcome(event: { $0.armFailed(CallFailure(.gone, errno: nil), now: $1) })
         case .exitLowPower:
-            return Outcome(event: { $0.exitFailed(.operationNotSupportedByDevice, now: $1) })
+            return Outcome(event: { $0.exitFailed(CallFailure(.gone, errno: nil), now: $1) })
         case .startTimer(let delay):
             startTimer(delay)
             return nil
@@ -633,9 +635,9 @@ final class DeviceController {
             opened = device
         case .failure(let error):
             lastError = error
-            let errno = Self.errorNumber(error)
+            let failure = Self.failure(error)
             if error.code == .groupBusy { followBusyHolders(error.holders) }
-            return Outcome(event: { $0.openFailed(errno, now: $1) })
+            return Outcome(event: { $0.openFailed(failure, now: $1) })
         }
         // The machine arms in the policy's mode: that entry and EXIT must both be there.
         let needed: LowPowerFeature = policy.mode == .reentrant ? .reentrantEntry : .oneShotEntry
@@ -643,14 +645,15 @@ final class DeviceController {
             closeOnDeviceQueue(opened)
             lastError = VFIOError(.featureAbsent(feature), device: address, operation: .manageLowPower,
                                   errno: opened.lowPowerSupport.refusals[feature])
-            return Outcome(event: { $0.openFailed(.inappropriateIOCTLForDevice, now: $1) })
+            let failure = CallFailure(.unsupported, errno: opened.lowPowerSupport.refusals[feature])
+            return Outcome(event: { $0.openFailed(failure, now: $1) })
         }
         let wakeup: EventFD
         do {
             wakeup = try EventFD()
         } catch {
             closeOnDeviceQueue(opened)
-            return Outcome(event: { $0.openFailed(error, now: $1) })
+            return Outcome(event: { $0.openFailed(CallFailure(errno: error), now: $1) })
         }
         do {
             wakeupWatch = try watcher.watch(wakeup) { [weak self] in self?.wakeupFired($0) }
@@ -662,7 +665,7 @@ final class DeviceController {
             wakeupWatch.map(watcher.unwatch)
             wakeupWatch = nil
             closeOnDeviceQueue(opened)
-            return Outcome(event: { $0.openFailed(error, now: $1) })
+            return Outcome(event: { $0.openFailed(CallFailure(errno: error), now: $1) })
         }
         device = opened
         self.wakeup = wakeup
@@ -772,22 +775,22 @@ final class DeviceController {
 
     // MARK: Errors
 
-    /// The errno the state machine decides on. Errors that come without one (sysfs checks
-    /// before opening) are mapped to what they mean for management: a device that is not
-    /// there or not bound to vfio-pci is "gone" (the daemon waits for it to return); one
-    /// the kernel cannot manage is "no feature".
-    nonisolated static func errorNumber(_ error: VFIOError) -> Errno {
+    /// What a VFIO failure means for management, with the errno the kernel gave (none where
+    /// no call answered: a device found missing or unbound in sysfs).
+    nonisolated static func failure(_ error: VFIOError) -> CallFailure {
         switch error.code {
-        case .deviceNotFound, .notBoundToVFIO, .noIOMMUGroup, .groupNotViable, .vfioUnavailable, .deviceGone:
-            return .operationNotSupportedByDevice
+        case .deviceNotFound, .notBoundToVFIO, .noIOMMUGroup, .groupNotViable, .vfioUnavailable, .deviceGone, .resumeFailed:
+            CallFailure(.gone, errno: error.errno)
         case .cdevOnly, .featureAbsent:
-            return .inappropriateIOCTLForDevice
+            CallFailure(.unsupported, errno: error.errno)
         case .groupBusy:
-            return .resourceBusy
-        case .closed:
-            return .badFileDescriptor
-        case .notPermitted, .alreadyEngaged, .resumeFailed, .badEventFD, .unexpected:
-            return error.errno ?? .ioError
+            CallFailure(.busy, errno: error.errno)
+        case .alreadyEngaged:
+            CallFailure(.alreadyEngaged, errno: error.errno)
+        case .notPermitted, .badEventFD, .closed:
+            CallFailure(.refused, errno: error.errno)
+        case .unexpected:
+            error.errno.map { CallFailure(errno: $0) } ?? CallFailure(.refused, errno: nil)
         }
     }
 }

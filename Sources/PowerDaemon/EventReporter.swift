@@ -112,18 +112,18 @@ enum EventReporter {
         case .alreadyEngaged(let mode):
             fields[JournalField.mode] = .string(mode.rawValue)
             return make("already in low power (a previous holder of the device left it engaged); exiting low power and arming \(words(mode)) again")
-        case .armFailed(let errno, let after):
-            return make("cannot arm: \(because(errno, afterFailure(after, context.source)))")
-        case .d3coldWriteFailed(let errno, let after):
-            return make("cannot write d3cold_allowed: \(because(errno, afterFailure(after, context.source)))")
-        case .openFailed(let errno) where context.error.map({ $0.code == .groupBusy && !$0.holders.isEmpty }) == true:
-            return make("not managed yet: \(because(errno, openFailure(errno))); it is taken as soon as \(context.error!.holders.count == 1 ? "that process exits" : "one of them exits")")
-        case .openFailed(let errno):
-            return make("not managed: \(because(errno, openFailure(errno)))")
+        case .armFailed(let failure, let after):
+            return make("cannot arm: \(because(failure.errno, afterFailure(after, context.source)))")
+        case .d3coldWriteFailed(let failure, let after):
+            return make("cannot write d3cold_allowed: \(because(failure.errno, afterFailure(after, context.source)))")
+        case .openFailed(let failure) where context.error.map({ $0.code == .groupBusy && !$0.holders.isEmpty }) == true:
+            return make("not managed yet: \(because(failure.errno, openFailure(failure))); it is taken as soon as \(context.error!.holders.count == 1 ? "that process exits" : "one of them exits")")
+        case .openFailed(let failure):
+            return make("not managed: \(because(failure.errno, openFailure(failure)))")
         case .unsupported(let errno):
             return make("not managed: \(because(errno, "the kernel has no VFIO low-power feature for this device (needs Linux >= 6.1 and the vfio-pci driver); not retried"))")
-        case .exitFailed(let errno, let after):
-            return make("cannot exit low power: \(because(errno, afterFailure(after, context.source)))")
+        case .exitFailed(let failure, let after):
+            return make("cannot exit low power: \(because(failure.errno, afterFailure(after, context.source)))")
         case .deviceGone where context.error.map({ waitingCodes.contains($0.code) }) == true:
             // Never opened: not there yet, or not bound to vfio-pci. Say what is missing.
             let error = context.error!
@@ -219,7 +219,7 @@ enum EventReporter {
         case .setD3coldAllowed: "set d3cold_allowed"
         case .adopt: "adopt"
         }
-        return "\(call): \(failure.errno.symbolicName)"
+        return "\(call): " + (failure.failure.errno?.symbolicName ?? words(failure.failure.kind))
     }
 
     /// What followed a failed call, in words.
@@ -241,11 +241,22 @@ enum EventReporter {
     }
 
     /// Why an open failed, when the VFIO layer had no words of its own.
-    static func openFailure(_ errno: Errno) -> String {
-        switch errno {
-        case .resourceBusy: "the device or its IOMMU group is held by another process (a VMM?); it is taken as soon as that process exits"
-        case .notPermitted, .permissionDenied: "permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root)"
+    static func openFailure(_ failure: CallFailure) -> String {
+        switch (failure.kind, failure.errno) {
+        case (.busy, _): "the device or its IOMMU group is held by another process (a VMM?); it is taken as soon as that process exits"
+        case (_, .notPermitted?), (_, .permissionDenied?): "permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root)"
         default: "cannot open the device"
+        }
+    }
+
+    /// A failure no errno names (no call answered): what the daemon saw.
+    static func words(_ kind: CallFailure.Kind) -> String {
+        switch kind {
+        case .gone: "the device is gone or not bound to vfio-pci"
+        case .unsupported: "no low-power feature"
+        case .busy: "held by another process"
+        case .alreadyEngaged: "already in low power"
+        case .refused: "refused"
         }
     }
 

@@ -13,17 +13,18 @@ public enum ArmMode: String, Hashable, Sendable {
 public enum DeviceAction: Hashable, Sendable {
     /// Open the device (group or cdev path), create its wakeup eventfd if there is none, and
     /// probe the low-power feature once (PROBE|SET), before anything is armed.
-    /// Outcome: `opened` or `openFailed(errno)` (a probe's ENOTTY is an `openFailed(ENOTTY)`).
+    /// Outcome: `opened` or `openFailed(failure)` (a probe that finds no feature is an
+    /// `unsupported` failure).
     case open
     /// Write `d3cold_allowed`. Always emitted right before an `arm` in the same list, because
     /// the write resumes the device. Outcome: nothing on success; on failure skip the rest of
-    /// the list and report `d3coldWriteFailed(errno)`.
+    /// the list and report `d3coldWriteFailed(failure)`.
     case setD3coldAllowed(Bool)
-    /// Arm. Outcome: `armed` or `armFailed(errno)`.
+    /// Arm. Outcome: `armed` or `armFailed(failure)`.
     case arm(ArmMode)
     /// VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, then a non-blocking read of the wakeup eventfd.
     /// Outcome: `exited(drainedWakes:)` with the count read (0 when there was nothing), or
-    /// `exitFailed(errno)`. Draining right after the EXIT is what lets the core tell the wake
+    /// `exitFailed(failure)`. Draining right after the EXIT is what lets the core tell the wake
     /// EXIT itself causes (on a suspended one-shot device) from the device's own wakes.
     case exitLowPower
     /// `vmm` devices: find the process that holds the device's group and, if it may be
@@ -92,16 +93,17 @@ public enum PolicyEvent: Hashable, Sendable {
     /// Arming said EINVAL although the daemon had not armed: someone (a previous daemon run,
     /// the other holder of a shared file) left it engaged. The daemon exits low power and arms once more.
     case alreadyEngaged(ArmMode)
-    case armFailed(Errno, AfterFailure)
+    case armFailed(CallFailure, AfterFailure)
     /// Opening failed; retried when the device returns, the group's holder exits (EBUSY),
     /// on reload, or when its policy changes.
-    case openFailed(Errno)
-    case exitFailed(Errno, AfterFailure)
-    case d3coldWriteFailed(Errno, AfterFailure)
-    /// The kernel has no low-power feature for this device: closed, never retried.
-    case unsupported(Errno)
+    case openFailed(CallFailure)
+    case exitFailed(CallFailure, AfterFailure)
+    case d3coldWriteFailed(CallFailure, AfterFailure)
+    /// The kernel has no low-power feature for this device: closed, never retried. `errno`
+    /// is what the kernel answered, if a call asked it.
+    case unsupported(Errno?)
     /// The device was removed, unbound or broke (ENODEV/EIO); its fd is closed. `errno` is nil
-    /// when the daemon noticed the removal itself.
+    /// when no call said so (the daemon saw it unbound or removed itself).
     case deviceGone(Errno?)
     /// A gone or failed device is present again and is being opened.
     case deviceBack

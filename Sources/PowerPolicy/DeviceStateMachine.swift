@@ -66,7 +66,7 @@ public struct DeviceStateMachine: Sendable {
         case exiting(then: AfterExit)
         /// Closed after an error that a retry of the same steps would hit again; left until
         /// the device returns or its policy changes.
-        case failed(DeviceFailure.Operation, Errno)
+        case failed(DeviceFailure.Operation, CallFailure)
         /// Removed or broken; closed; waiting for `returned`.
         case gone
         /// No low-power feature; closed; never retried.
@@ -137,7 +137,7 @@ public struct DeviceStateMachine: Sendable {
         case .backingOff(let until, _): .backingOff(until: until)
         case .heldAwake(let until): .heldAwake(until: until)
         case .exiting: .exiting
-        case .failed(let operation, let errno): .failed(operation, errno)
+        case .failed(let operation, let failure): .failed(operation, failure)
         case .gone: .gone
         case .unsupported: .unsupported
         case .stopped: .stopped
@@ -182,7 +182,7 @@ public struct DeviceStateMachine: Sendable {
     /// again. (The daemon follows each holder's pidfd; no timer polls for the group.)
     public mutating func busyHolderExited(now: MonotonicInstant) -> [DeviceAction] {
         guard case .failed = state, let failure = statistics.lastError, failure.operation == .open,
-              failure.errno == .resourceBusy, policy.isManaged else { return [] }
+              failure.failure.kind == .busy, policy.isManaged else { return [] }
         state = .opening
         return [.log(.busyHolderExited), .open]
     }
@@ -194,19 +194,20 @@ public struct DeviceStateMachine: Sendable {
         return beginArming(armMode, reason: .initial)
     }
 
-    public mutating func openFailed(_ errno: Errno, now: MonotonicInstant) -> [DeviceAction] {
+    public mutating func openFailed(_ failure: CallFailure, now: MonotonicInstant) -> [DeviceAction] {
         guard case .opening = state else { preconditionFailure("openFailed without an open action in \(phase)") }
-        statistics.lastError = DeviceFailure(operation: .open, errno: errno, at: now)
-        if errno == .inappropriateIOCTLForDevice {
+        statistics.lastError = DeviceFailure(operation: .open, failure: failure, at: now)
+        switch failure.kind {
+        case .unsupported:
             state = .unsupported
-            return [.log(.unsupported(errno))]
-        }
-        if errno.meansDeviceGone {
+            return [.log(.unsupported(failure.errno))]
+        case .gone:
             state = .gone
-            return [.log(.deviceGone(errno))]
+            return [.log(.deviceGone(failure.errno))]
+        case .busy, .alreadyEngaged, .refused:
+            state = .failed(.open, failure)
+            return [.log(.openFailed(failure))]
         }
-        state = .failed(.open, errno)
-        return [.log(.openFailed(errno))]
     }
 
     public mutating func armed(now: MonotonicInstant) -> [DeviceAction] {
@@ -239,13 +240,13 @@ public struct DeviceStateMachine: Sendable {
         return actions
     }
 
-    public mutating func armFailed(_ errno: Errno, now: MonotonicInstant) -> [DeviceAction] {
+    public mutating func armFailed(_ failure: CallFailure, now: MonotonicInstant) -> [DeviceAction] {
         guard case .arming(let arming) = state else { preconditionFailure("armFailed without an arm action in \(phase)") }
-        statistics.lastError = DeviceFailure(operation: .arm, errno: errno, at: now)
-        if errno == .invalidArgument {
+        statistics.lastError = DeviceFailure(operation: .arm, failure: failure, at: now)
+        if failure.kind == .alreadyEngaged {
             if case .afterTakeover = arming.reason {
-                state = .failed(.arm, errno)
-                return [.close, .log(.armFailed(errno, .gaveUpAfterExit))]
+                state = .failed(.arm, failure)
+                return [.close, .log(.armFailed(failure, .gaveUpAfterExit))]
             }
             // We believe the device is not engaged, yet the kernel says it is: a previous
             // holder of the same file (an earlier daemon run, a VMM sharing it) left it armed.
@@ -253,7 +254,7 @@ public struct DeviceStateMachine: Sendable {
             state = .exiting(then: .arm(arming.mode, .afterTakeover))
             return [.log(.alreadyEngaged(arming.mode)), .exitLowPower]
         }
-        return failClosed(errno, operation: .arm) { .armFailed($0, .closedUntilRetried) }
+        return failClosed(failure, operation: .arm) { .armFailed($0, .closedUntilRetried) }
     }
 
     /// EXIT returned and the daemon drained the eventfd right after it. Whatever it found was
@@ -278,39 +279,39 @@ public struct DeviceStateMachine: Sendable {
         }
     }
 
-    public mutating func exitFailed(_ errno: Errno, now: MonotonicInstant) -> [DeviceAction] {
+    public mutating func exitFailed(_ failure: CallFailure, now: MonotonicInstant) -> [DeviceAction] {
         guard case .exiting(let then) = state else { preconditionFailure("exitFailed without an exitLowPower action in \(phase)") }
-        statistics.lastError = DeviceFailure(operation: .exit, errno: errno, at: now)
+        statistics.lastError = DeviceFailure(operation: .exit, failure: failure, at: now)
         switch then {
         case .closeAndStop:
             // Closing exits low power in the kernel anyway; nothing more to try on the way out.
             state = .stopped
-            return [.close, .log(.exitFailed(errno, .closedInstead))]
+            return [.close, .log(.exitFailed(failure, .closedInstead))]
         case .closeAndDisable:
             state = .disabled
-            return [.close, .log(.exitFailed(errno, .closedInstead))]
+            return [.close, .log(.exitFailed(failure, .closedInstead))]
         case .arm, .holdAwake:
-            return failClosed(errno, operation: .exit) { .exitFailed($0, .closedUntilRetried) }
+            return failClosed(failure, operation: .exit) { .exitFailed($0, .closedUntilRetried) }
         }
     }
 
     /// The `d3cold_allowed` write before an arm failed; the arm was skipped.
-    public mutating func d3coldWriteFailed(_ errno: Errno, now: MonotonicInstant) -> [DeviceAction] {
+    public mutating func d3coldWriteFailed(_ failure: CallFailure, now: MonotonicInstant) -> [DeviceAction] {
         guard case .arming(let arming) = state else { preconditionFailure("d3coldWriteFailed without a setD3coldAllowed action in \(phase)") }
-        statistics.lastError = DeviceFailure(operation: .setD3coldAllowed, errno: errno, at: now)
+        statistics.lastError = DeviceFailure(operation: .setD3coldAllowed, failure: failure, at: now)
         let wanted = policy.d3cold == .allow
         d3coldWritten = nil
-        if errno.meansDeviceGone {
+        if failure.kind == .gone {
             state = .gone
-            return [.close, .log(.deviceGone(errno))]
+            return [.close, .log(.deviceGone(failure.errno))]
         }
         if wanted {
             // Failing to give D3cold back is not a risk to the device: arm anyway.
             d3coldWritten = false
-            return [.log(.d3coldWriteFailed(errno, .armedAnyway)), .arm(arming.mode)]
+            return [.log(.d3coldWriteFailed(failure, .armedAnyway)), .arm(arming.mode)]
         }
-        state = .failed(.setD3coldAllowed, errno)
-        return [.close, .log(.d3coldWriteFailed(errno, .notArmed))]
+        state = .failed(.setD3coldAllowed, failure)
+        return [.close, .log(.d3coldWriteFailed(failure, .notArmed))]
     }
 
     // MARK: vmm events
@@ -385,7 +386,7 @@ public struct DeviceStateMachine: Sendable {
             return [.startTimer(Self.deviceFileRetryDelay)]
         }
         if case .notPermitted(let errno) = refusal {
-            statistics.lastError = DeviceFailure(operation: .adopt, errno: errno, at: now)
+            statistics.lastError = DeviceFailure(operation: .adopt, failure: CallFailure(.refused, errno: errno), at: now)
         }
         return alreadySaid ? [] : [.log(.adoptionRefused(holder, refusal))]
     }
@@ -856,20 +857,20 @@ public struct DeviceStateMachine: Sendable {
         return actions + [.arm(mode)]
     }
 
-    private mutating func failClosed(_ errno: Errno, operation: DeviceFailure.Operation,
-                                     _ event: (Errno) -> PolicyEvent) -> [DeviceAction] {
-        if errno == .inappropriateIOCTLForDevice {
+    private mutating func failClosed(_ failure: CallFailure, operation: DeviceFailure.Operation,
+                                     _ event: (CallFailure) -> PolicyEvent) -> [DeviceAction] {
+        if failure.kind == .unsupported {
             state = .unsupported
-            return [.close, .log(.unsupported(errno))]
+            return [.close, .log(.unsupported(failure.errno))]
         }
         // `.close` also stops watching a `vmm` device's holder.
         holder = nil
-        if errno.meansDeviceGone {
+        if failure.kind == .gone {
             state = .gone
-            return [.close, .log(.deviceGone(errno))]
+            return [.close, .log(.deviceGone(failure.errno))]
         }
-        state = .failed(operation, errno)
-        return [.close, .log(event(errno))]
+        state = .failed(operation, failure)
+        return [.close, .log(event(failure))]
     }
 
     private mutating func endFlapping(now: MonotonicInstant) -> DeviceAction {
@@ -900,7 +901,7 @@ public enum DevicePhase: Hashable, Sendable {
     case exiting
     /// A call failed (see `AfterFailure` in the event that said so); `statistics.lastError`
     /// holds the same failure with its time.
-    case failed(DeviceFailure.Operation, Errno)
+    case failed(DeviceFailure.Operation, CallFailure)
     case gone
     case unsupported
     case stopped
@@ -946,12 +947,12 @@ public struct DeviceStatistics: Hashable, Sendable {
 public struct DeviceFailure: Hashable, Sendable {
     public enum Operation: Hashable, Sendable { case open, arm, exit, setD3coldAllowed, adopt }
     public var operation: Operation
-    public var errno: Errno
+    public var failure: CallFailure
     public var at: MonotonicInstant
 
-    public init(operation: Operation, errno: Errno, at: MonotonicInstant) {
+    public init(operation: Operation, failure: CallFailure, at: MonotonicInstant) {
         self.operation = operation
-        self.errno = errno
+        self.failure = failure
         self.at = at
     }
 }

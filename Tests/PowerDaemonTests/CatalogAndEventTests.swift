@@ -150,7 +150,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testArmFailedInTheStateMachinesWords() {
-        assertEntry(.armFailed(.invalidArgument, .gaveUpAfterExit),
+        assertEntry(.armFailed(.init(.alreadyEngaged, errno: .invalidArgument), .gaveUpAfterExit),
                     context(), .init(
             event: .armFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot arm: still refused after exiting low power; giving up on this device until it returns or its policy changes (EINVAL)",
@@ -159,7 +159,7 @@ final class CatalogAndEventTests: XCTestCase {
 
     func testArmFailedPrefersTheVFIOErrorsWords() {
         let busy = VFIOError(.deviceBusy, device: gpu, operation: .arm(.oneShotEntry), errno: .resourceBusy)
-        assertEntry(.armFailed(.resourceBusy, .closedUntilRetried),
+        assertEntry(.armFailed(.init(errno: .resourceBusy), .closedUntilRetried),
                     context(error: busy), .init(
             event: .armFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot arm: the device is held by another user (EBUSY)",
@@ -167,7 +167,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testD3coldWriteFailed() {
-        assertEntry(.d3coldWriteFailed(.permissionDenied, .notArmed),
+        assertEntry(.d3coldWriteFailed(.init(errno: .permissionDenied), .notArmed),
                     context(), .init(
             event: .armFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot write d3cold_allowed: could not forbid D3cold, so the device is not armed (its policy says it may not resume from D3cold) (EACCES)",
@@ -177,7 +177,7 @@ final class CatalogAndEventTests: XCTestCase {
     func testOpenFailedBusyNamesTheHolder() {
         let busy = VFIOError(.groupBusy(node: "/dev/vfio/5", holders: [ProcessHolding(pid: 4242, command: "qemu-system-x86")]),
                              device: gpu, operation: .openGroup("5"), errno: .resourceBusy)
-        assertEntry(.openFailed(.resourceBusy),
+        assertEntry(.openFailed(.init(errno: .resourceBusy)),
                     context(error: busy), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not managed yet: /dev/vfio/5 is held by qemu-system-x86 (pid 4242) (EBUSY). A VFIO group can be open in one process at a time: stop that process, or leave this device to it; it is taken as soon as that process exits",
@@ -192,7 +192,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testOpenFailedWithoutAVFIOError() {
-        assertEntry(.openFailed(.notPermitted),
+        assertEntry(.openFailed(.init(errno: .notPermitted)),
                     context(), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not managed: permission denied opening the device: the daemon needs /dev/vfio access (DeviceAllow=, root) (EPERM)",
@@ -219,7 +219,7 @@ final class CatalogAndEventTests: XCTestCase {
     }
 
     func testExitFailed() {
-        assertEntry(.exitFailed(.invalidArgument, .closedInstead), context(), .init(
+        assertEntry(.exitFailed(.init(errno: .invalidArgument), .closedInstead), context(), .init(
             event: .wakeFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot exit low power: closing the device instead (the kernel exits low power on close) (EINVAL)",
             fields: gpuFields(["ERRNO": "22"])))
@@ -227,7 +227,7 @@ final class CatalogAndEventTests: XCTestCase {
 
     func testExitFailedWithAVFIOErrorAndAdvice() {
         let stuck = VFIOError(.resumeFailed, device: gpu, operation: .exitLowPower, errno: .ioError)
-        assertEntry(.exitFailed(.ioError, .closedInstead),
+        assertEntry(.exitFailed(.init(errno: .ioError), .closedInstead),
                     context(error: stuck), .init(
             event: .wakeFailed, level: .error,
             message: "0000:01:00.0 (gpu0): cannot exit low power: the device failed to resume from low power (it may be stuck in D3cold) (EIO). Set `d3cold = \"forbid\"` for this device, and check `dmesg`",
@@ -250,6 +250,7 @@ final class CatalogAndEventTests: XCTestCase {
 
     func testGoneWithTheKernelsError() {
         let gone = VFIOError(.deviceGone, device: gpu, operation: .arm(.oneShotEntry), errno: .operationNotSupportedByDevice)
+        XCTAssertEqual(DeviceController.failure(gone), CallFailure(.gone, errno: .operationNotSupportedByDevice), "the kernel's errno, kept")
         assertEntry(.deviceGone(.operationNotSupportedByDevice), context(error: gone), .init(
             event: .deviceGone, level: .warning,
             message: "0000:01:00.0 (gpu0): gone: the device is gone (removed or unbound); closed so the kernel can finish removing it; it is managed again when it returns",
@@ -258,7 +259,8 @@ final class CatalogAndEventTests: XCTestCase {
 
     func testNotAvailableBecauseNotPresent() {
         let missing = VFIOError(.deviceNotFound(searched: "/sys/bus/pci/devices"), device: gpu, operation: .openDevice)
-        assertEntry(.deviceGone(.operationNotSupportedByDevice), context(error: missing), .init(
+        XCTAssertEqual(DeviceController.failure(missing), CallFailure(.gone, errno: nil), "no call answered: no errno")
+        assertEntry(.deviceGone(nil), context(error: missing), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:01:00.0 (gpu0): not available: there is no such PCI device in /sys/bus/pci/devices. Check the address with `lspci -D`; managed as soon as it is (looked for every rescan_interval and on reload)",
             fields: gpuFields()))
@@ -267,7 +269,8 @@ final class CatalogAndEventTests: XCTestCase {
     func testNotAvailableBecauseBoundToAnotherDriver() {
         let advice = "Bind it to vfio-pci: echo 0000:02:00.0 > /sys/bus/pci/drivers/e1000e/unbind; echo vfio-pci > /sys/bus/pci/devices/0000:02:00.0/driver_override; echo 0000:02:00.0 > /sys/bus/pci/drivers_probe (or `driverctl set-override 0000:02:00.0 vfio-pci`)"
         let bound = VFIOError(.notBoundToVFIO(driver: "e1000e"), device: nic, operation: .openDevice)
-        assertEntry(.deviceGone(.operationNotSupportedByDevice), context(nic, name: nil, error: bound), .init(
+        XCTAssertEqual(DeviceController.failure(bound), CallFailure(.gone, errno: nil), "no call answered: no errno")
+        assertEntry(.deviceGone(nil), context(nic, name: nil, error: bound), .init(
             event: .deviceSkipped, level: .warning,
             message: "0000:02:00.0: not available: it is bound to e1000e, not vfio-pci. \(advice); managed as soon as it is (looked for every rescan_interval and on reload)",
             fields: ["VFIO_DEVICE": "0000:02:00.0"]))
@@ -312,8 +315,8 @@ final class CatalogAndEventTests: XCTestCase {
             .armed(.oneShot), .woke(count: 1, inLowPowerFor: .seconds(1)), .rearmed(.oneShot, quietFor: .seconds(30)),
             .flappingStarted(wakes: 11, window: .seconds(600), backoff: .seconds(60)),
             .flappingEnded(suppressedWakes: 1, lasted: .seconds(600)), .alreadyEngaged(.oneShot),
-            .armFailed(.invalidArgument, .gaveUpAfterExit), .openFailed(.resourceBusy), .exitFailed(.invalidArgument, .closedInstead),
-            .d3coldWriteFailed(.permissionDenied, .notArmed), .unsupported(.inappropriateIOCTLForDevice),
+            .armFailed(.init(.alreadyEngaged, errno: .invalidArgument), .gaveUpAfterExit), .openFailed(.init(errno: .resourceBusy)), .exitFailed(.init(errno: .invalidArgument), .closedInstead),
+            .d3coldWriteFailed(.init(errno: .permissionDenied), .notArmed), .unsupported(.inappropriateIOCTLForDevice),
             .deviceGone(nil), .deviceBack, .released, .heldAwake(for: nil),
             .adopted(qemu, .fdinfo), .adopted(qemu, .handoff), .adoptionRefused(qemu, .executableNotAllowed), .vmmReleased(qemu, .vmmExited),
             .armedInGuestD3, .keptAwake(.runtimePMForbidden), .suspendedAtLast(afterArmedFor: .seconds(12)),

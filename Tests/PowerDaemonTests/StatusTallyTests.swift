@@ -23,7 +23,7 @@ final class StatusTallyTests: XCTestCase {
         let flapping = contribution(.backingOff(until: .zero), flapping: true, wakes: 12)
         tally.replace(woken, with: flapping)
         XCTAssertEqual(tally.line, "3 devices: 1 in low power, 1 awake, 1 missing; 12 wakes; 1 flapping")
-        tally.replace(contribution(.gone), with: contribution(.failed(.open, .resourceBusy)))
+        tally.replace(contribution(.gone), with: contribution(.failed(.open, .init(errno: .resourceBusy))))
         XCTAssertEqual(tally.line, "3 devices: 1 in low power, 1 awake, 1 failing; 12 wakes; 1 flapping")
         tally.replace(flapping, with: nil)
         XCTAssertEqual(tally.line, "2 devices: 1 in low power, 1 failing; 0 wakes")

@@ -8,19 +8,19 @@ import Testing
         var m = DeviceStateMachine(policy: oneShot)
         #expect(m.handle(.configured, at: 0) == [.open])
         #expect(m.handle(.opened, at: 1) == [.arm(.oneShot)])
-        #expect(m.handle(.armFailed(.invalidArgument), at: 1) == [.log(.alreadyEngaged(.oneShot)), .exitLowPower])
+        #expect(m.handle(.armFailed(.init(.alreadyEngaged, errno: .invalidArgument)), at: 1) == [.log(.alreadyEngaged(.oneShot)), .exitLowPower])
         // EXIT resumed the device the previous holder had armed: its eventfd, not ours, fired.
         #expect(m.handle(.exited(0), at: 1) == [.arm(.oneShot)])
-        #expect(m.handle(.armFailed(.invalidArgument), at: 1) == [.close, .log(.armFailed(.invalidArgument, .gaveUpAfterExit))])
-        #expect(m.phase == .failed(.arm, .invalidArgument))
-        #expect(m.statistics.lastError == DeviceFailure(operation: .arm, errno: .invalidArgument, at: at(1)))
+        #expect(m.handle(.armFailed(.init(.alreadyEngaged, errno: .invalidArgument)), at: 1) == [.close, .log(.armFailed(.init(.alreadyEngaged, errno: .invalidArgument), .gaveUpAfterExit))])
+        #expect(m.phase == .failed(.arm, .init(.alreadyEngaged, errno: .invalidArgument)))
+        #expect(m.statistics.lastError == DeviceFailure(operation: .arm, failure: .init(.alreadyEngaged, errno: .invalidArgument), at: at(1)))
         #expect(m.statistics.arms == 0)
     }
 
     @Test func takeoverSucceedsAfterExit() {
         var m = DeviceStateMachine(policy: reentrant)
         m.handle(.configured, at: 0); m.handle(.opened, at: 1)
-        #expect(m.handle(.armFailed(.invalidArgument), at: 1) == [.log(.alreadyEngaged(.reentrant)), .exitLowPower])
+        #expect(m.handle(.armFailed(.init(.alreadyEngaged, errno: .invalidArgument)), at: 1) == [.log(.alreadyEngaged(.reentrant)), .exitLowPower])
         #expect(m.handle(.exited(0), at: 2) == [.arm(.reentrant)])
         #expect(m.handle(.armed, at: 2) == [.log(.armed(.reentrant))])
         #expect(m.phase == .lowPower(.reentrant, since: at(2)))
@@ -49,8 +49,8 @@ import Testing
     @Test func aFailedForbidWriteNeverArms() {
         var m = DeviceStateMachine(policy: forbidD3cold)
         m.handle(.configured, at: 0); m.handle(.opened, at: 1)
-        #expect(m.handle(.d3coldWriteFailed(.permissionDenied), at: 1) == [.close, .log(.d3coldWriteFailed(.permissionDenied, .notArmed))])
-        #expect(m.phase == .failed(.setD3coldAllowed, .permissionDenied))
+        #expect(m.handle(.d3coldWriteFailed(.init(errno: .permissionDenied)), at: 1) == [.close, .log(.d3coldWriteFailed(.init(errno: .permissionDenied), .notArmed))])
+        #expect(m.phase == .failed(.setD3coldAllowed, .init(errno: .permissionDenied)))
     }
 
     @Test func modeChangeExitsDrainsTheSelfWakeAndArmsInTheNewMode() {
@@ -117,7 +117,7 @@ import Testing
         m.handle(.configured, at: 0); m.handle(.opened, at: 0); m.handle(.armed, at: 0)
         m.handle(.woke(1), at: 5)
         #expect(m.handle(.timerFired, at: 35) == [.arm(.oneShot)])
-        #expect(m.handle(.armFailed(.operationNotSupportedByDevice), at: 35) == [.close, .log(.deviceGone(.operationNotSupportedByDevice))])
+        #expect(m.handle(.armFailed(.init(errno: .operationNotSupportedByDevice)), at: 35) == [.close, .log(.deviceGone(.operationNotSupportedByDevice))])
         #expect(m.phase == .gone)
     }
 

@@ -4,8 +4,8 @@ import Testing
 
 /// An event as a value, so the tables below can list them.
 enum Event: CustomStringConvertible, Sendable {
-    case configured, opened, openFailed(Errno), armed, armFailed(Errno)
-    case exited(UInt64), exitFailed(Errno), d3coldWriteFailed(Errno)
+    case configured, opened, openFailed(CallFailure), armed, armFailed(CallFailure)
+    case exited(UInt64), exitFailed(CallFailure), d3coldWriteFailed(CallFailure)
     case woke(UInt64), timerFired, removed, returned, policyChanged(DevicePolicy), stopRequested
     /// The operator's calls: wake until second N (nil: until the next arm), arm now.
     case wakeRequested(Int?), armRequested
@@ -92,9 +92,9 @@ enum Start: String, CaseIterable, Sendable {
                            (40, .woke(1)), (50, .timerFired), (50, .armed), (100, .woke(1))]
         case .heldAwake: [(0, .configured), (1, .opened), (2, .armed), (100, .wakeRequested(nil)), (100, .exited(1))]
         case .exiting: [(0, .configured), (1, .opened), (2, .armed), (100, .stopRequested)]
-        case .failed: [(0, .configured), (1, .openFailed(.resourceBusy))]
+        case .failed: [(0, .configured), (1, .openFailed(.init(errno: .resourceBusy)))]
         case .gone: [(0, .configured), (1, .opened), (2, .armed), (100, .removed)]
-        case .unsupported: [(0, .configured), (1, .openFailed(.inappropriateIOCTLForDevice))]
+        case .unsupported: [(0, .configured), (1, .openFailed(.init(errno: .inappropriateIOCTLForDevice)))]
         case .stopped: [(0, .configured), (1, .opened), (2, .armed), (50, .stopRequested), (100, .exited(1))]
         }
     }
@@ -139,18 +139,18 @@ let transitions: [Row] = operatorTransitions + [
     Row(start: .disabled, event: .stopRequested, actions: [], phase: .stopped),
     // opening
     Row(start: .opening, event: .opened, actions: [.arm(.oneShot)], phase: .arming),
-    Row(start: .opening, event: .openFailed(.operationNotSupportedByDevice), actions: [.log(.deviceGone(.operationNotSupportedByDevice))], phase: .gone),
-    Row(start: .opening, event: .openFailed(.inappropriateIOCTLForDevice), actions: [.log(.unsupported(.inappropriateIOCTLForDevice))], phase: .unsupported),
-    Row(start: .opening, event: .openFailed(.resourceBusy), actions: [.log(.openFailed(.resourceBusy))], phase: .failed(.open, .resourceBusy)),
+    Row(start: .opening, event: .openFailed(.init(errno: .operationNotSupportedByDevice)), actions: [.log(.deviceGone(.operationNotSupportedByDevice))], phase: .gone),
+    Row(start: .opening, event: .openFailed(.init(errno: .inappropriateIOCTLForDevice)), actions: [.log(.unsupported(.inappropriateIOCTLForDevice))], phase: .unsupported),
+    Row(start: .opening, event: .openFailed(.init(errno: .resourceBusy)), actions: [.log(.openFailed(.init(errno: .resourceBusy)))], phase: .failed(.open, .init(errno: .resourceBusy))),
     Row(start: .opening, event: .woke(1), actions: [], phase: .opening, note: "stale count, selfWakes"),
     // arming
     Row(start: .arming, event: .armed, actions: [.log(.armed(.oneShot))], phase: .lowPower(.oneShot, since: at(110))),
-    Row(start: .arming, event: .armFailed(.invalidArgument), actions: [.log(.alreadyEngaged(.oneShot)), .exitLowPower], phase: .exiting, note: "already engaged"),
-    Row(start: .arming, event: .armFailed(.operationNotSupportedByDevice), actions: [.close, .log(.deviceGone(.operationNotSupportedByDevice))], phase: .gone),
-    Row(start: .arming, event: .armFailed(.ioError), actions: [.close, .log(.deviceGone(.ioError))], phase: .gone, note: "stuck in D3cold"),
-    Row(start: .arming, event: .armFailed(.inappropriateIOCTLForDevice), actions: [.close, .log(.unsupported(.inappropriateIOCTLForDevice))], phase: .unsupported),
-    Row(start: .arming, event: .armFailed(.badFileDescriptor), actions: [.close, .log(.armFailed(.badFileDescriptor, .closedUntilRetried))], phase: .failed(.arm, .badFileDescriptor)),
-    Row(start: .arming, event: .d3coldWriteFailed(.operationNotSupportedByDevice), actions: [.close, .log(.deviceGone(.operationNotSupportedByDevice))], phase: .gone),
+    Row(start: .arming, event: .armFailed(.init(.alreadyEngaged, errno: .invalidArgument)), actions: [.log(.alreadyEngaged(.oneShot)), .exitLowPower], phase: .exiting, note: "already engaged"),
+    Row(start: .arming, event: .armFailed(.init(errno: .operationNotSupportedByDevice)), actions: [.close, .log(.deviceGone(.operationNotSupportedByDevice))], phase: .gone),
+    Row(start: .arming, event: .armFailed(.init(errno: .ioError)), actions: [.close, .log(.deviceGone(.ioError))], phase: .gone, note: "stuck in D3cold"),
+    Row(start: .arming, event: .armFailed(.init(errno: .inappropriateIOCTLForDevice)), actions: [.close, .log(.unsupported(.inappropriateIOCTLForDevice))], phase: .unsupported),
+    Row(start: .arming, event: .armFailed(.init(errno: .badFileDescriptor)), actions: [.close, .log(.armFailed(.init(errno: .badFileDescriptor), .closedUntilRetried))], phase: .failed(.arm, .init(errno: .badFileDescriptor))),
+    Row(start: .arming, event: .d3coldWriteFailed(.init(errno: .operationNotSupportedByDevice)), actions: [.close, .log(.deviceGone(.operationNotSupportedByDevice))], phase: .gone),
     Row(start: .arming, event: .woke(1), actions: [], phase: .arming, note: "predates the arm: selfWakes"),
     // lowPower (one-shot)
     Row(start: .lowPower, event: .woke(1), actions: [.log(.woke(count: 1, inLowPowerFor: .seconds(108))), .startTimer(.seconds(30))], phase: .waitingToRearm(until: at(140))),
@@ -188,14 +188,14 @@ let transitions: [Row] = operatorTransitions + [
     Row(start: .backingOff, event: .stopRequested, actions: [.cancelTimer, .close], phase: .stopped),
     // exiting (for stop)
     Row(start: .exiting, event: .exited(1), actions: [.close], phase: .stopped, note: "self-wake drained"),
-    Row(start: .exiting, event: .exitFailed(.operationNotSupportedByDevice), actions: [.close, .log(.exitFailed(.operationNotSupportedByDevice, .closedInstead))], phase: .stopped),
+    Row(start: .exiting, event: .exitFailed(.init(errno: .operationNotSupportedByDevice)), actions: [.close, .log(.exitFailed(.init(errno: .operationNotSupportedByDevice), .closedInstead))], phase: .stopped),
     Row(start: .exiting, event: .woke(1), actions: [], phase: .exiting, note: "self-caused"),
     // failed
     Row(start: .failed, event: .returned, actions: [.log(.deviceBack), .open], phase: .opening),
     Row(start: .failed, event: .removed, actions: [], phase: .gone),
-    Row(start: .failed, event: .woke(1), actions: [], phase: .failed(.open, .resourceBusy)),
-    Row(start: .failed, event: .timerFired, actions: [], phase: .failed(.open, .resourceBusy)),
-    Row(start: .failed, event: .policyChanged(DevicePolicy(name: "x", source: .own)), actions: [], phase: .failed(.open, .resourceBusy), note: "label only"),
+    Row(start: .failed, event: .woke(1), actions: [], phase: .failed(.open, .init(errno: .resourceBusy))),
+    Row(start: .failed, event: .timerFired, actions: [], phase: .failed(.open, .init(errno: .resourceBusy))),
+    Row(start: .failed, event: .policyChanged(DevicePolicy(name: "x", source: .own)), actions: [], phase: .failed(.open, .init(errno: .resourceBusy)), note: "label only"),
     Row(start: .failed, event: .policyChanged(reentrant), actions: [.open], phase: .opening, note: "retry"),
     Row(start: .failed, event: .stopRequested, actions: [], phase: .stopped),
     // gone

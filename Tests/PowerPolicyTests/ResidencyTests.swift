@@ -75,7 +75,7 @@ struct BusyHolderTests {
     @Test func theHoldersExitOpensABusyDeviceAgain() {
         var machine = DeviceStateMachine(policy: oneShot)
         machine.handle(.configured, at: 0)
-        machine.handle(.openFailed(.resourceBusy), at: 1)
+        machine.handle(.openFailed(.init(errno: .resourceBusy)), at: 1)
         #expect(machine.busyHolderExited(now: at(5)) == [.log(.busyHolderExited), .open])
         #expect(machine.phase == .opening)
         #expect(machine.handle(.opened, at: 5) == [.arm(.oneShot)])
@@ -84,9 +84,9 @@ struct BusyHolderTests {
     @Test func anExitMeansNothingToADeviceThatFailedForAnotherReasonOrIsManagedAlready() {
         var denied = DeviceStateMachine(policy: oneShot)
         denied.handle(.configured, at: 0)
-        denied.handle(.openFailed(.permissionDenied), at: 1)
+        denied.handle(.openFailed(.init(errno: .permissionDenied)), at: 1)
         #expect(denied.busyHolderExited(now: at(5)).isEmpty)
-        #expect(denied.phase == .failed(.open, .permissionDenied))
+        #expect(denied.phase == .failed(.open, .init(errno: .permissionDenied)))
 
         var armed = DeviceStateMachine(policy: oneShot)
         armed.handle(.configured, at: 0)
