@@ -125,33 +125,37 @@ public struct PolicyKeyDefinition: Sendable {
 
     static func choice<Choice>(_ field: WritableKeyPath<DevicePolicy, Choice> & Sendable, _ summary: String) -> Self
     where Choice: CaseIterable & RawRepresentable & Sendable, Choice.RawValue == String {
-        Self(type: .choice(Choice.allCases.map(\.rawValue)), summary: summary,
-             assign: { policy, value in
-                 guard case .choice(let name) = value, let choice = Choice(rawValue: name) else {
-                     preconditionFailure("\(value) is not one of \(Choice.self)'s choices: the parser checks it against the table")
-                 }
-                 policy[keyPath: field] = choice
-             },
-             text: { $0[keyPath: field].rawValue })
+        row(field, .choice(Choice.allCases.map(\.rawValue)), summary, text: \.rawValue) { value in
+            if case .choice(let name) = value { Choice(rawValue: name) } else { nil }
+        }
     }
 
     static func duration(_ field: WritableKeyPath<DevicePolicy, Duration> & Sendable, _ range: ClosedRange<Duration>,
                          _ summary: String) -> Self {
-        Self(type: .duration(range), summary: summary,
-             assign: { policy, value in
-                 guard case .duration(let duration) = value else { preconditionFailure("\(value) is not a duration") }
-                 policy[keyPath: field] = duration
-             },
-             text: { $0[keyPath: field].configText })
+        row(field, .duration(range), summary, text: \.configText) { value in
+            if case .duration(let duration) = value { duration } else { nil }
+        }
     }
 
     static func integer(_ field: WritableKeyPath<DevicePolicy, Int> & Sendable, _ range: ClosedRange<Int>,
                         _ summary: String) -> Self {
-        Self(type: .integer(range), summary: summary,
+        row(field, .integer(range), summary, text: { String($0) }) { value in
+            if case .integer(let number) = value { number } else { nil }
+        }
+    }
+
+    /// A row whose values live in `field`: `unwrap` takes the field's value out of a
+    /// `PolicyValue` of the row's type (the parser read it by that type, so it always can).
+    private static func row<Value: Sendable>(_ field: WritableKeyPath<DevicePolicy, Value> & Sendable, _ type: ValueType,
+                                             _ summary: String, text: @escaping @Sendable (Value) -> String,
+                                             unwrap: @escaping @Sendable (PolicyValue) -> Value?) -> Self {
+        Self(type: type, summary: summary,
              assign: { policy, value in
-                 guard case .integer(let number) = value else { preconditionFailure("\(value) is not an integer") }
-                 policy[keyPath: field] = number
+                 guard let unwrapped = unwrap(value) else {
+                     preconditionFailure("\(value) is not a value of \(type): the parser reads a key by its row's type")
+                 }
+                 policy[keyPath: field] = unwrapped
              },
-             text: { String($0[keyPath: field]) })
+             text: { text($0[keyPath: field]) })
     }
 }
