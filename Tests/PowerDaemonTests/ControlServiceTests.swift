@@ -2,6 +2,7 @@ import Glibc
 import ControlProtocol
 import Foundation
 import PowerCtlKit
+import SystemdTesting
 @testable import PowerDaemon
 import Varlink
 import VFIO
@@ -159,22 +160,9 @@ final class ControlServiceTests: XCTestCase {
     }
 
     private func run(_ arguments: [String], as user: (uid: Int, gid: Int)? = nil, binary: URL? = nil) throws -> (status: Int32, out: String, err: String) {
-        let process = Process()
-        if let user {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-            process.arguments = ["--reuid=\(user.uid)", "--regid=\(user.gid)", "--clear-groups", (binary ?? powerctl).path] + arguments
-        } else {
-            process.executableURL = binary ?? powerctl
-            process.arguments = arguments
-        }
-        let (out, err) = (Pipe(), Pipe())
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+        let program = (binary ?? powerctl).path
+        guard let user else { return try runProcessApart(program, arguments) }
+        return try runProcessApart("/usr/bin/setpriv", ["--reuid=\(user.uid)", "--regid=\(user.gid)", "--clear-groups", program] + arguments)
     }
 
     func testTheCommandLine() throws {

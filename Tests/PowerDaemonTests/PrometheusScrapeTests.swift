@@ -5,6 +5,7 @@ import Foundation
 import FoundationNetworking
 #endif
 import PowerCtlKit
+import SystemdTesting
 import VFIO
 import XCTest
 
@@ -47,7 +48,7 @@ final class PrometheusScrapeTests: XCTestCase {
     }
 
     func testTheAlertRulesAreValid() throws {
-        let check = try run("/usr/bin/promtool", ["check", "rules", Self.rules.path])
+        let check = try runProcess("/usr/bin/promtool", ["check", "rules", Self.rules.path])
         XCTAssertEqual(check.status, 0, check.output)
         XCTAssertTrue(check.output.contains("SUCCESS"), check.output)
     }
@@ -91,7 +92,7 @@ final class PrometheusScrapeTests: XCTestCase {
         let text = try String(decoding: Data(contentsOf: metricsURL), as: UTF8.self)
         let output = folder.appendingPathComponent("metrics.txt")
         try Data(text.utf8).write(to: output)
-        let lint = try run("/bin/sh", ["-c", "/usr/bin/promtool check metrics < \(output.path)"])
+        let lint = try runProcess("/bin/sh", ["-c", "/usr/bin/promtool check metrics < \(output.path)"])
         XCTAssertEqual(lint.status, 0, "promtool check metrics: \(lint.output)\n\(text)")
         XCTAssertEqual(lint.output, "", "promtool has no complaint")
 
@@ -213,19 +214,6 @@ final class PrometheusScrapeTests: XCTestCase {
 
     private func log(_ name: String) -> String {
         (try? String(contentsOf: folder.appendingPathComponent(name), encoding: .utf8)) ?? "(no \(name))"
-    }
-
-    private func run(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
     /// Polls `body` every 100ms until it gives a value; nil after `timeout` seconds.

@@ -1,5 +1,6 @@
 import Glibc
 import Foundation
+import SystemdTesting
 import VFIO
 import XCTest
 
@@ -181,17 +182,7 @@ final class VarlinkctlTests: XCTestCase {
     }
 
     private func run(_ command: [String], _ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: command[0])
-        process.arguments = Array(command.dropFirst()) + arguments
-        let (out, err) = (Pipe(), Pipe())
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+        try runProcessApart(command[0], Array(command.dropFirst()) + arguments)
     }
 
     /// A command's output as one JSON object; the command must have succeeded.

@@ -1,4 +1,5 @@
 import Foundation
+import SystemdTesting
 import XCTest
 
 /// systemd/vfio-powerd.service and vfio-powerd-exporter.service against their targets:
