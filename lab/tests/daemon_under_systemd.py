@@ -284,14 +284,7 @@ for group in ("vfioread", "vfioadmin"):
 run("useradd", "-M", "-N", "-g", "vfioread", "reader")
 run("useradd", "-M", "-N", "-g", "vfioread", "-G", "vfioadmin", "admin")
 run("useradd", "-M", "-N", "outsider")
-with open("/etc/vfio-powerd/vfio-powerd.conf") as f:
-    conf = f.read()
-with open("/etc/vfio-powerd/vfio-powerd.conf", "w") as f:
-    f.write(conf.replace("[daemon]\n", '[daemon]\nsocket_group = "vfioread"\nadmin_group = "vfioadmin"\n', 1))
-os.makedirs("/etc/systemd/system/vfio-powerd.socket.d", exist_ok=True)
-with open("/etc/systemd/system/vfio-powerd.socket.d/group.conf", "w") as f:
-    f.write("[Socket]\nSocketGroup=vfioread\n")
-run("systemctl", "daemon-reload")
+run(os.path.join(REPO, "lab/tests/socket_group.sh"), "vfioread", "vfioadmin", check_rc=True)
 run("systemctl", "stop", UNIT, "vfio-powerd.socket")
 restarted = run("systemctl", "start", UNIT)
 check("with the socket unit's SocketGroup= the service starts", restarted.returncode == 0, restarted.stderr)

@@ -125,14 +125,9 @@ configured = run(os.path.join(REPO, "lab/tests/lab_config.sh"))
 check("the lab's two devices configured in /etc/vfio-powerd (lab_config.sh)", configured.returncode == 0, configured.stderr)
 # The exporter reads the daemon as a member of the package's group: the operator lets that
 # group at the control socket (vfio-powerd.conf's comment, and the exporter unit's).
-with open("/etc/vfio-powerd/vfio-powerd.conf") as f:
-    conf = f.read()
-with open("/etc/vfio-powerd/vfio-powerd.conf", "w") as f:
-    f.write(conf.replace("[daemon]\n", '[daemon]\nsocket_group = "vfio-powerd"\n', 1))
-os.makedirs("/etc/systemd/system/vfio-powerd.socket.d", exist_ok=True)
-with open("/etc/systemd/system/vfio-powerd.socket.d/group.conf", "w") as f:
-    f.write("[Socket]\nSocketGroup=vfio-powerd\n")
-run("systemctl", "daemon-reload")
+grouped = run(os.path.join(REPO, "lab/tests/socket_group.sh"), "vfio-powerd")
+if grouped.returncode != 0:
+    raise RuntimeError(f"socket_group.sh: {grouped.stderr}")
 checked = run("/usr/sbin/vfio-powerd", "--check-config")
 check("vfio-powerd --check-config", checked.returncode == 0, checked.stdout + checked.stderr)
 enabled = run("systemctl", "enable", "--now", "vfio-powerd")
