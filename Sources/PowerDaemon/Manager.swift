@@ -250,6 +250,8 @@ public final class Manager {
         let devices = resolution.devices
         let plan = ReloadPlan(running: controllers.keys, policy: { self.controllers[$0]?.policy },
                               wanted: devices.lazy.map { (address: $0.address, policy: $0.policy) })
+        // The reload's message names the first few changed devices' keys; only those are worded.
+        let namedChanges = 3
         var changes: [String] = []
         for step in plan.steps {
             switch step {
@@ -263,7 +265,9 @@ public final class Manager {
             case .update(let index, let changed):
                 let device = devices[index]
                 guard let controller = controllers[device.address] else { continue }
-                if changed { changes.append(Self.describeChange(controller.policy, to: device.policy, of: device.address)) }
+                if changed && changes.count < namedChanges {
+                    changes.append(Self.describeChange(controller.policy, to: device.policy, of: device.address))
+                }
                 controller.policyChanged(device.policy, origin: origin(of: device))
                 // A reload is the operator's "try again": a missing device is looked for, a
                 // failed one (busy group, refused arm) is opened anew.
@@ -282,7 +286,8 @@ public final class Manager {
             returnFreedMemory()
             notifier.ready()
             updateStatus()
-            let changed = changes.isEmpty ? "" : " (" + Self.listed(changes, most: 3) + ")"
+            let more = plan.changed - changes.count
+            let changed = changes.isEmpty ? "" : " (" + changes.joined(separator: "; ") + (more > 0 ? "; and \(more) more" : "") + ")"
             log(.reloaded, "reloaded: \(plan.added) added, \(plan.removed) removed, \(plan.changed) changed\(changed), \(plan.unchanged) unchanged; \(summary())", [:])
         }
         return []
@@ -295,12 +300,6 @@ public final class Manager {
         if old.enabled != new.enabled { words.append("enabled \(old.enabled) → \(new.enabled)") }
         if old.name != new.name { words.append("name \(old.name.map { "\"\($0)\"" } ?? "none") → \(new.name.map { "\"\($0)\"" } ?? "none")") }
         return DeviceController.Names(address: address, name: new.name).label + ": " + words.joined(separator: ", ")
-    }
-
-    /// The first `most` items, and how many more: a reload of thousands of entries stays one line.
-    private static func listed(_ items: [String], most: Int) -> String {
-        let shown = items.prefix(most).joined(separator: "; ")
-        return items.count > most ? shown + "; and \(items.count - most) more" : shown
     }
 
     /// Stops managing a device: it is left as its policy's `enabled = false` leaves it (an
